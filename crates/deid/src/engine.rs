@@ -1,0 +1,795 @@
+//! The de-identifier proper: one DICOM object in, one de-identified object (or a refusal) out.
+//!
+//! Every element at every sequence depth passes through [`Deidentifier::clean_dataset`], which
+//! asks the action table what to do and applies it for the element's VR, so that replacements
+//! stay valid. Elements the table does not list are kept, except those that could still
+//! identify: person names, instance UIDs, private data and attributes that the data
+//! dictionary does not know (and so cannot vouch for).
+
+use std::collections::HashMap;
+
+use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+use dicom_core::header::Header;
+use dicom_core::value::{DataSetSequence, PrimitiveValue, Value};
+use dicom_core::{DataElement, Length, Tag, VR};
+use dicom_dictionary_std::{StandardDataDictionary, tags, uids};
+use dicom_object::mem::InMemElement;
+use dicom_object::meta::FileMetaTableBuilder;
+use dicom_object::{FileDicomObject, InMemDicomObject};
+use dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN;
+
+use crate::dates::shift_date_prefix;
+use crate::pixels::{burned_in_reason, clean_pixel_data};
+use crate::profile::{BASIC_PROFILE_CODE, DeidOption, DeidProfile};
+use crate::pseudonym::Pseudonymizer;
+use crate::reid::OriginalIdentity;
+use crate::table::{Action, ActionTable, TABLE_EDITION};
+
+/// medfed's Implementation Class UID (a UUID-derived OID, PS3.5 B.2).
+pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.152197018227359716390853779395402212934";
+/// medfed's Implementation Version Name (SH, at most 16 characters).
+pub const IMPLEMENTATION_VERSION_NAME: &str = concat!("MEDFED_", env!("CARGO_PKG_VERSION"));
+
+const DUMMY_TEXT: &str = "ANONYMIZED";
+const DUMMY_DATE: &str = "19000101";
+const DUMMY_DATETIME: &str = "19000101000000";
+const DUMMY_TIME: &str = "000000";
+const SCRUBBED: &str = "***";
+/// Nesting deeper than this is not a real object but an attack on the parser or on us.
+const MAX_DEPTH: usize = 64;
+
+/// Attributes of VR UI that name a class or a coding resource, not an instance: never remapped.
+const CLASS_UID_TAGS: [Tag; 10] = [
+    tags::SOP_CLASS_UID,
+    tags::REFERENCED_SOP_CLASS_UID,
+    tags::MEDIA_STORAGE_SOP_CLASS_UID,
+    tags::AFFECTED_SOP_CLASS_UID,
+    tags::REQUESTED_SOP_CLASS_UID,
+    tags::REFERENCED_SOP_CLASS_UID_IN_FILE,
+    tags::REFERENCED_TRANSFER_SYNTAX_UID_IN_FILE,
+    tags::TRANSFER_SYNTAX_UID,
+    tags::CODING_SCHEME_UID,
+    tags::MAPPING_RESOURCE_UID,
+];
+
+/// Why one object was not de-identified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// Deliberately not processed (policy): burned-in text, DICOMDIR, a pixel layout that
+    /// cannot be cleaned, and so on.
+    Refused(String),
+    /// The object could not be read or written.
+    Error(String),
+}
+
+impl Rejection {
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::Refused(r) | Self::Error(r) => r,
+        }
+    }
+}
+
+/// A de-identified object and what the site must remember about it.
+#[derive(Debug)]
+pub struct Deidentified {
+    pub object: FileDicomObject<InMemDicomObject>,
+    /// The patient pseudonym and the identity it stands for (for the re-identification table).
+    pub patient: Option<(String, OriginalIdentity)>,
+}
+
+/// Per-object facts gathered before any element changes.
+struct ObjectContext {
+    date_shift_days: i64,
+    /// Identifying strings of this object, uppercased, longest first: what "clean" removes.
+    identifiers: Vec<String>,
+    patient_pseudonym: String,
+}
+
+/// Applies the action table and a [`DeidProfile`] with keys from a [`Pseudonymizer`].
+pub struct Deidentifier<'a> {
+    table: &'static ActionTable,
+    profile: &'a DeidProfile,
+    pseudonymizer: &'a Pseudonymizer,
+}
+
+impl<'a> Deidentifier<'a> {
+    pub fn new(profile: &'a DeidProfile, pseudonymizer: &'a Pseudonymizer) -> Self {
+        Self {
+            table: ActionTable::embedded(),
+            profile,
+            pseudonymizer,
+        }
+    }
+
+    /// De-identifies one file object: data set, file meta group and the markers of PS3.15
+    /// E.1.1. Pixel data is carried through byte for byte unless clean-pixel-data blanks it.
+    pub fn deidentify(
+        &self,
+        file: FileDicomObject<InMemDicomObject>,
+    ) -> Result<Deidentified, Rejection> {
+        let meta = file.meta().clone();
+        let sop_class = meta
+            .media_storage_sop_class_uid()
+            .trim_end_matches('\0')
+            .to_string();
+        if sop_class == uids::MEDIA_STORAGE_DIRECTORY_STORAGE {
+            return Err(Rejection::Refused(
+                "DICOMDIR (media directory): it indexes the original files by their identifiers; build a new one for the output set".into(),
+            ));
+        }
+        let ts = meta.transfer_syntax().trim_end_matches('\0').to_string();
+        let mut dataset = file.into_inner();
+
+        if let Some(reason) = burned_in_reason(&dataset) {
+            if !self.profile.has(DeidOption::CleanPixelData) {
+                return Err(Rejection::Refused(format!(
+                    "{reason}; refusing without the clean-pixel-data option"
+                )));
+            }
+            clean_pixel_data(&mut dataset, &self.profile.pixel_signatures)
+                .map_err(Rejection::Refused)?;
+        } else if self.profile.has(DeidOption::CleanPixelData)
+            && !self.profile.pixel_signatures.is_empty()
+        {
+            // A matching signature is the site's statement that this device burns text in.
+            match clean_pixel_data(&mut dataset, &self.profile.pixel_signatures) {
+                Ok(_) => {}
+                Err(reason) if reason.contains("no pixel signature") => {}
+                Err(reason) => return Err(Rejection::Refused(reason)),
+            }
+        }
+
+        let patient_key = patient_key(&dataset);
+        let patient_pseudonym = self.pseudonymizer.patient_pseudonym(&patient_key);
+        let original = OriginalIdentity {
+            patient_id: string_of(&dataset, tags::PATIENT_ID).unwrap_or_default(),
+            patient_name: string_of(&dataset, tags::PATIENT_NAME).unwrap_or_default(),
+        };
+        let ctx = ObjectContext {
+            date_shift_days: self.pseudonymizer.date_shift_days(&patient_key),
+            identifiers: collect_identifiers(&dataset),
+            patient_pseudonym: patient_pseudonym.clone(),
+        };
+
+        let mut cleaned = self.clean_dataset(dataset, &ctx, 0)?;
+        self.put_markers(&mut cleaned);
+
+        let new_sop_instance = string_of(&cleaned, tags::SOP_INSTANCE_UID).unwrap_or_else(|| {
+            let original = meta.media_storage_sop_instance_uid().trim_end_matches('\0');
+            if self.profile.has(DeidOption::RetainUids) {
+                original.to_string()
+            } else {
+                self.pseudonymizer.remap_uid(original)
+            }
+        });
+        let new_meta = FileMetaTableBuilder::new()
+            .media_storage_sop_class_uid(sop_class)
+            .media_storage_sop_instance_uid(new_sop_instance)
+            .transfer_syntax(ts)
+            .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
+            .implementation_version_name(IMPLEMENTATION_VERSION_NAME)
+            .build()
+            .map_err(|e| Rejection::Error(format!("cannot build the file meta group: {e}")))?;
+        Ok(Deidentified {
+            object: cleaned.with_exact_meta(new_meta),
+            patient: Some((patient_pseudonym, original)),
+        })
+    }
+
+    fn has(&self, option: DeidOption) -> bool {
+        self.profile.has(option)
+    }
+
+    /// Cleans one data set (the top level or a sequence item).
+    fn clean_dataset(
+        &self,
+        dataset: InMemDicomObject,
+        ctx: &ObjectContext,
+        depth: usize,
+    ) -> Result<InMemDicomObject, Rejection> {
+        if depth > MAX_DEPTH {
+            return Err(Rejection::Refused(format!(
+                "sequences nested deeper than {MAX_DEPTH} levels"
+            )));
+        }
+        let creators = private_creators(&dataset);
+        let mut kept_private_blocks: Vec<(u16, u8)> = Vec::new();
+        let mut out: Vec<InMemElement> = Vec::with_capacity(64);
+        let mut creator_elements: Vec<InMemElement> = Vec::new();
+        for elem in dataset {
+            let tag = elem.tag();
+            // Command elements and group lengths do not belong in a stored object, and the
+            // meta group is rebuilt from scratch.
+            if tag.group() == 0x0000 || tag.element() == 0x0000 || tag.group() == 0x0002 {
+                continue;
+            }
+            if tag.group() % 2 == 1 {
+                if (0x0010..=0x00FF).contains(&tag.element()) {
+                    creator_elements.push(elem);
+                    continue;
+                }
+                let block = (tag.element() >> 8) as u8;
+                if self.is_safe_private(&creators, tag) {
+                    kept_private_blocks.push((tag.group(), block));
+                    if let Some(e) = self.clean_kept(elem, ctx, depth)? {
+                        out.push(e);
+                    }
+                }
+                continue;
+            }
+            // Overlays and curves: the table removes their data; medfed cannot inspect a
+            // bitmap for text, so the whole repeating group goes, keeping the object valid.
+            if matches!(tag.group() & 0xFF00, 0x5000 | 0x6000) {
+                continue;
+            }
+            let elem = reinterpret_un(elem);
+            if let Some(e) = self.clean_element(elem, ctx, depth)? {
+                out.push(e);
+            }
+        }
+        for creator in creator_elements {
+            let block = (creator.tag().group(), creator.tag().element() as u8);
+            if kept_private_blocks.contains(&block) {
+                out.push(creator);
+            }
+        }
+        Ok(InMemDicomObject::from_element_iter(out))
+    }
+
+    fn is_safe_private(&self, creators: &HashMap<(u16, u8), String>, tag: Tag) -> bool {
+        if !self.has(DeidOption::RetainSafePrivate) || self.profile.safe_private.is_empty() {
+            return false;
+        }
+        let Some(creator) = creators.get(&(tag.group(), (tag.element() >> 8) as u8)) else {
+            return false;
+        };
+        self.profile.safe_private.iter().any(|s| {
+            s.group == tag.group()
+                && s.element == (tag.element() & 0xFF) as u8
+                && s.creator.trim() == creator
+        })
+    }
+
+    fn clean_element(
+        &self,
+        elem: InMemElement,
+        ctx: &ObjectContext,
+        depth: usize,
+    ) -> Result<Option<InMemElement>, Rejection> {
+        let tag = elem.tag();
+        if tag == tags::PATIENT_ID || tag == tags::PATIENT_NAME {
+            let vr = if tag == tags::PATIENT_ID {
+                VR::LO
+            } else {
+                VR::PN
+            };
+            return Ok(Some(DataElement::new(
+                tag,
+                vr,
+                PrimitiveValue::from(ctx.patient_pseudonym.as_str()),
+            )));
+        }
+        let action = match self.table.row(tag) {
+            Some(row) => row.code_for(self.profile.options()).resolve(),
+            None => return self.clean_unlisted(elem, ctx, depth),
+        };
+        match action {
+            Action::Remove => Ok(None),
+            Action::Empty => Ok(Some(empty_like(&elem))),
+            Action::Keep => self.clean_kept(elem, ctx, depth),
+            Action::Dummy => self.dummy(elem, ctx, depth).map(Some),
+            Action::RemapUid => match elem.vr() {
+                VR::UI => Ok(Some(self.remap_uids(elem))),
+                VR::SQ => self.recurse(elem, ctx, depth).map(Some),
+                _ => Ok(Some(empty_like(&elem))),
+            },
+            Action::Clean => self.clean_value(elem, ctx, depth),
+        }
+    }
+
+    /// Attributes that Table E.1-1 does not list.
+    fn clean_unlisted(
+        &self,
+        elem: InMemElement,
+        ctx: &ObjectContext,
+        depth: usize,
+    ) -> Result<Option<InMemElement>, Rejection> {
+        let tag = elem.tag();
+        match elem.vr() {
+            VR::SQ => self.recurse(elem, ctx, depth).map(Some),
+            VR::UI if !self.has(DeidOption::RetainUids) && !CLASS_UID_TAGS.contains(&tag) => {
+                Ok(Some(self.remap_uids(elem)))
+            }
+            // A person's name anywhere is identifying, listed or not.
+            VR::PN => Ok(Some(empty_like(&elem))),
+            // An attribute the dictionary does not know (newer than it, or made up) cannot be
+            // vouched for.
+            VR::UN => Ok(None),
+            _ if StandardDataDictionary.by_tag(tag).is_none() => Ok(None),
+            _ => Ok(Some(elem)),
+        }
+    }
+
+    /// Keep: the value stays; a sequence keeps its items, each cleaned (Table E.1-1a, K).
+    fn clean_kept(
+        &self,
+        elem: InMemElement,
+        ctx: &ObjectContext,
+        depth: usize,
+    ) -> Result<Option<InMemElement>, Rejection> {
+        match elem.value() {
+            Value::Sequence(_) => self.recurse(elem, ctx, depth).map(Some),
+            _ => Ok(Some(elem)),
+        }
+    }
+
+    fn recurse(
+        &self,
+        elem: InMemElement,
+        ctx: &ObjectContext,
+        depth: usize,
+    ) -> Result<InMemElement, Rejection> {
+        let tag = elem.tag();
+        let (header, value) = elem.into_parts();
+        match value {
+            Value::Sequence(seq) => {
+                let items = seq
+                    .into_items()
+                    .into_iter()
+                    .map(|item| self.clean_dataset(item, ctx, depth + 1))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(DataElement::new(
+                    tag,
+                    VR::SQ,
+                    DataSetSequence::new(items, Length::UNDEFINED),
+                ))
+            }
+            other => Ok(DataElement::new(tag, header.vr(), other)),
+        }
+    }
+
+    fn remap_uids(&self, elem: InMemElement) -> InMemElement {
+        let tag = elem.tag();
+        let values: Vec<String> = match elem.value().to_multi_str() {
+            Ok(v) => v
+                .iter()
+                .map(|u| u.trim_end_matches(['\0', ' ']).to_string())
+                .collect(),
+            Err(_) => return DataElement::empty(tag, VR::UI),
+        };
+        let mapped: Vec<String> = values
+            .iter()
+            .filter(|u| !u.is_empty())
+            .map(|u| {
+                // Well-known UIDs of the standard itself (classes, syntaxes, frames of
+                // reference such as the Talairach space) identify nothing.
+                if u.starts_with("1.2.840.10008.") {
+                    u.clone()
+                } else {
+                    self.pseudonymizer.remap_uid(u)
+                }
+            })
+            .collect();
+        strs_element(tag, VR::UI, mapped)
+    }
+
+    fn dummy(
+        &self,
+        elem: InMemElement,
+        ctx: &ObjectContext,
+        depth: usize,
+    ) -> Result<InMemElement, Rejection> {
+        let tag = elem.tag();
+        let vr = elem.vr();
+        let text = |s: &str| DataElement::new(tag, vr, PrimitiveValue::from(s));
+        Ok(match vr {
+            // A dummy sequence keeps its structure with every item cleaned: an empty one
+            // would drop what a Type 1 sequence must hold.
+            VR::SQ => return self.recurse(elem, ctx, depth),
+            VR::UI => self.remap_uids(elem),
+            VR::DA => text(DUMMY_DATE),
+            VR::DT => text(DUMMY_DATETIME),
+            VR::TM => text(DUMMY_TIME),
+            VR::AS => text("000Y"),
+            VR::IS | VR::DS => text("0"),
+            VR::AE | VR::CS | VR::SH | VR::LO | VR::ST | VR::LT | VR::UT | VR::UC | VR::PN => {
+                text(DUMMY_TEXT)
+            }
+            VR::UR => text("urn:x-medfed:anonymized"),
+            VR::US => DataElement::new(tag, vr, PrimitiveValue::from(0u16)),
+            VR::SS => DataElement::new(tag, vr, PrimitiveValue::from(0i16)),
+            VR::UL => DataElement::new(tag, vr, PrimitiveValue::from(0u32)),
+            VR::SL => DataElement::new(tag, vr, PrimitiveValue::from(0i32)),
+            VR::UV => DataElement::new(
+                tag,
+                vr,
+                PrimitiveValue::U64(std::iter::once(0u64).collect()),
+            ),
+            VR::SV => DataElement::new(
+                tag,
+                vr,
+                PrimitiveValue::I64(std::iter::once(0i64).collect()),
+            ),
+            VR::FL => DataElement::new(tag, vr, PrimitiveValue::from(0f32)),
+            VR::FD => DataElement::new(tag, vr, PrimitiveValue::from(0f64)),
+            VR::AT => elem,
+            _ => DataElement::new(tag, vr, PrimitiveValue::U8([0u8, 0u8].into())),
+        })
+    }
+
+    /// Clean (C): replace with values of similar meaning that do not identify.
+    fn clean_value(
+        &self,
+        elem: InMemElement,
+        ctx: &ObjectContext,
+        depth: usize,
+    ) -> Result<Option<InMemElement>, Rejection> {
+        let tag = elem.tag();
+        let vr = elem.vr();
+        let values: Vec<String> = match (vr, elem.value().to_multi_str()) {
+            (VR::SQ, _) => return self.recurse(elem, ctx, depth).map(Some),
+            (VR::UI, _) => return Ok(Some(self.remap_uids(elem))),
+            (_, Ok(v)) => v.to_vec(),
+            // Binary content (a maker note, say) cannot be inspected, so it cannot be cleaned.
+            (_, Err(_)) => return Ok(None),
+        };
+        let cleaned: Vec<String> = match vr {
+            VR::DA | VR::DT => values
+                .iter()
+                .map(|v| {
+                    if v.trim().is_empty() {
+                        String::new()
+                    } else {
+                        shift_date_prefix(v, ctx.date_shift_days).unwrap_or_else(|| {
+                            if vr == VR::DA {
+                                DUMMY_DATE
+                            } else {
+                                DUMMY_DATETIME
+                            }
+                            .to_string()
+                        })
+                    }
+                })
+                .collect(),
+            VR::TM => values,
+            VR::AE => values
+                .iter()
+                .map(|v| self.pseudonymizer.ae_pseudonym(v))
+                .collect(),
+            VR::LO | VR::SH | VR::ST | VR::LT | VR::UT | VR::UC | VR::PN | VR::CS => {
+                values.iter().map(|v| scrub(v, &ctx.identifiers)).collect()
+            }
+            VR::OB | VR::OW | VR::UN => return Ok(None),
+            _ => values,
+        };
+        Ok(Some(strs_element(tag, vr, cleaned)))
+    }
+
+    /// The markers of PS3.15 E.1.1: identity removed, the method and its CID 7050 codes, and
+    /// what happened to dates.
+    fn put_markers(&self, ds: &mut InMemDicomObject) {
+        ds.put(DataElement::new(
+            tags::PATIENT_IDENTITY_REMOVED,
+            VR::CS,
+            PrimitiveValue::from("YES"),
+        ));
+        let mut method = vec![
+            format!("medfed {}", env!("CARGO_PKG_VERSION")),
+            TABLE_EDITION.to_string(),
+            "Basic Profile".to_string(),
+        ];
+        method.extend(self.profile.options().iter().map(|o| o.name().to_string()));
+        ds.put(strs_element(tags::DEIDENTIFICATION_METHOD, VR::LO, method));
+
+        let code = |(value, meaning): (&str, &str)| {
+            InMemDicomObject::from_element_iter([
+                DataElement::new(tags::CODE_VALUE, VR::SH, PrimitiveValue::from(value)),
+                DataElement::new(
+                    tags::CODING_SCHEME_DESIGNATOR,
+                    VR::SH,
+                    PrimitiveValue::from("DCM"),
+                ),
+                DataElement::new(tags::CODE_MEANING, VR::LO, PrimitiveValue::from(meaning)),
+            ])
+        };
+        let mut codes = vec![code(BASIC_PROFILE_CODE)];
+        codes.extend(self.profile.options().iter().map(|o| code(o.cid7050())));
+        ds.put(DataElement::new(
+            tags::DEIDENTIFICATION_METHOD_CODE_SEQUENCE,
+            VR::SQ,
+            DataSetSequence::new(codes, Length::UNDEFINED),
+        ));
+        let temporal = if self.has(DeidOption::RetainLongFullDates) {
+            "UNMODIFIED"
+        } else if self.has(DeidOption::RetainLongModifiedDates) {
+            "MODIFIED"
+        } else {
+            "REMOVED"
+        };
+        ds.put(DataElement::new(
+            tags::LONGITUDINAL_TEMPORAL_INFORMATION_MODIFIED,
+            VR::CS,
+            PrimitiveValue::from(temporal),
+        ));
+    }
+}
+
+/// Reads a file that has no (or a broken) file meta group: a bare data set in Implicit VR
+/// Little Endian, as old systems write them. Succeeds only if it holds SOP Class and SOP
+/// Instance UIDs, from which a proper meta group is built.
+pub fn read_bare_dataset(bytes: &[u8]) -> Option<FileDicomObject<InMemDicomObject>> {
+    let ds =
+        InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased()).ok()?;
+    let class = string_of(&ds, tags::SOP_CLASS_UID)?;
+    let instance = string_of(&ds, tags::SOP_INSTANCE_UID)?;
+    if !is_uid(&class) || !is_uid(&instance) {
+        return None;
+    }
+    let meta = FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(class)
+        .media_storage_sop_instance_uid(instance)
+        .transfer_syntax(uids::IMPLICIT_VR_LITTLE_ENDIAN)
+        .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
+        .build()
+        .ok()?;
+    Some(ds.with_exact_meta(meta))
+}
+
+fn is_uid(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+}
+
+fn string_of(ds: &InMemDicomObject, tag: Tag) -> Option<String> {
+    let v = ds.get(tag)?.to_str().ok()?;
+    let v = v.trim_matches([' ', '\0']);
+    (!v.is_empty()).then(|| v.to_string())
+}
+
+/// What identifies the patient for pseudonyms and the date shift: Patient ID, else the name,
+/// else the study (so unrelated anonymous objects do not share one pseudonym).
+fn patient_key(ds: &InMemDicomObject) -> String {
+    if let Some(id) = string_of(ds, tags::PATIENT_ID) {
+        return format!("id:{id}");
+    }
+    if let Some(name) = string_of(ds, tags::PATIENT_NAME) {
+        return format!("name:{name}");
+    }
+    format!(
+        "study:{}",
+        string_of(ds, tags::STUDY_INSTANCE_UID).unwrap_or_default()
+    )
+}
+
+/// Attributes whose values are the patient's (or staff's) identity, searched for inside free
+/// text by the clean options.
+const IDENTIFYING_TAGS: [Tag; 14] = [
+    tags::PATIENT_ID,
+    #[allow(deprecated)] // retired, but old objects still carry it
+    tags::OTHER_PATIENT_I_DS,
+    tags::ACCESSION_NUMBER,
+    tags::INSTITUTION_NAME,
+    tags::INSTITUTION_ADDRESS,
+    tags::PATIENT_ADDRESS,
+    tags::PATIENT_TELEPHONE_NUMBERS,
+    #[allow(deprecated)]
+    tags::MEDICAL_RECORD_LOCATOR,
+    tags::ISSUER_OF_PATIENT_ID,
+    tags::STATION_NAME,
+    tags::DEVICE_SERIAL_NUMBER,
+    tags::REQUESTING_SERVICE,
+    tags::ADMISSION_ID,
+    tags::INSTITUTIONAL_DEPARTMENT_NAME,
+];
+
+fn collect_identifiers(ds: &InMemDicomObject) -> Vec<String> {
+    let mut found = Vec::new();
+    collect_identifiers_into(ds, &mut found, 0);
+    if let Some(dob) = string_of(ds, tags::PATIENT_BIRTH_DATE)
+        && dob.len() == 8
+    {
+        let (y, m, d) = (&dob[0..4], &dob[4..6], &dob[6..8]);
+        found.extend([
+            dob.clone(),
+            format!("{y}-{m}-{d}"),
+            format!("{d}.{m}.{y}"),
+            format!("{d}/{m}/{y}"),
+            format!("{m}/{d}/{y}"),
+        ]);
+    }
+    let mut ids: Vec<String> = found
+        .into_iter()
+        .map(|s| s.trim().to_ascii_uppercase())
+        .filter(|s| s.chars().count() >= 3)
+        .collect();
+    ids.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    ids.dedup();
+    ids
+}
+
+fn collect_identifiers_into(ds: &InMemDicomObject, found: &mut Vec<String>, depth: usize) {
+    if depth > MAX_DEPTH {
+        return;
+    }
+    for elem in ds.iter() {
+        match elem.value() {
+            Value::Sequence(seq) => {
+                for item in seq.items() {
+                    collect_identifiers_into(item, found, depth + 1);
+                }
+            }
+            Value::Primitive(_)
+                if elem.vr() == VR::PN || IDENTIFYING_TAGS.contains(&elem.tag()) =>
+            {
+                let Ok(values) = elem.value().to_multi_str() else {
+                    continue;
+                };
+                for v in values.iter() {
+                    found.push(v.clone());
+                    if elem.vr() == VR::PN {
+                        // Each name component and each representation (alphabetic,
+                        // ideographic, phonetic) can appear on its own in free text.
+                        found.extend(v.split(['^', '=']).map(str::to_string));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Replaces every identifying string inside `text` (case-insensitive for ASCII).
+fn scrub(text: &str, identifiers: &[String]) -> String {
+    let mut out = text.to_string();
+    for id in identifiers {
+        loop {
+            let upper = out.to_ascii_uppercase();
+            let Some(pos) = upper.find(id.as_str()) else {
+                break;
+            };
+            out.replace_range(pos..pos + id.len(), SCRUBBED);
+        }
+    }
+    out
+}
+
+/// The private creators of a data set, by (group, block).
+fn private_creators(ds: &InMemDicomObject) -> HashMap<(u16, u8), String> {
+    ds.iter()
+        .filter(|e| e.tag().group() % 2 == 1 && (0x0010..=0x00FF).contains(&e.tag().element()))
+        .filter_map(|e| {
+            let name = e
+                .value()
+                .to_str()
+                .ok()?
+                .trim_matches([' ', '\0'])
+                .to_string();
+            Some(((e.tag().group(), e.tag().element() as u8), name))
+        })
+        .collect()
+}
+
+fn empty_like(elem: &InMemElement) -> InMemElement {
+    if elem.vr() == VR::SQ {
+        DataElement::new(
+            elem.tag(),
+            VR::SQ,
+            DataSetSequence::<InMemDicomObject>::new(Vec::new(), Length::UNDEFINED),
+        )
+    } else {
+        DataElement::empty(elem.tag(), elem.vr())
+    }
+}
+
+fn strs_element(tag: Tag, vr: VR, values: Vec<String>) -> InMemElement {
+    match values.len() {
+        0 => DataElement::empty(tag, vr),
+        1 => DataElement::new(
+            tag,
+            vr,
+            PrimitiveValue::from(values.into_iter().next().expect("one value")),
+        ),
+        _ => DataElement::new(tag, vr, PrimitiveValue::Strs(values.into())),
+    }
+}
+
+/// An element that arrived as UN (a writer that did not know it) although the dictionary
+/// knows its VR: a text value is decoded as such, a sequence parsed as Implicit VR Little
+/// Endian (PS3.5 6.2.2), so the table's action can apply to what is really inside. What cannot
+/// be read stays UN, and unlisted UN elements are removed.
+fn reinterpret_un(elem: InMemElement) -> InMemElement {
+    if elem.vr() != VR::UN {
+        return elem;
+    }
+    let tag = elem.tag();
+    let Some(vr) = StandardDataDictionary.by_tag(tag).map(|e| e.vr().relaxed()) else {
+        return elem;
+    };
+    let Ok(bytes) = elem.value().to_bytes() else {
+        return elem;
+    };
+    match vr {
+        VR::SQ => {
+            // Re-read the value as the body of an implicit-VR element of that tag.
+            let mut buf = Vec::with_capacity(bytes.len() + 8);
+            buf.extend_from_slice(&tag.group().to_le_bytes());
+            buf.extend_from_slice(&tag.element().to_le_bytes());
+            buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&bytes);
+            match InMemDicomObject::read_dataset_with_ts(
+                &buf[..],
+                &IMPLICIT_VR_LITTLE_ENDIAN.erased(),
+            ) {
+                Ok(ds) => match ds.get(tag) {
+                    Some(e) if e.vr() == VR::SQ => e.clone(),
+                    _ => elem,
+                },
+                Err(_) => elem,
+            }
+        }
+        VR::AE
+        | VR::AS
+        | VR::CS
+        | VR::DA
+        | VR::DS
+        | VR::DT
+        | VR::IS
+        | VR::LO
+        | VR::LT
+        | VR::PN
+        | VR::SH
+        | VR::ST
+        | VR::TM
+        | VR::UC
+        | VR::UI
+        | VR::UR
+        | VR::UT => {
+            // Latin-1 maps every byte, so nothing is lost or invented.
+            let text: String = bytes.iter().map(|&b| b as char).collect();
+            let values: Vec<String> = text
+                .split('\\')
+                .map(|v| v.trim_end_matches(['\0', ' ']).to_string())
+                .collect();
+            strs_element(tag, vr, values)
+        }
+        _ => elem,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrub_removes_identifiers_case_insensitively() {
+        let ids = vec!["DOE".to_string(), "4711".to_string()];
+        assert_eq!(
+            scrub("CT for doe, MRN 4711 follow-up", &ids),
+            "CT for ***, MRN *** follow-up"
+        );
+        assert_eq!(scrub("nothing here", &ids), "nothing here");
+    }
+
+    #[test]
+    fn identifiers_include_name_components_and_date_formats() {
+        let ds = InMemDicomObject::from_element_iter([
+            DataElement::new(
+                tags::PATIENT_NAME,
+                VR::PN,
+                PrimitiveValue::from("Doe^Johanna"),
+            ),
+            DataElement::new(
+                tags::PATIENT_BIRTH_DATE,
+                VR::DA,
+                PrimitiveValue::from("19610203"),
+            ),
+        ]);
+        let ids = collect_identifiers(&ds);
+        for want in ["DOE^JOHANNA", "JOHANNA", "DOE", "03.02.1961", "1961-02-03"] {
+            assert!(
+                ids.contains(&want.to_string()),
+                "{want} missing from {ids:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! De-identification of DICOM at the site: the PS3.15 Annex E Basic Application Level
+//! Confidentiality Profile with every option, keyed pseudonyms, and a batch runner that never
+//! aborts on one bad file.
+//!
+//! - [`table`]: Table E.1-1 as data (2024b with all option columns, plus 2026c basic rows).
+//! - [`profile`]: the options and the site's profile file.
+//! - [`pseudonym`]: the site key and HMAC-SHA-256 pseudonyms, UIDs and date shifts.
+//! - [`engine`]: one object in, one de-identified object (or a refusal) out.
+//! - [`pixels`]: the burned-in annotation gate and clean-pixel-data.
+//! - [`reid`]: the encrypted re-identification table that never leaves the site.
+//! - [`batch`]: folders in, folders and a JSON report out, in parallel.
+
+pub mod batch;
+mod dates;
+pub mod engine;
+mod error;
+pub mod pixels;
+pub mod profile;
+pub mod pseudonym;
+pub mod reid;
+pub mod table;
+pub mod verify;
+
+pub use batch::{BatchReport, BatchRun, FileReport, Outcome, read_object};
+pub use engine::{Deidentified, Deidentifier, Rejection};
+pub use error::DeidError;
+pub use profile::{DeidOption, DeidProfile, SafePrivateAttribute};
+pub use pseudonym::{Pseudonymizer, SiteKey};
+pub use reid::{OriginalIdentity, ReidTable, reid_table_path};
+pub use table::{ActionTable, TABLE_EDITION};
+pub use verify::{Verification, verify_output};
