@@ -260,6 +260,18 @@ pub fn read_object(bytes: &[u8]) -> Result<dicom_object::DefaultDicomObject, Rej
     match OpenFileOptions::new().from_reader(bytes) {
         Ok(obj) => Ok(obj),
         Err(e) => {
+            // Some writers pad files with zero bytes after the data set. Zeros carry nothing,
+            // so they may be dropped: the parser reads them as empty 8-byte elements of group
+            // 0000 (removed later) and only trips on the last, partial one.
+            let zeros = bytes.iter().rev().take_while(|&&b| b == 0).count();
+            if zeros >= 8 {
+                for cut in 1..8 {
+                    if let Ok(obj) = OpenFileOptions::new().from_reader(&bytes[..bytes.len() - cut]) {
+                        tracing::debug!(zeros, "ignored trailing zero padding");
+                        return Ok(obj);
+                    }
+                }
+            }
             let has_magic =
                 bytes.get(128..132) == Some(b"DICM") || bytes.get(0..4) == Some(b"DICM");
             if !has_magic && let Some(obj) = read_bare_dataset(bytes) {

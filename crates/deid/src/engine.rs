@@ -23,7 +23,7 @@ use crate::pixels::{burned_in_reason, clean_pixel_data};
 use crate::profile::{BASIC_PROFILE_CODE, DeidOption, DeidProfile};
 use crate::pseudonym::Pseudonymizer;
 use crate::reid::OriginalIdentity;
-use crate::table::{Action, ActionTable, TABLE_EDITION};
+use crate::table::{Action, ActionCode, ActionTable, TABLE_EDITION};
 
 /// medfed's Implementation Class UID (a UUID-derived OID, PS3.5 B.2).
 pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.152197018227359716390853779395402212934";
@@ -270,10 +270,16 @@ impl<'a> Deidentifier<'a> {
                 PrimitiveValue::from(ctx.patient_pseudonym.as_str()),
             )));
         }
-        let action = match self.table.row(tag) {
-            Some(row) => row.code_for(self.profile.options()).resolve(),
+        let code = match self.table.row(tag) {
+            Some(row) => row.code_for(self.profile.options()),
             None => return self.clean_unlisted(elem, ctx, depth),
         };
+        // X/Z on a sequence: an empty sequence is invalid wherever it is Type 3 (VM 1-n), and
+        // Type 2 sequences are rare, so the sequence goes.
+        if code == ActionCode::XZ && elem.vr() == VR::SQ {
+            return Ok(None);
+        }
+        let action = code.resolve();
         match action {
             Action::Remove => Ok(None),
             Action::Empty => Ok(Some(empty_like(&elem))),
