@@ -266,7 +266,8 @@ pub fn read_object(bytes: &[u8]) -> Result<dicom_object::DefaultDicomObject, Rej
             let zeros = bytes.iter().rev().take_while(|&&b| b == 0).count();
             if zeros >= 8 {
                 for cut in 1..8 {
-                    if let Ok(obj) = OpenFileOptions::new().from_reader(&bytes[..bytes.len() - cut]) {
+                    if let Ok(obj) = OpenFileOptions::new().from_reader(&bytes[..bytes.len() - cut])
+                    {
                         tracing::debug!(zeros, "ignored trailing zero padding");
                         return Ok(obj);
                     }

@@ -1,0 +1,9 @@
+//! End-to-end tests of `medfed-deid`: whole folders in, folders and reports out.
+
+mod options;
+mod pixels;
+mod property;
+mod real_files;
+mod robustness;
+mod support;
+mod synthetic;

@@ -1,0 +1,208 @@
+//! Real files from `../shared/datasets/dicom_samples` (read in place, never copied), and the
+//! dciodvfy judgement: no output may have a validation error its input did not have.
+
+use std::path::Path;
+use std::process::Command;
+
+use dicom_core::dictionary::DataDictionary;
+use dicom_dictionary_std::{StandardDataDictionary, tags};
+use medfed_deid::{DeidOption, verify_output};
+use medfed_synth::{SynthConfig, generate};
+
+use crate::support::*;
+
+fn samples() -> Option<std::path::PathBuf> {
+    let dir = shared_dir().map(|s| s.join("datasets/dicom_samples"));
+    if dir.is_none() {
+        eprintln!("SKIPPED: ../shared/datasets/dicom_samples is not present");
+    }
+    dir
+}
+
+#[test]
+fn real_samples_are_all_deidentified() {
+    let Some(samples) = samples() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let report = run_batch(
+        &samples,
+        &tmp.path().join("out"),
+        &tmp.path().join("key"),
+        &[],
+    );
+    // SOURCE.md is not DICOM and must be refused with a reason, not crash the batch.
+    for f in &report.files {
+        if f.input.ends_with(".dcm") {
+            assert_eq!(
+                f.outcome,
+                medfed_deid::Outcome::Ok,
+                "{}: {:?}",
+                f.input,
+                f.reason
+            );
+        } else {
+            assert_eq!(f.outcome, medfed_deid::Outcome::Refused, "{}", f.input);
+            assert!(f.reason.as_deref().unwrap().contains("not a DICOM file"));
+        }
+    }
+    // Original instance UIDs and identifying values of the real files are gone.
+    let mut planted = Vec::new();
+    for f in report.files.iter().filter(|f| f.input.ends_with(".dcm")) {
+        let obj = open(&samples.join(&f.input));
+        for tag in [
+            tags::SOP_INSTANCE_UID,
+            tags::STUDY_INSTANCE_UID,
+            tags::SERIES_INSTANCE_UID,
+        ] {
+            if let Some(v) = text(&obj, tag) {
+                planted.push(v.into_bytes());
+            }
+        }
+        // (Not the institution: MR_small's "TOSHIBA" is also the prefix of its manufacturer,
+        // which is kept.)
+        for tag in [
+            tags::PATIENT_NAME,
+            tags::PATIENT_ID,
+            tags::REFERRING_PHYSICIAN_NAME,
+        ] {
+            if let Some(v) = text(&obj, tag).filter(|v| v.len() >= 4) {
+                planted.push(v.into_bytes());
+            }
+        }
+    }
+    let v = verify_output(&tmp.path().join("out"), &planted).unwrap();
+    // (References to images outside the sample set cannot resolve; they are not checked here.)
+    assert!(
+        v.leaks.is_empty() && v.unreadable.is_empty() && v.unmarked.is_empty(),
+        "{v:?}"
+    );
+    assert_eq!(v.files, report.files_ok);
+}
+
+fn dciodvfy_available() -> bool {
+    let found = Command::new("dciodvfy").arg("-h").output().is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("MEDFED_REQUIRE_DCIODVFY").is_none(),
+            "dciodvfy (Debian dicom3tools) is required here but not installed"
+        );
+        eprintln!("SKIPPED: dciodvfy (dicom3tools) not installed");
+    }
+    found
+}
+
+/// dciodvfy's error lines for a file, each reduced to its message.
+fn errors(path: &Path) -> Vec<String> {
+    let out = Command::new("dciodvfy").arg(path).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|l| l.contains("Error - "))
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines.dedup();
+    lines
+}
+
+/// An error about an attribute that medfed copied unchanged cannot be medfed's doing: dciodvfy
+/// stops checking values once it meets certain errors (such as the input's illegal UID roots
+/// that medfed replaces), so an input can hide defects its output then reveals.
+fn about_untouched_attribute(error: &str, input: &Path, output: &Path) -> bool {
+    let Some(start) = error.rfind('<') else {
+        return false;
+    };
+    let Some(len) = error[start + 1..].find('>') else {
+        return false;
+    };
+    let name: String = error[start + 1..start + 1 + len]
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    let Some(entry) = StandardDataDictionary.by_name(&name) else {
+        return false;
+    };
+    let tag = entry.tag.inner();
+    let (a, b) = (open(input), open(output));
+    match (a.get(tag), b.get(tag)) {
+        (Some(x), Some(y)) => x.value() == y.value(),
+        _ => false,
+    }
+}
+
+fn assert_no_new_errors(input_root: &Path, output_root: &Path, rels: &[String]) {
+    let mut checked = 0;
+    for rel in rels {
+        let (input, output) = (input_root.join(rel), output_root.join(rel));
+        let before = errors(&input);
+        let new: Vec<String> = errors(&output)
+            .into_iter()
+            .filter(|e| !before.contains(e))
+            .filter(|e| !about_untouched_attribute(e, &input, &output))
+            .collect();
+        assert!(
+            new.is_empty(),
+            "{rel}: de-identification added dciodvfy errors: {new:#?}"
+        );
+        checked += 1;
+    }
+    assert!(checked > 0);
+}
+
+#[test]
+fn dciodvfy_finds_no_new_errors_in_real_or_synthetic_outputs() {
+    if !dciodvfy_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    if let Some(samples) = samples() {
+        for options in [
+            vec![],
+            vec![
+                DeidOption::RetainLongModifiedDates,
+                DeidOption::CleanDescriptors,
+            ],
+        ] {
+            let out = tmp.path().join(format!("real-{}", options.len()));
+            let report = run_batch(&samples, &out, &tmp.path().join("key"), &options);
+            let rels: Vec<String> = report
+                .files
+                .iter()
+                .filter(|f| f.output.is_some())
+                .map(|f| f.input.clone())
+                .collect();
+            assert_no_new_errors(&samples, &out, &rels);
+        }
+    }
+    let cfg = SynthConfig {
+        patients: 5,
+        studies_per_patient: 1,
+        series_per_study: 1,
+        slices_per_series: 2,
+        rows: 16,
+        columns: 16,
+        seed: 3,
+    };
+    let set = generate(&tmp.path().join("synth"), &cfg).unwrap();
+    run_batch(
+        &tmp.path().join("synth"),
+        &tmp.path().join("synth-out"),
+        &tmp.path().join("key"),
+        &[],
+    );
+    let rels: Vec<String> = set
+        .files
+        .iter()
+        .map(|f| {
+            f.strip_prefix(tmp.path().join("synth"))
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert_no_new_errors(
+        &tmp.path().join("synth"),
+        &tmp.path().join("synth-out"),
+        &rels,
+    );
+}
