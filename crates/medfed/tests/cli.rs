@@ -1,0 +1,146 @@
+//! The command line as users and other tools call it: exit codes, report, re-identification.
+
+use std::process::Command;
+
+fn medfed() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_medfed"));
+    c.env_remove("MEDFED_SITE_KEY");
+    c
+}
+
+#[test]
+fn deid_writes_report_exits_nonzero_on_refusals_and_reidentifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (input, out, key) = (
+        tmp.path().join("in"),
+        tmp.path().join("out"),
+        tmp.path().join("keys/site.key"),
+    );
+    let status = medfed()
+        .args([
+            "synth",
+            input.to_str().unwrap(),
+            "--patients",
+            "2",
+            "--studies",
+            "1",
+            "--series",
+            "1",
+            "--slices",
+            "3",
+            "--matrix",
+            "16",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let run = medfed()
+        .args([
+            "deid",
+            input.to_str().unwrap(),
+            out.to_str().unwrap(),
+            "--key-file",
+            key.to_str().unwrap(),
+            "--option",
+            "clean-descriptors",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("deid-report.json")).unwrap()).unwrap();
+    assert_eq!(report["files_ok"], 6);
+    assert_eq!(report["options"][0], "clean-descriptors");
+    assert!(key.exists(), "site key generated on first use");
+
+    // A pseudonym from the output reverses to the original with the key, and the lookup is logged.
+    let out_file = std::fs::read(out.join("P000/ST00/SE00/IM0001.dcm")).unwrap();
+    let pos = out_file.windows(2).position(|w| w == b"MF").unwrap();
+    let pseudonym = String::from_utf8_lossy(&out_file[pos..pos + 18]).into_owned();
+    let re = medfed()
+        .args([
+            "deid",
+            "reidentify",
+            &pseudonym,
+            "--key-file",
+            key.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        re.status.success(),
+        "{}",
+        String::from_utf8_lossy(&re.stderr)
+    );
+    assert!(String::from_utf8_lossy(&re.stdout).contains("PatientID\tPID"));
+    let log = std::fs::read_to_string(key.with_extension("reid-access.log")).unwrap();
+    assert!(log.contains(&pseudonym) && log.contains("found"));
+    let unknown = medfed()
+        .args([
+            "deid",
+            "reidentify",
+            "MFNOPE",
+            "--key-file",
+            key.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success());
+
+    // One non-DICOM file: everything else is still done, the exit code says not all was.
+    std::fs::write(input.join("readme.txt"), "not dicom").unwrap();
+    let run = medfed()
+        .args([
+            "deid",
+            input.to_str().unwrap(),
+            tmp.path().join("out2").to_str().unwrap(),
+            "--key-file",
+            key.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(2));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("out2/deid-report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["files_ok"], 6);
+    assert_eq!(report["files_refused"], 1);
+
+    // Bad arguments are clear errors, not panics.
+    let bad = medfed()
+        .args([
+            "deid",
+            input.to_str().unwrap(),
+            "x",
+            "--option",
+            "retain-all",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown de-identification option"));
+}
+
+#[test]
+fn demo_runs_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = medfed()
+        .args(["demo", "--dir", tmp.path().join("d").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        stdout.contains("0 leaks") && stdout.contains("demo: OK"),
+        "{stdout}"
+    );
+}
