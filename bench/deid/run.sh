@@ -30,9 +30,12 @@ for set in mixed series; do
   cat $(find "$IN" -type f) >/dev/null   # warm the page cache
   cp_times=(); md_times=()
   for r in $(seq "$REPS"); do
-    rm -rf "$WORK/out-cp" "$WORK/out-md"
+    # Each timed run starts with the previous run's output deleted and flushed, so neither tool
+    # pays for the other's write-back.
+    rm -rf "$WORK/out-cp" "$WORK/out-md"; sync
     t0=$(now); cp -r "$IN" "$WORK/out-cp"; t1=$(now)
     cp_times+=("$(echo "$t1 - $t0" | bc -l)")
+    rm -rf "$WORK/out-cp"; sync
     t0=$(now); $BIN deid "$IN" "$WORK/out-md" --key-file "$KEY" ${JOBS:+--jobs $JOBS} 2>/dev/null; t1=$(now)
     md_times+=("$(echo "$t1 - $t0" | bc -l)")
   done

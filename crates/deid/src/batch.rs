@@ -63,7 +63,7 @@ impl BatchReport {
     /// Writes the report as JSON, under a temporary name first.
     pub fn write_json(&self, path: &Path) -> Result<(), DeidError> {
         let json = serde_json::to_vec_pretty(self).expect("report serialises");
-        write_atomically(path, &json, true).map_err(|e| DeidError::io(path, e))
+        write_atomically(path, &json, true, true).map_err(|e| DeidError::io(path, e))
     }
 }
 
@@ -211,15 +211,17 @@ fn process_file(
         report.bytes_in = bytes.len() as u64;
         let object = read_object(&bytes)?;
         let done = deidentifier.deidentify(object)?;
-        let mut encoded = Vec::with_capacity(bytes.len() + 1024);
-        done.object.write_all(&mut encoded).map_err(|e| {
-            Rejection::Error(format!("cannot encode the de-identified object: {e}"))
-        })?;
+        drop(bytes);
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent)
                 .map_err(|e| Rejection::Error(format!("cannot create output folder: {e}")))?;
         }
-        write_atomically(&dest, &encoded, false).map_err(|e| {
+        let encode = |w: &mut BufWriter<File>| {
+            done.object.write_all(w).map_err(|e| {
+                std::io::Error::other(format!("cannot encode the de-identified object: {e}"))
+            })
+        };
+        write_atomically_with(&dest, false, false, encode).map_err(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
                 Rejection::Refused("output file already exists; nothing is overwritten".into())
             } else {
@@ -304,16 +306,35 @@ fn one_line(e: &dyn std::error::Error) -> String {
 }
 
 /// Writes `bytes` to a temporary name beside `dest`, then moves it into place. Without
-/// `replace`, an existing `dest` is never overwritten (the link fails instead).
-pub fn write_atomically(dest: &Path, bytes: &[u8], replace: bool) -> std::io::Result<()> {
+/// `replace`, an existing `dest` is never overwritten (the link fails instead). `durable` flushes
+/// to disk before the move.
+pub fn write_atomically(
+    dest: &Path,
+    bytes: &[u8],
+    replace: bool,
+    durable: bool,
+) -> std::io::Result<()> {
+    write_atomically_with(dest, replace, durable, |w| w.write_all(bytes))
+}
+
+/// [`write_atomically`] with the content produced by `fill`, streamed to the temporary file.
+pub fn write_atomically_with(
+    dest: &Path,
+    replace: bool,
+    durable: bool,
+    fill: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let name = dest.file_name().unwrap_or_default().to_string_lossy();
     let tmp = dest.with_file_name(format!(".{name}.medfed-partial-{}", std::process::id()));
     let result = (|| {
-        let mut f = BufWriter::new(File::create(&tmp)?);
-        f.write_all(bytes)?;
-        // No fsync per file: the rename/link already guarantees that no reader sees a
-        // partial file, and a flush per object would cost more than the de-identification.
-        f.into_inner().map_err(|e| e.into_error())?;
+        let mut f = BufWriter::with_capacity(256 * 1024, File::create(&tmp)?);
+        fill(&mut f)?;
+        // DICOM outputs skip the fsync: the rename/link already guarantees that no reader sees
+        // a partial file, and a flush per object would cost more than the de-identification.
+        let f = f.into_inner().map_err(|e| e.into_error())?;
+        if durable {
+            f.sync_data()?;
+        }
         if replace {
             std::fs::rename(&tmp, dest)
         } else {
