@@ -30,6 +30,9 @@ pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.1521970182273597163908537793954
 /// medfed's Implementation Version Name (SH, at most 16 characters).
 pub const IMPLEMENTATION_VERSION_NAME: &str = concat!("MEDFED_", env!("CARGO_PKG_VERSION"));
 
+/// Retired, but such files still exist and must keep their byte order.
+const EXPLICIT_VR_BIG_ENDIAN: &str = "1.2.840.10008.1.2.2";
+
 const DUMMY_TEXT: &str = "ANONYMIZED";
 const DUMMY_DATE: &str = "19000101";
 const DUMMY_DATETIME: &str = "19000101000000";
@@ -154,7 +157,7 @@ impl<'a> Deidentifier<'a> {
 
         let mut cleaned = self.clean_dataset(dataset, &ctx, 0)?;
         self.put_markers(&mut cleaned);
-        if ts != uids::EXPLICIT_VR_BIG_ENDIAN {
+        if ts != EXPLICIT_VR_BIG_ENDIAN {
             pixel_words_as_bytes(&mut cleaned);
         }
 

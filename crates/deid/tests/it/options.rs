@@ -163,3 +163,43 @@ fn retain_safe_private_keeps_only_listed_attributes() {
     profile.safe_private.push(safe());
     assert!(run(&[], Some(profile)).get(Tag(0x0019, 0x1005)).is_none());
 }
+
+#[test]
+fn overlay_and_curve_groups_go_whole_under_every_option() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut ds = rich_image();
+    for e in [
+        el(Tag(0x6000, 0x0010), VR::US, 4u16),
+        el(Tag(0x6000, 0x0011), VR::US, 4u16),
+        el(Tag(0x6000, 0x0040), VR::CS, "G"),
+        el(Tag(0x6000, 0x0100), VR::US, 1u16),
+        el(Tag(0x6000, 0x4000), VR::LT, "overlay by Amaryllis"),
+        el(
+            Tag(0x6002, 0x3000),
+            VR::OB,
+            dicom_core::value::PrimitiveValue::U8(vec![0xAA, 0x55].into()),
+        ),
+        el(Tag(0x5000, 0x0005), VR::US, 2u16),
+        el(Tag(0x5000, 0x2500), VR::LO, "curve of Amaryllis"),
+    ] {
+        ds.put(e);
+    }
+    write(
+        &with_meta(ds, uids::EXPLICIT_VR_LITTLE_ENDIAN),
+        &tmp.path().join("in/x.dcm"),
+    );
+    let profile = DeidProfile::with_options([DeidOption::CleanGraphics]).unwrap();
+    run_batch_with(
+        &tmp.path().join("in"),
+        &tmp.path().join("out"),
+        &tmp.path().join("key"),
+        &profile,
+    );
+    let out = open(&tmp.path().join("out/x.dcm"));
+    let left: Vec<Tag> = out
+        .iter()
+        .map(|e| dicom_core::header::Header::tag(e))
+        .filter(|t| matches!(t.group() & 0xFF00, 0x5000 | 0x6000))
+        .collect();
+    assert!(left.is_empty(), "repeating-group elements left: {left:?}");
+}
