@@ -170,12 +170,7 @@ impl ActionTable {
         let mut reader = csv::Reader::from_reader(csv_text.as_bytes());
         let bad = |msg: String| DeidError::ActionTable(msg);
         let headers = reader.headers().map_err(|e| bad(e.to_string()))?.clone();
-        let col = |name: &str| {
-            headers
-                .iter()
-                .position(|h| h == name)
-                .ok_or_else(|| bad(format!("missing column {name}")))
-        };
+        let col = |name: &str| column_index(&headers, name, "action table");
         let tag_col = col("tag")?;
         let name_col = col("name")?;
         let basic_col = col("basic")?;
@@ -253,6 +248,14 @@ impl ActionTable {
     }
 }
 
+/// The position of a named column, or an error naming the table that lacks it.
+fn column_index(headers: &csv::StringRecord, name: &str, table: &str) -> Result<usize, DeidError> {
+    headers
+        .iter()
+        .position(|h| h == name)
+        .ok_or_else(|| DeidError::ActionTable(format!("{table} lacks column {name}")))
+}
+
 fn parse_tag(text: &str) -> Option<Tag> {
     let (g, e) = text.split_once(',')?;
     Some(Tag(
@@ -287,12 +290,7 @@ pub fn derive_action_table_csv(
     let mut seen = std::collections::HashSet::new();
     let mut reader = csv::Reader::from_reader(e11_2024b.as_bytes());
     let headers = reader.headers().map_err(|e| bad(e.to_string()))?.clone();
-    let idx = |name: &str| {
-        headers
-            .iter()
-            .position(|h| h == name)
-            .ok_or_else(|| bad(format!("2024b table lacks column {name}")))
-    };
+    let idx = |name: &str| column_index(&headers, name, "2024b table");
     let (tag_i, name_i, basic_i) = (idx("tag")?, idx("name")?, idx("basic")?);
     let opt_i = OPTION_COLUMNS
         .iter()
@@ -314,12 +312,7 @@ pub fn derive_action_table_csv(
 
     let mut reader = csv::Reader::from_reader(additions_2026c.as_bytes());
     let headers = reader.headers().map_err(|e| bad(e.to_string()))?.clone();
-    let idx = |name: &str| {
-        headers
-            .iter()
-            .position(|h| h == name)
-            .ok_or_else(|| bad(format!("2026c additions lack column {name}")))
-    };
+    let idx = |name: &str| column_index(&headers, name, "2026c additions");
     let (tag_i, name_i, basic_i) = (idx("tag")?, idx("name")?, idx("basic")?);
     for record in reader.records() {
         let r = record.map_err(|e| bad(e.to_string()))?;

@@ -43,10 +43,12 @@ pub fn verify_output(dir: &Path, planted: &[Vec<u8>]) -> Result<Verification, De
     let mut v = Verification::default();
     let mut instances = HashSet::new();
     let mut referenced = Vec::new();
-    let finders: Vec<memchr::memmem::Finder<'_>> = planted
+    // (index into `planted`, finder); empty needles would match everywhere, so they are skipped.
+    let finders: Vec<(usize, memchr::memmem::Finder<'_>)> = planted
         .iter()
-        .filter(|n| !n.is_empty())
-        .map(|n| memchr::memmem::Finder::new(n.as_slice()))
+        .enumerate()
+        .filter(|(_, n)| !n.is_empty())
+        .map(|(i, n)| (i, memchr::memmem::Finder::new(n.as_slice())))
         .collect();
     for entry in walkdir::WalkDir::new(dir).sort_by_file_name() {
         let entry = entry.map_err(|e| DeidError::io(dir, e.into()))?;
@@ -57,9 +59,9 @@ pub fn verify_output(dir: &Path, planted: &[Vec<u8>]) -> Result<Verification, De
         let bytes = std::fs::read(&path).map_err(|e| DeidError::io(&path, e))?;
         v.files += 1;
         v.bytes += bytes.len() as u64;
-        for (i, finder) in finders.iter().enumerate() {
+        for (i, finder) in &finders {
             if finder.find(&bytes).is_some() {
-                v.leaks.push((path.clone(), i));
+                v.leaks.push((path.clone(), *i));
             }
         }
         let obj = match read_object(&bytes) {
