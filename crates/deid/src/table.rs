@@ -373,7 +373,17 @@ mod tests {
     /// `MEDFED_REGENERATE_TABLE=1` to rewrite it after the sources change.
     #[test]
     fn committed_table_matches_shared_sources() {
-        let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/deid");
+        // The checkout's sibling `shared/`, or MEDFED_SHARED_DIR, or the workplace's copy.
+        let shared = [
+            std::env::var_os("MEDFED_SHARED_DIR").map(std::path::PathBuf::from),
+            Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")),
+            Some(std::path::PathBuf::from("/work/shared")),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|p| p.join("deid"))
+        .find(|p| p.is_dir())
+        .unwrap_or_default();
         let (Ok(e11), Ok(add)) = (
             std::fs::read_to_string(shared.join("ps3.15-table-e1-1.csv")),
             std::fs::read_to_string(shared.join("ps3.15-table-e1-1-2026c-basic-additions.csv")),
