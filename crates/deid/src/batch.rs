@@ -77,15 +77,23 @@ pub struct BatchRun<'a> {
 
 impl BatchRun<'_> {
     /// De-identifies every file under `input` into the same relative path under `output`.
-    /// `progress` is called once per file, from worker threads.
+    /// `progress` is called once per file, from worker threads, with the number of files in
+    /// the batch.
     pub fn run(
         &self,
         input: &Path,
         output: &Path,
-        progress: &(dyn Fn(&FileReport) + Sync),
+        progress: &(dyn Fn(&FileReport, usize) + Sync),
     ) -> Result<BatchReport, DeidError> {
         let files = list_inputs(input, output)?;
         std::fs::create_dir_all(output).map_err(|e| DeidError::io(output, e))?;
+        // Every output folder once, up front, rather than a lookup per file.
+        let folders: std::collections::BTreeSet<&Path> =
+            files.iter().filter_map(|f| f.parent()).collect();
+        for folder in folders {
+            let dir = output.join(folder);
+            std::fs::create_dir_all(&dir).map_err(|e| DeidError::io(&dir, e))?;
+        }
         let deidentifier = Deidentifier::new(self.profile, self.pseudonymizer);
         let identities: Mutex<BTreeMap<String, OriginalIdentity>> = Mutex::new(BTreeMap::new());
 
@@ -94,7 +102,7 @@ impl BatchRun<'_> {
                 .par_iter()
                 .map(|rel| {
                     let report = process_file(&deidentifier, input, output, rel, &identities);
-                    progress(&report);
+                    progress(&report, files.len());
                     report
                 })
                 .collect::<Vec<_>>()
@@ -201,21 +209,10 @@ fn process_file(
     };
     let dest = output.join(rel);
     let result = (|| -> Result<(), Rejection> {
-        if dest.exists() {
-            return Err(Rejection::Refused(
-                "output file already exists; nothing is overwritten".into(),
-            ));
-        }
-        let bytes =
-            std::fs::read(&src).map_err(|e| Rejection::Error(format!("cannot read: {e}")))?;
-        report.bytes_in = bytes.len() as u64;
-        let object = read_object(&bytes)?;
+        // (An existing output is caught when the finished file is linked into place.)
+        let (object, size) = read_object_at(&src)?;
+        report.bytes_in = size;
         let done = deidentifier.deidentify(object)?;
-        drop(bytes);
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| Rejection::Error(format!("cannot create output folder: {e}")))?;
-        }
         let encode = |w: &mut BufWriter<File>| {
             done.object.write_all(w).map_err(|e| {
                 std::io::Error::other(format!("cannot encode the de-identified object: {e}"))
@@ -254,6 +251,21 @@ fn process_file(
         tracing::warn!(file = %report.input, outcome = ?report.outcome, reason = report.reason.as_deref().unwrap_or(""), "not de-identified");
     }
     report
+}
+
+/// Parses a DICOM file straight from disk (no copy of the whole file in memory); only a file
+/// the parser rejects is read whole, for [`read_object`]'s fallbacks.
+fn read_object_at(path: &Path) -> Result<(dicom_object::DefaultDicomObject, u64), Rejection> {
+    let cannot_read = |e: std::io::Error| Rejection::Error(format!("cannot read: {e}"));
+    let file = File::open(path).map_err(cannot_read)?;
+    let size = file.metadata().map_err(cannot_read)?.len();
+    match OpenFileOptions::new().from_reader(file) {
+        Ok(obj) => Ok((obj, size)),
+        Err(_) => {
+            let bytes = std::fs::read(path).map_err(cannot_read)?;
+            Ok((read_object(&bytes)?, size))
+        }
+    }
 }
 
 /// Parses a DICOM file from memory: Part 10 with or without preamble, or, failing that, a bare

@@ -81,8 +81,7 @@ pub fn run_batch(
 ) -> anyhow::Result<BatchReport> {
     let key = SiteKey::load_or_create(key_path)?;
     let pseudonymizer = Pseudonymizer::new(key);
-    let total = walkdir_count(input);
-    let bar = ProgressBar::new(total);
+    let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
             "{spinner} de-identifying [{bar:30}] {pos}/{len} files {per_sec} eta {eta}",
@@ -96,27 +95,13 @@ pub fn run_batch(
         jobs,
     };
     let report = run
-        .run(input, output, &|_| bar.inc(1))
+        .run(input, output, &|_, total| {
+            bar.set_length(total as u64);
+            bar.inc(1)
+        })
         .with_context(|| format!("de-identifying {}", input.display()))?;
     bar.finish_and_clear();
     Ok(report)
-}
-
-fn walkdir_count(dir: &Path) -> u64 {
-    fn count(dir: &Path) -> u64 {
-        std::fs::read_dir(dir)
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| match e.file_type() {
-                        Ok(t) if t.is_dir() => count(&e.path()),
-                        Ok(t) if t.is_file() => 1,
-                        _ => 0,
-                    })
-                    .sum()
-            })
-            .unwrap_or(0)
-    }
-    count(dir)
 }
 
 pub fn run(args: &DeidArgs) -> anyhow::Result<ExitCode> {

@@ -225,7 +225,7 @@ fn output_inside_input_is_refused_up_front() {
         pseudonymizer: &key,
         jobs: 1,
     };
-    let err = run.run(&input, &input.join("out"), &|_| {}).unwrap_err();
+    let err = run.run(&input, &input.join("out"), &|_, _| {}).unwrap_err();
     assert!(matches!(
         err,
         medfed_deid::DeidError::OutputInsideInput { .. }

@@ -58,7 +58,7 @@ pub fn run_batch_with(
         pseudonymizer: &pseudonymizer,
         jobs: 2,
     };
-    run.run(input, output, &|_| {}).unwrap()
+    run.run(input, output, &|_, _| {}).unwrap()
 }
 
 pub fn el(tag: Tag, vr: VR, value: impl Into<PrimitiveValue>) -> DataElement<InMemDicomObject> {
