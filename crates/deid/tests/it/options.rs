@@ -198,7 +198,7 @@ fn overlay_and_curve_groups_go_whole_under_every_option() {
     let out = open(&tmp.path().join("out/x.dcm"));
     let left: Vec<Tag> = out
         .iter()
-        .map(|e| dicom_core::header::Header::tag(e))
+        .map(dicom_core::header::Header::tag)
         .filter(|t| matches!(t.group() & 0xFF00, 0x5000 | 0x6000))
         .collect();
     assert!(left.is_empty(), "repeating-group elements left: {left:?}");
