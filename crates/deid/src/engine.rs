@@ -19,7 +19,7 @@ use dicom_object::{FileDicomObject, InMemDicomObject};
 use dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN;
 
 use crate::dates::shift_date_prefix;
-use crate::pixels::{burned_in_reason, clean_pixel_data};
+use crate::pixels::{burned_in_reason, clean_pixel_data, matching_signature, no_signature_reason};
 use crate::profile::{BASIC_PROFILE_CODE, DeidOption, DeidProfile};
 use crate::pseudonym::Pseudonymizer;
 use crate::reid::OriginalIdentity;
@@ -124,23 +124,24 @@ impl<'a> Deidentifier<'a> {
         let ts = meta.transfer_syntax().trim_end_matches('\0').to_string();
         let mut dataset = file.into_inner();
 
-        if let Some(reason) = burned_in_reason(&dataset) {
-            if !self.profile.has(DeidOption::CleanPixelData) {
+        // A matching signature is the site's statement that this device burns text in, so it
+        // is applied whether or not the object admits to burned-in text.
+        let signature = if self.profile.has(DeidOption::CleanPixelData) {
+            matching_signature(&dataset, &self.profile.pixel_signatures).cloned()
+        } else {
+            None
+        };
+        match (burned_in_reason(&dataset), signature) {
+            (_, Some(sig)) => clean_pixel_data(&mut dataset, &sig).map_err(Rejection::Refused)?,
+            (Some(_), None) if self.profile.has(DeidOption::CleanPixelData) => {
+                return Err(Rejection::Refused(no_signature_reason(&dataset)));
+            }
+            (Some(reason), None) => {
                 return Err(Rejection::Refused(format!(
                     "{reason}; refusing without the clean-pixel-data option"
                 )));
             }
-            clean_pixel_data(&mut dataset, &self.profile.pixel_signatures)
-                .map_err(Rejection::Refused)?;
-        } else if self.profile.has(DeidOption::CleanPixelData)
-            && !self.profile.pixel_signatures.is_empty()
-        {
-            // A matching signature is the site's statement that this device burns text in.
-            match clean_pixel_data(&mut dataset, &self.profile.pixel_signatures) {
-                Ok(_) => {}
-                Err(reason) if reason.contains("no pixel signature") => {}
-                Err(reason) => return Err(Rejection::Refused(reason)),
-            }
+            (None, None) => {}
         }
 
         let patient_key = patient_key(&dataset);

@@ -115,24 +115,29 @@ pub fn burned_in_reason(obj: &InMemDicomObject) -> Option<String> {
     None
 }
 
+/// The site's signature for this object's device and frame size, if it has one.
+pub fn matching_signature<'s>(
+    obj: &InMemDicomObject,
+    signatures: &'s [PixelSignature],
+) -> Option<&'s PixelSignature> {
+    obj.get(tags::PIXEL_DATA)?;
+    signatures.iter().find(|s| s.matches(obj))
+}
+
+/// Why no signature applies to this object (the refusal reason for a burned-in object).
+pub fn no_signature_reason(obj: &InMemDicomObject) -> String {
+    format!(
+        "clean-pixel-data: no pixel signature matches modality {:?}, manufacturer {:?}, model {:?}, {}x{}",
+        text(obj, tags::MODALITY).unwrap_or_default(),
+        text(obj, tags::MANUFACTURER).unwrap_or_default(),
+        text(obj, tags::MANUFACTURER_MODEL_NAME).unwrap_or_default(),
+        uint(obj, tags::COLUMNS).unwrap_or(0),
+        uint(obj, tags::ROWS).unwrap_or(0),
+    )
+}
+
 /// Blanks the signature's rectangles in every frame. Errors are refusal reasons.
-pub fn clean_pixel_data(
-    obj: &mut InMemDicomObject,
-    signatures: &[PixelSignature],
-) -> Result<bool, String> {
-    if obj.get(tags::PIXEL_DATA).is_none() {
-        return Ok(false);
-    }
-    let Some(sig) = signatures.iter().find(|s| s.matches(obj)) else {
-        return Err(format!(
-            "clean-pixel-data: no pixel signature matches modality {:?}, manufacturer {:?}, model {:?}, {}x{}",
-            text(obj, tags::MODALITY).unwrap_or_default(),
-            text(obj, tags::MANUFACTURER).unwrap_or_default(),
-            text(obj, tags::MANUFACTURER_MODEL_NAME).unwrap_or_default(),
-            uint(obj, tags::COLUMNS).unwrap_or(0),
-            uint(obj, tags::ROWS).unwrap_or(0),
-        ));
-    };
+pub fn clean_pixel_data(obj: &mut InMemDicomObject, sig: &PixelSignature) -> Result<(), String> {
     let need =
         |tag, what: &str| uint(obj, tag).ok_or_else(|| format!("clean-pixel-data: {what} missing"));
     let rows = need(tags::ROWS, "Rows")? as usize;
@@ -180,7 +185,7 @@ pub fn clean_pixel_data(
         VR::CS,
         PrimitiveValue::from("NO"),
     ));
-    Ok(true)
+    Ok(())
 }
 
 fn blank<T: Default + Copy>(
