@@ -470,8 +470,9 @@ mod tests {
             }
         }
         let n = r.morph.iter().filter(|&&m| m).count();
-        // 6 voxels of 1 mm, threshold 0.5 -> new voxels whose centre lies in [2.5, 8.5] -> 12 per axis.
-        assert_eq!(n, 12 * 12 * 12);
+        // 6 voxels of 1 mm -> 12 new voxels per axis with centres 2.75 .. 8.25; the mask value at
+        // the 8 corners is 0.75^3 = 0.42 < 0.5, on the edges 0.75^2 = 0.56 >= 0.5.
+        assert_eq!(n, 12 * 12 * 12 - 8);
     }
 
     #[test]
