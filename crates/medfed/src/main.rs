@@ -3,6 +3,7 @@
 
 mod deid_cmd;
 mod demo;
+mod radiomics_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +33,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// De-identify a folder of DICOM files (PS3.15 Annex E), or reverse a pseudonym.
     Deid(DeidCommand),
+    /// IBSI 1 radiomic features of image regions, as a CSV or Parquet table.
+    Radiomics(radiomics_cmd::RadiomicsArgs),
     /// Write a synthetic DICOM set with planted identifying values (for tests and benchmarks).
     Synth(demo::SynthArgs),
 }
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
         }) => deid_cmd::reidentify(&pseudonym, key_file),
         Command::Deid(DeidCommand { action: None, run }) => deid_cmd::run(&run),
         Command::Synth(args) => demo::synth(&args),
+        Command::Radiomics(args) => radiomics_cmd::run(&args),
     };
     match result {
         Ok(code) => code,

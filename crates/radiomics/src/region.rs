@@ -35,6 +35,37 @@ pub struct Discretised {
     pub bin_lower: Option<(f64, f64)>,
 }
 
+/// Where a (cropped) image sits in the full image it was read from. Interpolation aligns its new
+/// grid with the full image's centre (IBSI grid alignment), so it needs the full grid.
+#[derive(Debug, Clone, Copy)]
+pub struct Frame {
+    /// The full image's grid.
+    pub geometry: Geometry,
+    /// Index in the full image of the crop's voxel (0, 0, 0).
+    pub offset: [usize; 3],
+}
+
+impl Frame {
+    /// The frame of an image that was not cropped.
+    pub fn whole(geometry: Geometry) -> Self {
+        Frame {
+            geometry,
+            offset: [0; 3],
+        }
+    }
+}
+
+/// Voxels around a region that reading must keep: the local-intensity sphere and the
+/// interpolation kernel's support, in voxels of the original grid.
+pub fn read_margin(spacing: [f64; 3], settings: &RadiomicsSettings) -> [usize; 3] {
+    let interp = settings.interpolation.as_ref();
+    std::array::from_fn(|k| {
+        let new_spacing = interp.map_or(spacing[k], |i| i.spacing[k]);
+        let reach = PEAK_RADIUS_MM + new_spacing;
+        (reach / spacing[k]).ceil() as usize + if interp.is_some() { 10 } else { 0 }
+    })
+}
+
 impl Region {
     /// Crop `image` around the voxels of `mask` equal to `label`, interpolate and re-segment as
     /// `settings` say.
@@ -43,6 +74,17 @@ impl Region {
         mask: &Volume<u16>,
         label: u16,
         settings: &RadiomicsSettings,
+    ) -> Result<Region, RadiomicsError> {
+        Self::extract_in(image, mask, label, settings, Frame::whole(image.geometry))
+    }
+
+    /// As [`Region::extract`] for an image and mask cropped out of a larger image (`frame`).
+    pub fn extract_in(
+        image: &Volume<f32>,
+        mask: &Volume<u16>,
+        label: u16,
+        settings: &RadiomicsSettings,
+        frame: Frame,
     ) -> Result<Region, RadiomicsError> {
         if !image.geometry.same_grid(&mask.geometry, 1e-3 * image.geometry.spacing[0].max(1.0)) {
             return Err(RadiomicsError::GridMismatch(format!(
@@ -58,7 +100,7 @@ impl Region {
         let (lo, hi) = bounding_box(mask, |v| v == label).ok_or(RadiomicsError::EmptyRegion(label))?;
         let mut region = match &settings.interpolation {
             None => crop(image, mask, label, lo, hi),
-            Some(interp) => interpolate(image, mask, label, lo, hi, interp),
+            Some(interp) => interpolate(image, mask, label, lo, hi, interp, frame),
         };
         if !region.morph.iter().any(|&m| m) {
             return Err(RadiomicsError::EmptyRegion(label));
@@ -215,9 +257,13 @@ fn interpolate(
     lo: [usize; 3],
     hi: [usize; 3],
     interp: &Interpolation,
+    frame: Frame,
 ) -> Region {
-    let g = image.geometry;
-    let (new_dims, offset) = new_grid(&g, interp.spacing);
+    let g = frame.geometry;
+    let (new_dims, frame_offset) = new_grid(&g, interp.spacing);
+    // Work in the crop's index units: the new grid's origin relative to the crop.
+    let offset: [f64; 3] = std::array::from_fn(|k| frame_offset[k] - frame.offset[k] as f64);
+    let crop_dims = image.dims();
     let step: [f64; 3] = std::array::from_fn(|k| interp.spacing[k] / g.spacing[k]);
     let m = margin(interp.spacing);
     // New-grid indices whose position falls within one original voxel of the region, plus margin.
@@ -226,24 +272,30 @@ fn interpolate(
     for k in 0..3 {
         let first = (((lo[k] as f64 - 1.0) - offset[k]) / step[k]).floor().max(0.0) as usize;
         let last = ((((hi[k] as f64) - offset[k]) / step[k]).ceil().max(0.0) as usize + 1).min(new_dims[k]);
-        blo[k] = first.saturating_sub(m[k]);
-        bhi[k] = (last + m[k]).min(new_dims[k]).max(blo[k] + 1);
+        // New-grid voxels must also lie within the crop (the caller kept a margin for them).
+        let crop_first = ((-offset[k]) / step[k]).ceil().max(0.0) as usize;
+        let crop_last = (((crop_dims[k] as f64 - 1.0 - offset[k]) / step[k]).floor().max(0.0) as usize + 1).min(new_dims[k]);
+        let (first, last) = (first.max(crop_first), last.min(crop_last).max(first.max(crop_first) + 1));
+        blo[k] = first.saturating_sub(m[k]).max(crop_first);
+        bhi[k] = (last + m[k]).min(crop_last).max(blo[k] + 1);
     }
     let dims: [usize; 3] = std::array::from_fn(|k| bhi[k] - blo[k]);
     let mut geometry = g;
     geometry.dims = dims;
     geometry.spacing = interp.spacing;
-    geometry.origin = g.world(std::array::from_fn(|k| offset[k] + blo[k] as f64 * step[k]));
+    geometry.origin = image
+        .geometry
+        .world(std::array::from_fn(|k| offset[k] + blo[k] as f64 * step[k]));
 
     // The original block the interpolation reads from (cubic needs a wider support).
     let support = if interp.method == InterpolationMethod::Cubic { 8 } else { 2 };
     let src_lo: [usize; 3] = std::array::from_fn(|k| {
         let p = offset[k] + blo[k] as f64 * step[k];
-        (p.floor() as i64 - support).clamp(0, g.dims[k] as i64) as usize
+        (p.floor() as i64 - support).clamp(0, crop_dims[k] as i64) as usize
     });
     let src_hi: [usize; 3] = std::array::from_fn(|k| {
         let p = offset[k] + (bhi[k] - 1) as f64 * step[k];
-        ((p.ceil() as i64 + support + 1).clamp(0, g.dims[k] as i64) as usize).max(src_lo[k] + 1)
+        ((p.ceil() as i64 + support + 1).clamp(0, crop_dims[k] as i64) as usize).max(src_lo[k] + 1)
     });
     let src = image.crop(src_lo, src_hi);
     let src_mask: Vec<f32> = mask

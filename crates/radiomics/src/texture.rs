@@ -8,7 +8,7 @@
 //! (everything merged), `3D_avg` (per 3-D direction, averaged), `3D_comb` (all 13 merged).
 //! The others get `2D` (per slice, averaged), `2_5D` (slices merged) and `3D`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::FeatureSink;
 use crate::settings::{Family, RadiomicsSettings};
@@ -473,15 +473,22 @@ const NGL_NAMES: [&str; 17] = [
 /// The features shared by GLRLM, GLSZM, GLDZM and NGLDM, in their common order; the NGLDM's
 /// extra dependence-count energy comes last. `nv` is the number of voxels behind the matrix.
 fn zone_features(m: &Sparse, nv: f64) -> Vec<f64> {
-    let ns = m.total();
+    let ns: f64 = {
+        let mut v: Vec<f64> = m.cells.values().copied().collect();
+        v.sort_by(f64::total_cmp);
+        v.iter().sum()
+    };
     if ns == 0.0 {
         return vec![f64::NAN; 17];
     }
+    // Sorted, so that sums run in one order and results are reproducible to the last bit.
+    let mut cells: Vec<((u32, u32), f64)> = m.cells.iter().map(|(&k, &c)| (k, c)).collect();
+    cells.sort_unstable_by_key(|&(k, _)| k);
     let mut f = [0.0f64; 8];
-    let mut rows: HashMap<u32, f64> = HashMap::new();
-    let mut cols: HashMap<u32, f64> = HashMap::new();
+    let mut rows: BTreeMap<u32, f64> = BTreeMap::new();
+    let mut cols: BTreeMap<u32, f64> = BTreeMap::new();
     let (mut mu_i, mut mu_j, mut entr, mut energy) = (0.0, 0.0, 0.0, 0.0);
-    for (&(i, j), &c) in &m.cells {
+    for &((i, j), c) in &cells {
         let (i2, j2) = ((i as f64).powi(2), (j as f64).powi(2));
         f[0] += c / j2;
         f[1] += c * j2;
@@ -500,7 +507,7 @@ fn zone_features(m: &Sparse, nv: f64) -> Vec<f64> {
         energy += p * p;
     }
     let (mut var_i, mut var_j) = (0.0, 0.0);
-    for (&(i, j), &c) in &m.cells {
+    for &((i, j), c) in &cells {
         let p = c / ns;
         var_i += (i as f64 - mu_i).powi(2) * p;
         var_j += (j as f64 - mu_j).powi(2) * p;

@@ -10,14 +10,17 @@
 //! - [`dicom_series`]: a folder of DICOM images to one volume.
 //! - [`rtstruct`]: RTSTRUCT polygons rasterised onto an image grid, per ROI name.
 //! - [`seg`]: DICOM SEG segments (binary and fractional) onto an image grid.
+//! - [`source`]: one case (image + mask) cut down to the box around its regions.
 
 pub mod dicom_series;
 mod error;
 pub mod nifti;
 pub mod rtstruct;
 pub mod seg;
+pub mod source;
 
 pub use error::VolumeError;
+pub use source::{Case, MaskRegion, RegionSelector, load_case};
 
 /// Where a voxel grid sits in the world: `world = origin + direction * (index * spacing)`.
 #[derive(Debug, Clone, Copy, PartialEq)]

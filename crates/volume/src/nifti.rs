@@ -16,74 +16,195 @@ use crate::{Geometry, Volume, VolumeError};
 
 /// Read a NIfTI image as 32-bit float intensities.
 pub fn read_image(path: &Path) -> Result<Volume<f32>, VolumeError> {
-    let bytes = read_maybe_gz(path)?;
-    parse(&bytes).map_err(|reason| VolumeError::Nifti {
-        path: path.to_path_buf(),
-        reason,
-    })
+    read_image_box(path, None)
 }
 
-/// Read a NIfTI label map (values rounded to whole labels; negative or fractional labels refused).
+/// Read only the voxels in `[lo, hi)` of a NIfTI image (the whole image when `None`), streaming
+/// through the file so that memory holds the box, not the image.
+pub fn read_image_box(
+    path: &Path,
+    bbox: Option<([usize; 3], [usize; 3])>,
+) -> Result<Volume<f32>, VolumeError> {
+    read_voxels(path, bbox, |v| Ok(v as f32))
+}
+
+/// The grid of a NIfTI file, from its header alone.
+pub fn read_geometry(path: &Path) -> Result<Geometry, VolumeError> {
+    let (header, _, _) = open(path)?;
+    Ok(geometry_from_affine(header.dims, &header.affine))
+}
+
+/// Read a NIfTI label map (values must be whole labels 0..65535; a probability map is refused).
 pub fn read_labels(path: &Path) -> Result<Volume<u16>, VolumeError> {
-    let img = read_image(path)?;
-    if let Some(bad) = img
-        .data
-        .iter()
-        .find(|&&v| !(0.0..=65535.0).contains(&v) || (v - v.round()).abs() > 1e-3)
-    {
-        return Err(VolumeError::Nifti {
-            path: path.to_path_buf(),
-            reason: format!(
-                "a mask must hold whole labels 0..65535; found the value {bad} (a probability map? threshold it first)"
-            ),
-        });
-    }
-    Ok(img.map(|v| v.round() as u16))
+    read_voxels(path, None, label_value)
 }
 
-fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, VolumeError> {
+/// Read the labels in `[lo, hi)` of a NIfTI label map (the whole map when `None`).
+pub fn read_labels_box(
+    path: &Path,
+    bbox: Option<([usize; 3], [usize; 3])>,
+) -> Result<Volume<u16>, VolumeError> {
+    read_voxels(path, bbox, label_value)
+}
+
+fn label_value(v: f64) -> Result<u16, String> {
+    if !(0.0..=65535.0).contains(&v) || (v - v.round()).abs() > 1e-3 {
+        Err(format!(
+            "a mask must hold whole labels 0..65535; found the value {v} (a probability map? threshold it first)"
+        ))
+    } else {
+        Ok(v.round() as u16)
+    }
+}
+
+/// Every label of a label map with its bounding box `[lo, hi)`, in one streaming pass that holds
+/// one row at a time (so a mask is never held whole just to find its regions).
+pub fn label_extents(
+    path: &Path,
+) -> Result<(Geometry, std::collections::BTreeMap<u16, ([usize; 3], [usize; 3])>), VolumeError> {
+    let mut extents: std::collections::BTreeMap<u16, ([usize; 3], [usize; 3])> = Default::default();
+    let mut row: Vec<u16> = Vec::new();
+    let mut y = 0usize;
+    let mut z = 0usize;
+    let geometry = stream_rows(path, label_value, |dims, values| {
+        row.clear();
+        row.extend_from_slice(values);
+        for (x, &l) in row.iter().enumerate() {
+            if l == 0 {
+                continue;
+            }
+            let e = extents.entry(l).or_insert(([x, y, z], [x + 1, y + 1, z + 1]));
+            let c = [x, y, z];
+            for k in 0..3 {
+                e.0[k] = e.0[k].min(c[k]);
+                e.1[k] = e.1[k].max(c[k] + 1);
+            }
+        }
+        y += 1;
+        if y == dims[1] {
+            y = 0;
+            z += 1;
+        }
+    })?;
+    Ok((geometry, extents))
+}
+
+type Source = Box<dyn Read>;
+
+fn open(path: &Path) -> Result<(Header, bool, Source), VolumeError> {
     let io = |source| VolumeError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let raw = std::fs::read(path).map_err(io)?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::with_capacity(raw.len() * 4);
-        MultiGzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(io)?;
-        Ok(out)
+    let bad = |reason: String| VolumeError::Nifti {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut magic = [0u8; 2];
+    let got = file.read(&mut magic).map_err(io)?;
+    use std::io::Seek;
+    file.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
+    let reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut src: Source = if got == 2 && magic == [0x1f, 0x8b] {
+        Box::new(std::io::BufReader::with_capacity(1 << 20, MultiGzDecoder::new(reader)))
     } else {
-        Ok(raw)
-    }
-}
-
-struct Header {
-    dims: [usize; 3],
-    datatype: i16,
-    vox_offset: usize,
-    slope: f64,
-    inter: f64,
-    /// Voxel index -> RAS world, rows of a 3x4 matrix, in mm.
-    affine: [[f64; 4]; 3],
-}
-
-fn parse(bytes: &[u8]) -> Result<Volume<f32>, String> {
-    if bytes.len() < 348 {
-        return Err(format!("{} bytes is shorter than a NIfTI header", bytes.len()));
+        Box::new(reader)
+    };
+    let mut head = vec![0u8; 348];
+    let n = read_full(&mut src, &mut head).map_err(io)?;
+    if n < 348 {
+        return Err(bad(format!("{n} bytes is shorter than a NIfTI header")));
     }
     let le = |n: i32| n == 348 || n == 540;
-    let first = i32::from_le_bytes(bytes[0..4].try_into().unwrap_or_default());
+    let first = i32::from_le_bytes([head[0], head[1], head[2], head[3]]);
     let little = if le(first) {
         true
     } else if le(first.swap_bytes()) {
         false
     } else {
-        return Err(format!("sizeof_hdr is {first}, neither 348 nor 540"));
+        return Err(bad(format!("sizeof_hdr is {first}, neither 348 nor 540")));
     };
-    let r = Reader { bytes, little };
-    let header = if r.i32(0) == 348 { header_v1(&r)? } else { header_v2(&r)? };
-    let n = header.dims[0] * header.dims[1] * header.dims[2];
+    let v2 = Reader { bytes: &head, little }.i32(0) == 540;
+    if v2 {
+        head.resize(540, 0);
+        let m = read_full(&mut src, &mut head[348..]).map_err(io)?;
+        if m < 192 {
+            return Err(bad("truncated NIfTI-2 header".into()));
+        }
+    }
+    let r = Reader { bytes: &head, little };
+    let header = if v2 { header_v2(&r) } else { header_v1(&r) }.map_err(bad)?;
+    // Skip extensions up to the first voxel.
+    let skip = header.vox_offset.saturating_sub(head.len()) as u64;
+    let skipped = std::io::copy(&mut (&mut src).take(skip), &mut std::io::sink()).map_err(io)?;
+    if skipped < skip {
+        return Err(bad("truncated before the first voxel".into()));
+    }
+    Ok((header, little, src))
+}
+
+fn read_full(src: &mut Source, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match src.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Decode every row of the image in order, handing each to `row` (the grid's dims, the values).
+fn stream_rows<T>(
+    path: &Path,
+    convert: impl Fn(f64) -> Result<T, String>,
+    mut row: impl FnMut([usize; 3], &[T]),
+) -> Result<Geometry, VolumeError> {
+    let dims = read_geometry(path)?.dims;
+    let mut buf: Vec<T> = Vec::with_capacity(dims[0]);
+    let mut x = 0;
+    let g = read_voxels_with(path, None, convert, |v| {
+        buf.push(v);
+        x += 1;
+        if x == dims[0] {
+            row(dims, &buf);
+            buf.clear();
+            x = 0;
+        }
+    })?;
+    Ok(g)
+}
+
+fn read_voxels<T>(
+    path: &Path,
+    bbox: Option<([usize; 3], [usize; 3])>,
+    convert: impl Fn(f64) -> Result<T, String>,
+) -> Result<Volume<T>, VolumeError> {
+    let mut data = Vec::new();
+    let geometry = read_voxels_with(path, bbox, convert, |v| data.push(v))?;
+    Ok(Volume { geometry, data })
+}
+
+/// Stream the voxels in `bbox` to `sink`, returning the box's geometry.
+fn read_voxels_with<T>(
+    path: &Path,
+    bbox: Option<([usize; 3], [usize; 3])>,
+    convert: impl Fn(f64) -> Result<T, String>,
+    mut sink: impl FnMut(T),
+) -> Result<Geometry, VolumeError> {
+    let bad = |reason: String| VolumeError::Nifti {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let (header, little, mut src) = open(path)?;
+    let dims = header.dims;
+    let (lo, hi) = bbox.unwrap_or(([0; 3], dims));
+    if (0..3).any(|k| lo[k] >= hi[k] || hi[k] > dims[k]) {
+        return Err(bad(format!("box {lo:?}..{hi:?} is not inside the image {dims:?}")));
+    }
     let (width, decode): (usize, fn(&[u8], bool) -> f64) = match header.datatype {
         2 => (1, |b, _| b[0] as f64),
         256 => (1, |b, _| b[0] as i8 as f64),
@@ -95,27 +216,53 @@ fn parse(bytes: &[u8]) -> Result<Volume<f32>, String> {
         64 => (8, |b, l| int::<8>(b, l, f64::from_le_bytes)),
         1024 => (8, |b, l| int::<8>(b, l, |a| i64::from_le_bytes(a) as f64)),
         1280 => (8, |b, l| int::<8>(b, l, |a| u64::from_le_bytes(a) as f64)),
-        other => return Err(format!("data type {other} is not supported (only scalar types)")),
+        other => return Err(bad(format!("data type {other} is not supported (only scalar types)"))),
     };
-    let need = header.vox_offset + n * width;
-    if bytes.len() < need {
-        return Err(format!(
-            "truncated: the header announces {n} voxels ending at byte {need}, the file has {}",
-            bytes.len()
-        ));
-    }
-    let scale = header.slope != 0.0 && header.slope.is_finite() && !(header.slope == 1.0 && header.inter == 0.0);
-    let data = bytes[header.vox_offset..need]
-        .chunks_exact(width)
-        .map(|b| {
+    let scale = header.slope != 0.0
+        && header.slope.is_finite()
+        && !(header.slope == 1.0 && header.inter == 0.0);
+    let out_dims = [hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2]];
+    let row_bytes = dims[0] * width;
+    let mut row = vec![0u8; row_bytes];
+    let total_rows = dims[1] * dims[2];
+    for r in 0..total_rows {
+        let (y, z) = (r % dims[1], r / dims[1]);
+        if z >= hi[2] {
+            break;
+        }
+        let got = read_full(&mut src, &mut row).map_err(|source| VolumeError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if got < row_bytes {
+            return Err(bad(format!(
+                "truncated: the header announces {} voxels, the data ends in row {r} of {total_rows}",
+                dims[0] * dims[1] * dims[2]
+            )));
+        }
+        if z < lo[2] || y < lo[1] || y >= hi[1] {
+            continue;
+        }
+        for b in row[lo[0] * width..hi[0] * width].chunks_exact(width) {
             let v = decode(b, little);
-            (if scale { v * header.slope + header.inter } else { v }) as f32
-        })
-        .collect();
-    Ok(Volume {
-        geometry: geometry_from_affine(header.dims, &header.affine),
-        data,
-    })
+            sink(convert(if scale { v * header.slope + header.inter } else { v }).map_err(bad)?);
+        }
+    }
+    let full = geometry_from_affine(dims, &header.affine);
+    let mut geometry = full;
+    geometry.dims = out_dims;
+    geometry.origin = full.world([lo[0] as f64, lo[1] as f64, lo[2] as f64]);
+    Ok(geometry)
+}
+
+struct Header {
+    dims: [usize; 3],
+    datatype: i16,
+    vox_offset: usize,
+    slope: f64,
+    inter: f64,
+    /// Voxel index -> RAS world, rows of a 3x4 matrix, in mm.
+    affine: [[f64; 4]; 3],
 }
 
 fn int<const N: usize>(b: &[u8], little: bool, f: impl Fn([u8; N]) -> f64) -> f64 {
