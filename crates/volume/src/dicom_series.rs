@@ -29,10 +29,9 @@ pub fn read_series(dir: &Path) -> Result<Volume<f32>, VolumeError> {
     files.sort();
     let mut slices = Vec::new();
     for f in &files {
-        let Ok(obj) = OpenFileOptions::new().open_file(f) else {
-            continue;
-        };
-        slices.push(Slice::read(f, obj)?);
+        if let Some(obj) = open_dicom(f)? {
+            slices.push(Slice::read(f, obj)?);
+        }
     }
     if slices.is_empty() {
         return Err(err("no DICOM image files in the folder".into()));
@@ -123,6 +122,33 @@ pub fn read_series(dir: &Path) -> Result<Volume<f32>, VolumeError> {
         data.extend(s.pixels()?);
     }
     Ok(Volume { geometry, data })
+}
+
+/// Open a DICOM file; `None` for a file that is not DICOM at all (no "DICM" marker), an error
+/// for one that is but cannot be read, so a series never loses a slice silently. Trailing zero
+/// padding after the last element (written by some exporters) is tolerated.
+fn open_dicom(path: &Path) -> Result<Option<DefaultDicomObject>, VolumeError> {
+    let bytes = std::fs::read(path).map_err(|source| VolumeError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
+        return Ok(None);
+    }
+    let first = match OpenFileOptions::new().from_reader(&bytes[..]) {
+        Ok(o) => return Ok(Some(o)),
+        Err(e) => e,
+    };
+    // Zero padding parses as empty 8-byte elements; only the last, partial one trips the parser.
+    let zeros = bytes.iter().rev().take_while(|&&b| b == 0).count();
+    if zeros >= 8 {
+        for cut in 1..8 {
+            if let Ok(o) = OpenFileOptions::new().from_reader(&bytes[..bytes.len() - cut]) {
+                return Ok(Some(o));
+            }
+        }
+    }
+    Err(VolumeError::dicom(path, format!("unreadable DICOM file in the series: {first}")))
 }
 
 struct Slice {
