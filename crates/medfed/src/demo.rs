@@ -146,13 +146,18 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     );
 
     let t = Instant::now();
-    let (regions, failed, features) = demo_features(&deidentified, &cfg, &dir.join("site/features.csv"))?;
+    let (regions, failed, features) =
+        demo_features(&deidentified, &cfg, &dir.join("site/features.csv"))?;
     println!(
         "5. IBSI radiomics of the de-identified lesions: {regions} regions x {features} features, {failed} failed -> {} (settings beside it) [{:.2} s]",
         dir.join("site/features.csv").display(),
         t.elapsed().as_secs_f64()
     );
-    let ok = v.is_clean() && report.all_ok() && reversed == set.patients.len() && failed == 0 && regions > 0;
+    let ok = v.is_clean()
+        && report.all_ok()
+        && reversed == set.patients.len()
+        && failed == 0
+        && regions > 0;
     println!("{}", if ok { "demo: OK" } else { "demo: FAILED" });
     Ok(if ok {
         ExitCode::SUCCESS
@@ -210,7 +215,11 @@ fn demo_features(
         let mask_path = masks.join(format!("series{i:03}.nii.gz"));
         nifti::write(&mask_path, &mask)?;
         cases.push(crate::radiomics_cmd::CaseSpec {
-            id: dir.strip_prefix(deidentified).unwrap_or(dir).display().to_string(),
+            id: dir
+                .strip_prefix(deidentified)
+                .unwrap_or(dir)
+                .display()
+                .to_string(),
             image: dir.clone(),
             mask: mask_path,
             selector: RegionSelector::All,
@@ -223,7 +232,11 @@ fn demo_features(
         .collect();
     let failed = rows.iter().filter(|r| r.error.is_some()).count();
     for r in rows.iter().filter(|r| r.error.is_some()) {
-        println!("   radiomics failed for {}: {}", r.case_id, r.error.as_deref().unwrap_or(""));
+        println!(
+            "   radiomics failed for {}: {}",
+            r.case_id,
+            r.error.as_deref().unwrap_or("")
+        );
     }
     let table = FeatureTable { settings, rows };
     table.write(out)?;

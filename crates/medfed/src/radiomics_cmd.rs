@@ -32,13 +32,13 @@ pub struct RadiomicsArgs {
     #[arg(long)]
     config: Option<PathBuf>,
     /// Output table: .csv or .parquet; the settings sidecar is written beside it
-    #[arg(long)]
-    out: PathBuf,
+    #[arg(long, required_unless_present = "print_defaults")]
+    out: Option<PathBuf>,
     /// Cases processed at once [default: number of cores]
     #[arg(long)]
     jobs: Option<usize>,
     /// Print the default settings as TOML and exit
-    #[arg(long, exclusive = true)]
+    #[arg(long)]
     print_defaults: bool,
 }
 
@@ -74,22 +74,29 @@ pub fn run(args: &RadiomicsArgs) -> anyhow::Result<ExitCode> {
             _ => RegionSelector::All,
         };
         vec![CaseSpec {
-            id: image.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+            id: image
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             image: image.clone(),
             mask: mask.clone(),
             selector,
         }]
     };
-    let ext_ok = args
-        .out
+    let Some(out) = &args.out else {
+        bail!("--out is required");
+    };
+    let ext_ok = out
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("csv") || e.eq_ignore_ascii_case("parquet"));
     if !ext_ok {
-        bail!("--out must end in .csv or .parquet: {}", args.out.display());
+        bail!("--out must end in .csv or .parquet: {}", out.display());
     }
     let progress = ProgressBar::new(cases.len() as u64).with_style(
-        ProgressStyle::with_template("{spinner} radiomics [{bar:30}] {pos}/{len} cases {elapsed} (eta {eta}) {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} radiomics [{bar:30}] {pos}/{len} cases {elapsed} (eta {eta}) {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(args.jobs.unwrap_or(0))
@@ -109,19 +116,28 @@ pub fn run(args: &RadiomicsArgs) -> anyhow::Result<ExitCode> {
     let mut failed = 0;
     for r in rows.iter().filter(|r| r.error.is_some()) {
         failed += 1;
-        eprintln!("failed: {} region {}: {}", r.case_id, r.region, r.error.as_deref().unwrap_or(""));
+        eprintln!(
+            "failed: {} region {}: {}",
+            r.case_id,
+            r.region,
+            r.error.as_deref().unwrap_or("")
+        );
     }
     let table = FeatureTable { settings, rows };
-    table.write(&args.out)?;
+    table.write(out)?;
     println!(
         "{} regions, {} features each, {} failed -> {} (settings: {})",
         table.rows.len(),
         table.tags().len(),
         failed,
-        args.out.display(),
-        FeatureTable::sidecar_path(&args.out).display()
+        out.display(),
+        FeatureTable::sidecar_path(out).display()
     );
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }
 
 /// Every region of one case; a failure becomes a row with an error, never an abort.
@@ -134,7 +150,9 @@ pub fn extract_case(case: &CaseSpec, settings: &RadiomicsSettings) -> Vec<Featur
         features,
         error,
     };
-    let loaded = match load_case(&case.image, &case.mask, &case.selector, |sp| read_margin(sp, settings)) {
+    let loaded = match load_case(&case.image, &case.mask, &case.selector, |sp| {
+        read_margin(sp, settings)
+    }) {
         Ok(c) => c,
         Err(e) => {
             let name = match &case.selector {
@@ -165,11 +183,20 @@ pub fn extract_case(case: &CaseSpec, settings: &RadiomicsSettings) -> Vec<Featur
 
 fn read_manifest(path: &Path) -> anyhow::Result<Vec<CaseSpec>> {
     let base = path.parent().unwrap_or(Path::new("."));
-    let mut rd = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut rd =
+        csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
     let headers = rd.headers()?.clone();
-    let col = |n: &str| headers.iter().position(|h| h.trim().eq_ignore_ascii_case(n));
+    let col = |n: &str| {
+        headers
+            .iter()
+            .position(|h| h.trim().eq_ignore_ascii_case(n))
+    };
     let (Some(id), Some(image), Some(mask)) = (col("id"), col("image"), col("mask")) else {
-        bail!("{}: the manifest needs columns id,image,mask (found {:?})", path.display(), headers);
+        bail!(
+            "{}: the manifest needs columns id,image,mask (found {:?})",
+            path.display(),
+            headers
+        );
     };
     let (label, roi) = (col("label"), col("roi"));
     let mut cases = Vec::new();
@@ -180,11 +207,17 @@ fn read_manifest(path: &Path) -> anyhow::Result<Vec<CaseSpec>> {
             let p = PathBuf::from(p);
             if p.is_absolute() { p } else { base.join(p) }
         };
-        let selector = match (label.map(get).filter(|s| !s.is_empty()), roi.map(get).filter(|s| !s.is_empty())) {
-            (Some(l), _) => RegionSelector::Label(
-                l.parse()
-                    .with_context(|| format!("{} line {}: label '{l}' is not 1..65535", path.display(), n + 2))?,
-            ),
+        let selector = match (
+            label.map(get).filter(|s| !s.is_empty()),
+            roi.map(get).filter(|s| !s.is_empty()),
+        ) {
+            (Some(l), _) => RegionSelector::Label(l.parse().with_context(|| {
+                format!(
+                    "{} line {}: label '{l}' is not 1..65535",
+                    path.display(),
+                    n + 2
+                )
+            })?),
             (None, Some(r)) => RegionSelector::Name(r),
             _ => RegionSelector::All,
         };

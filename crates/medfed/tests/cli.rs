@@ -144,3 +144,90 @@ fn demo_runs_end_to_end() {
         "{stdout}"
     );
 }
+
+fn phantom_dir() -> std::path::PathBuf {
+    let shared = std::env::var("MEDFED_SHARED_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            let beside =
+                std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared");
+            if beside.is_dir() {
+                beside
+            } else {
+                "/work/shared".into()
+            }
+        });
+    shared.join("ibsi/digital_phantom/nifti")
+}
+
+#[test]
+fn radiomics_manifest_writes_csv_and_parquet_with_sidecar_and_keeps_going_on_failure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = phantom_dir();
+    let manifest = tmp.path().join("cases.csv");
+    std::fs::write(
+        &manifest,
+        format!(
+            "id,image,mask\nphantom,{},{}\nbroken,{},missing.nii.gz\n",
+            p.join("image/phantom.nii.gz").display(),
+            p.join("mask/mask.nii.gz").display(),
+            p.join("image/phantom.nii.gz").display(),
+        ),
+    )
+    .unwrap();
+    let config = tmp.path().join("ibsi.toml");
+    std::fs::write(
+        &config,
+        "[texture_discretisation]\nmethod = \"none\"\n[ivh_discretisation]\nmethod = \"none\"\n",
+    )
+    .unwrap();
+    let mut tables = Vec::new();
+    for name in ["t.csv", "t.parquet", "again.csv"] {
+        let out = tmp.path().join(name);
+        let run = medfed()
+            .args(["radiomics", "--manifest"])
+            .arg(&manifest)
+            .arg("--config")
+            .arg(&config)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        // One case failed (missing mask): reported, the other still written, exit code 2.
+        assert_eq!(
+            run.status.code(),
+            Some(2),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert!(String::from_utf8_lossy(&run.stderr).contains("missing.nii.gz"));
+        let sidecar: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(tmp.path().join(format!("{name}.settings.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            sidecar["settings"]["texture_discretisation"]["method"],
+            "none"
+        );
+        assert_eq!(sidecar["rows"].as_array().unwrap().len(), 2);
+        tables.push(std::fs::read(&out).unwrap());
+    }
+    assert_eq!(&tables[1][..4], b"PAR1");
+    // Same inputs, same bytes.
+    assert_eq!(tables[0], tables[2]);
+    let text = String::from_utf8(tables[0].clone()).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let row: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(header.len(), 7 + 482);
+    let col = |tag: &str| header.iter().position(|h| *h == tag).unwrap();
+    // IBSI reference values for the phantom: volume 556 +- 4, mean 2.15.
+    let vol: f64 = row[col("morph_volume")].parse().unwrap();
+    assert!((vol - 556.0).abs() <= 4.0, "{vol}");
+    assert_eq!(row[col("case_id")], "phantom");
+    let failed = lines.next().unwrap();
+    assert!(
+        failed.starts_with("broken,") && failed.contains("missing.nii.gz"),
+        "{failed}"
+    );
+}

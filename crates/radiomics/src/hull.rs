@@ -14,9 +14,21 @@ pub struct ConvexHull {
 }
 
 fn orient(a: [i64; 3], b: [i64; 3], c: [i64; 3], p: [i64; 3]) -> i128 {
-    let u = [(b[0] - a[0]) as i128, (b[1] - a[1]) as i128, (b[2] - a[2]) as i128];
-    let v = [(c[0] - a[0]) as i128, (c[1] - a[1]) as i128, (c[2] - a[2]) as i128];
-    let w = [(p[0] - a[0]) as i128, (p[1] - a[1]) as i128, (p[2] - a[2]) as i128];
+    let u = [
+        (b[0] - a[0]) as i128,
+        (b[1] - a[1]) as i128,
+        (b[2] - a[2]) as i128,
+    ];
+    let v = [
+        (c[0] - a[0]) as i128,
+        (c[1] - a[1]) as i128,
+        (c[2] - a[2]) as i128,
+    ];
+    let w = [
+        (p[0] - a[0]) as i128,
+        (p[1] - a[1]) as i128,
+        (p[2] - a[2]) as i128,
+    ];
     let n = [
         u[1] * v[2] - u[2] * v[1],
         u[2] * v[0] - u[0] * v[2],
@@ -41,7 +53,10 @@ impl ConvexHull {
             return empty;
         }
         // Initial tetrahedron.
-        let a = *candidates.iter().min_by_key(|&&i| p(i)).unwrap_or(&candidates[0]);
+        let a = *candidates
+            .iter()
+            .min_by_key(|&&i| p(i))
+            .unwrap_or(&candidates[0]);
         let d2 = |i: usize, j: usize| {
             let d = [p(i)[0] - p(j)[0], p(i)[1] - p(j)[1], p(i)[2] - p(j)[2]];
             (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]) as i128
@@ -70,21 +85,26 @@ impl ConvexHull {
         }
         let mut faces: Vec<Face> = Vec::new();
         let mut edges: HashMap<(usize, usize), usize> = HashMap::new();
-        let add = |faces: &mut Vec<Face>, edges: &mut HashMap<(usize, usize), usize>, v: [usize; 3]| {
-            let id = faces.len();
-            for k in 0..3 {
-                edges.insert((v[k], v[(k + 1) % 3]), id);
-            }
-            faces.push(Face {
-                v,
-                alive: true,
-                outside: Vec::new(),
-            });
-            id
-        };
+        let add =
+            |faces: &mut Vec<Face>, edges: &mut HashMap<(usize, usize), usize>, v: [usize; 3]| {
+                let id = faces.len();
+                for k in 0..3 {
+                    edges.insert((v[k], v[(k + 1) % 3]), id);
+                }
+                faces.push(Face {
+                    v,
+                    alive: true,
+                    outside: Vec::new(),
+                });
+                id
+            };
         // Orient each initial face away from the fourth point.
         for (x, y, z, w) in [(a, b, c, d), (a, b, d, c), (a, c, d, b), (b, c, d, a)] {
-            let v = if orient(p(x), p(y), p(z), p(w)) > 0 { [x, z, y] } else { [x, y, z] };
+            let v = if orient(p(x), p(y), p(z), p(w)) > 0 {
+                [x, z, y]
+            } else {
+                [x, y, z]
+            };
             add(&mut faces, &mut edges, v);
         }
         let assign = |faces: &mut Vec<Face>, ids: &[usize], pts: &[usize]| {
@@ -124,7 +144,9 @@ impl ConvexHull {
                 let fv = faces[visible[i]].v;
                 for k in 0..3 {
                     let (e0, e1) = (fv[k], fv[(k + 1) % 3]);
-                    let Some(&nb) = edges.get(&(e1, e0)) else { continue };
+                    let Some(&nb) = edges.get(&(e1, e0)) else {
+                        continue;
+                    };
                     if seen.contains(&nb) {
                         if !visible.contains(&nb) {
                             horizon.push((e0, e1));
@@ -144,7 +166,11 @@ impl ConvexHull {
             }
             // An edge first recorded as horizon may later turn out to border a visible face.
             let visible_set: HashSet<usize> = visible.iter().copied().collect();
-            horizon.retain(|&(e0, e1)| edges.get(&(e1, e0)).is_some_and(|nb| !visible_set.contains(nb)));
+            horizon.retain(|&(e0, e1)| {
+                edges
+                    .get(&(e1, e0))
+                    .is_some_and(|nb| !visible_set.contains(nb))
+            });
             let mut orphans = Vec::new();
             for &vf in &visible {
                 faces[vf].alive = false;
@@ -177,7 +203,9 @@ impl ConvexHull {
 
     /// Volume (mm^3) and area (mm^2) with points in doubled voxel units scaled by `spacing`.
     pub fn volume_and_area(&self, points: &[[i64; 3]], spacing: [f64; 3]) -> (f64, f64) {
-        let mm = |i: usize| -> [f64; 3] { std::array::from_fn(|k| points[i][k] as f64 * 0.5 * spacing[k]) };
+        let mm = |i: usize| -> [f64; 3] {
+            std::array::from_fn(|k| points[i][k] as f64 * 0.5 * spacing[k])
+        };
         let (mut vol, mut area) = (0.0, 0.0);
         for f in &self.faces {
             let [a, b, c] = f.map(mm);
@@ -241,7 +269,15 @@ mod tests {
 
     #[test]
     fn octahedron_from_lattice_points() {
-        let pts = vec![[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1], [0, 0, 0]];
+        let pts = vec![
+            [1, 0, 0],
+            [-1, 0, 0],
+            [0, 1, 0],
+            [0, -1, 0],
+            [0, 0, 1],
+            [0, 0, -1],
+            [0, 0, 0],
+        ];
         let h = ConvexHull::of_points(&pts);
         let (v, _) = h.volume_and_area(&pts, [2.0; 3]);
         assert!((v - 4.0 / 3.0).abs() < 1e-12, "{v}");

@@ -96,13 +96,20 @@ fn statistics(values: &[f64], prefix: &str, out: &mut FeatureSink, with_energy: 
         percentile(&sorted, 90.0),
     );
     let (min, max) = (sorted[0], sorted[sorted.len() - 1]);
-    let robust: Vec<f64> = values.iter().copied().filter(|&v| v >= p10 && v <= p90).collect();
+    let robust: Vec<f64> = values
+        .iter()
+        .copied()
+        .filter(|&v| v >= p10 && v <= p90)
+        .collect();
     let rmean = robust.iter().sum::<f64>() / robust.len() as f64;
     let t = |name: &str| format!("{prefix}_{name}");
     out.push(&t("mean"), mean);
     out.push(&t("var"), m2);
     out.push(&t("skew"), if m2 == 0.0 { 0.0 } else { m3 / m2.powf(1.5) });
-    out.push(&t("kurt"), if m2 == 0.0 { 0.0 } else { m4 / (m2 * m2) - 3.0 });
+    out.push(
+        &t("kurt"),
+        if m2 == 0.0 { 0.0 } else { m4 / (m2 * m2) - 3.0 },
+    );
     out.push(&t("median"), median);
     out.push(&t("min"), min);
     out.push(&t("p10"), p10);
@@ -114,12 +121,18 @@ fn statistics(values: &[f64], prefix: &str, out: &mut FeatureSink, with_energy: 
     }
     out.push(&t("iqr"), p75 - p25);
     out.push(&t("range"), max - min);
-    out.push(&t("mad"), values.iter().map(|v| (v - mean).abs()).sum::<f64>() / n);
+    out.push(
+        &t("mad"),
+        values.iter().map(|v| (v - mean).abs()).sum::<f64>() / n,
+    );
     out.push(
         &t("rmad"),
         robust.iter().map(|v| (v - rmean).abs()).sum::<f64>() / robust.len() as f64,
     );
-    out.push(&t("medad"), values.iter().map(|v| (v - median).abs()).sum::<f64>() / n);
+    out.push(
+        &t("medad"),
+        values.iter().map(|v| (v - median).abs()).sum::<f64>() / n,
+    );
     out.push(&t("cov"), m2.sqrt() / mean);
     out.push(&t("qcod"), (p75 - p25) / (p75 + p25));
     if with_energy {
@@ -155,7 +168,12 @@ pub fn stats(region: &Region, out: &mut FeatureSink) {
 
 /// Intensity histogram features on the discretised intensity mask.
 pub fn histogram(levels: &Discretised, out: &mut FeatureSink) {
-    let values: Vec<f64> = levels.levels.iter().filter(|&&l| l > 0).map(|&l| l as f64).collect();
+    let values: Vec<f64> = levels
+        .levels
+        .iter()
+        .filter(|&&l| l > 0)
+        .map(|&l| l as f64)
+        .collect();
     statistics(&values, "ih", out, false);
     let ng = levels.n_levels.max(1) as usize;
     let mut h = vec![0.0f64; ng];
@@ -163,7 +181,11 @@ pub fn histogram(levels: &Discretised, out: &mut FeatureSink) {
         h[(l as usize - 1).min(ng - 1)] += 1.0;
     }
     let n: f64 = h.iter().sum();
-    let entropy: f64 = -h.iter().filter(|&&c| c > 0.0).map(|&c| (c / n) * (c / n).log2()).sum::<f64>();
+    let entropy: f64 = -h
+        .iter()
+        .filter(|&&c| c > 0.0)
+        .map(|&c| (c / n) * (c / n).log2())
+        .sum::<f64>();
     let uniformity: f64 = h.iter().map(|&c| (c / n).powi(2)).sum();
     out.push("ih_entropy", entropy);
     out.push("ih_uniformity", uniformity);
@@ -209,14 +231,24 @@ pub fn ivh(
     let (values, lo, hi, step) = match d {
         Discretisation::FixedBinNumber { bins } => {
             let disc = region.discretise(d, settings)?;
-            let v: Vec<f64> = disc.levels.iter().filter(|&&l| l > 0).map(|&l| l as f64).collect();
+            let v: Vec<f64> = disc
+                .levels
+                .iter()
+                .filter(|&&l| l > 0)
+                .map(|&l| l as f64)
+                .collect();
             (v, 1.0, bins as f64, 1.0)
         }
         Discretisation::FixedBinSize { width, .. } => {
             let disc = region.discretise(d, settings)?;
             let (lower, w) = disc.bin_lower.unwrap_or((0.0, width));
             let centre = |l: u32| lower + (l as f64 - 0.5) * w;
-            let v: Vec<f64> = disc.levels.iter().filter(|&&l| l > 0).map(|&l| centre(l)).collect();
+            let v: Vec<f64> = disc
+                .levels
+                .iter()
+                .filter(|&&l| l > 0)
+                .map(|&l| centre(l))
+                .collect();
             let top = settings
                 .resegmentation
                 .range
@@ -230,10 +262,18 @@ pub fn ivh(
             let v = region.intensities();
             let (vmin, vmax) = v
                 .iter()
-                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+                    (a.min(x), b.max(x))
+                });
             let range = settings.resegmentation.range;
-            let lo = range.map(|r| r[0]).filter(|l| l.is_finite() && *l > -1e299).unwrap_or(vmin);
-            let hi = range.map(|r| r[1]).filter(|u| u.is_finite() && *u < 1e299).unwrap_or(vmax);
+            let lo = range
+                .map(|r| r[0])
+                .filter(|l| l.is_finite() && *l > -1e299)
+                .unwrap_or(vmin);
+            let hi = range
+                .map(|r| r[1])
+                .filter(|u| u.is_finite() && *u < 1e299)
+                .unwrap_or(vmax);
             (v, lo, hi, 1.0)
         }
     };

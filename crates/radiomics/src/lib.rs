@@ -7,6 +7,8 @@
 //! - [`table`]: feature tables as CSV or Parquet, with the settings sidecar.
 //!
 //! [`extract`] runs the whole chain for one region; it does no file IO.
+// Voxel code indexes several arrays by the same axis or level; index loops say that plainly.
+#![allow(clippy::needless_range_loop, clippy::type_complexity)]
 
 pub mod hull;
 pub mod intensity;
@@ -65,7 +67,10 @@ pub fn extract(
 }
 
 /// The feature families on a prepared region; the three groups run in parallel.
-pub fn features_of(region: &Region, settings: &RadiomicsSettings) -> Result<FeatureSink, RadiomicsError> {
+pub fn features_of(
+    region: &Region,
+    settings: &RadiomicsSettings,
+) -> Result<FeatureSink, RadiomicsError> {
     let texture_levels = region.discretise(settings.texture_discretisation, settings)?;
     let hist_levels = if settings.histogram_discretisation() == settings.texture_discretisation {
         None
@@ -91,7 +96,10 @@ pub fn features_of(region: &Region, settings: &RadiomicsSettings) -> Result<Feat
                         intensity::stats(region, &mut out);
                     }
                     if settings.wants(Family::IntensityHistogram) {
-                        intensity::histogram(hist_levels.as_ref().unwrap_or(&texture_levels), &mut out);
+                        intensity::histogram(
+                            hist_levels.as_ref().unwrap_or(&texture_levels),
+                            &mut out,
+                        );
                     }
                     if settings.wants(Family::IntensityVolumeHistogram) {
                         intensity::ivh(region, settings, settings.ivh_discretisation, &mut out)?;

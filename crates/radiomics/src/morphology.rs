@@ -78,7 +78,7 @@ impl Mesh {
                             // Pair the entry with the nearest exit clockwise: on a face with two
                             // diagonal inside corners this joins them (cuts off the outside ones).
                             let mut j = (k + 3) % 4;
-                            while !(ins[j] && !ins[(j + 1) % 4]) {
+                            while !ins[j] || ins[(j + 1) % 4] {
                                 j = (j + 3) % 4;
                             }
                             next.push((mid(k), mid(j)));
@@ -112,7 +112,11 @@ impl Mesh {
                         let start = fullest_fan_start(&poly);
                         let n = ids.len();
                         for k in 1..n.saturating_sub(1) {
-                            triangles.push([ids[start], ids[(start + k) % n], ids[(start + k + 1) % n]]);
+                            triangles.push([
+                                ids[start],
+                                ids[(start + k) % n],
+                                ids[(start + k + 1) % n],
+                            ]);
                         }
                     }
                 }
@@ -206,9 +210,18 @@ pub fn compute(region: &Region, out: &mut FeatureSink) {
     out.push("morph_av", area / volume);
     out.push("morph_comp_1", volume / (pi.sqrt() * area.powf(1.5)));
     out.push("morph_comp_2", 36.0 * pi * volume * volume / area.powi(3));
-    out.push("morph_sph_dispr", area / (36.0 * pi * volume * volume).cbrt());
-    out.push("morph_sphericity", (36.0 * pi * volume * volume).cbrt() / area);
-    out.push("morph_asphericity", (area.powi(3) / (36.0 * pi * volume * volume)).cbrt() - 1.0);
+    out.push(
+        "morph_sph_dispr",
+        area / (36.0 * pi * volume * volume).cbrt(),
+    );
+    out.push(
+        "morph_sphericity",
+        (36.0 * pi * volume * volume).cbrt() / area,
+    );
+    out.push(
+        "morph_asphericity",
+        (area.powi(3) / (36.0 * pi * volume * volume)).cbrt() - 1.0,
+    );
 
     // Centre of mass shift: geometric centre of the morphological mask vs the intensity-weighted
     // centre of the intensity mask.
@@ -353,8 +366,9 @@ pub fn symmetric_eigenvalues(m: [[f64; 3]; 3]) -> [f64; 3] {
         let q = (m[0][0] + m[1][1] + m[2][2]) / 3.0;
         let p2 = (m[0][0] - q).powi(2) + (m[1][1] - q).powi(2) + (m[2][2] - q).powi(2) + 2.0 * p1;
         let p = (p2 / 6.0).sqrt();
-        let b: [[f64; 3]; 3] =
-            std::array::from_fn(|r| std::array::from_fn(|c| (m[r][c] - if r == c { q } else { 0.0 }) / p));
+        let b: [[f64; 3]; 3] = std::array::from_fn(|r| {
+            std::array::from_fn(|c| (m[r][c] - if r == c { q } else { 0.0 }) / p)
+        });
         let det = b[0][0] * (b[1][1] * b[2][2] - b[1][2] * b[2][1])
             - b[0][1] * (b[1][0] * b[2][2] - b[1][2] * b[2][0])
             + b[0][2] * (b[1][0] * b[2][1] - b[1][1] * b[2][0]);
@@ -393,7 +407,7 @@ mod tests {
     #[test]
     fn block_volume_approaches_voxel_count() {
         let dims = [6, 5, 4];
-        let m = Mesh::from_mask(&vec![true; 120], dims);
+        let m = Mesh::from_mask(&[true; 120], dims);
         let (v, _) = m.volume_and_area([1.0, 2.0, 3.0]);
         // A box of 6x5x4 voxels: the mesh cuts the corners and edges at half a voxel.
         let full = 6.0 * 10.0 * 12.0;
@@ -420,7 +434,10 @@ mod tests {
         assert!((a - 4.0 * std::f64::consts::PI * 4.0).abs() < 1e-9);
         let oblate = ellipsoid_area(2.0, 2.0, 1.0);
         let near = ellipsoid_area(2.0, 2.0 - 1e-7, 1.0);
-        assert!(oblate.is_finite() && (oblate - near).abs() < 1e-4, "{oblate} {near}");
+        assert!(
+            oblate.is_finite() && (oblate - near).abs() < 1e-4,
+            "{oblate} {near}"
+        );
         // Smaller than the circumscribed sphere, larger than the inscribed one.
         assert!(oblate < 4.0 * std::f64::consts::PI * 4.0 && oblate > 4.0 * std::f64::consts::PI);
     }

@@ -86,7 +86,10 @@ impl Region {
         settings: &RadiomicsSettings,
         frame: Frame,
     ) -> Result<Region, RadiomicsError> {
-        if !image.geometry.same_grid(&mask.geometry, 1e-3 * image.geometry.spacing[0].max(1.0)) {
+        if !image
+            .geometry
+            .same_grid(&mask.geometry, 1e-3 * image.geometry.spacing[0].max(1.0))
+        {
             return Err(RadiomicsError::GridMismatch(format!(
                 "image grid {:?} spacing {:?} origin {:?} vs mask grid {:?} spacing {:?} origin {:?}",
                 image.geometry.dims,
@@ -97,7 +100,8 @@ impl Region {
                 mask.geometry.origin
             )));
         }
-        let (lo, hi) = bounding_box(mask, |v| v == label).ok_or(RadiomicsError::EmptyRegion(label))?;
+        let (lo, hi) =
+            bounding_box(mask, |v| v == label).ok_or(RadiomicsError::EmptyRegion(label))?;
         let mut region = match &settings.interpolation {
             None => crop(image, mask, label, lo, hi),
             Some(interp) => interpolate(image, mask, label, lo, hi, interp, frame),
@@ -153,7 +157,9 @@ impl Region {
         let vals = self.intensities();
         let (min, max) = vals
             .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+                (a.min(v), b.max(v))
+            });
         let mut levels = vec![0u32; self.image.len()];
         let mut bin_lower = None;
         let n_levels = match d {
@@ -219,7 +225,13 @@ fn margin(spacing: [f64; 3]) -> [usize; 3] {
     std::array::from_fn(|k| (PEAK_RADIUS_MM / spacing[k]).ceil() as usize)
 }
 
-fn crop(image: &Volume<f32>, mask: &Volume<u16>, label: u16, lo: [usize; 3], hi: [usize; 3]) -> Region {
+fn crop(
+    image: &Volume<f32>,
+    mask: &Volume<u16>,
+    label: u16,
+    lo: [usize; 3],
+    hi: [usize; 3],
+) -> Region {
     let m = margin(image.geometry.spacing);
     let dims = image.dims();
     let lo: [usize; 3] = std::array::from_fn(|k| lo[k].saturating_sub(m[k]));
@@ -240,7 +252,9 @@ fn new_grid(g: &Geometry, spacing: [f64; 3]) -> ([usize; 3], [f64; 3]) {
     let mut dims = [0; 3];
     let mut offset = [0.0; 3];
     for k in 0..3 {
-        let n = ((g.dims[k] as f64 * g.spacing[k] / spacing[k]) - 1e-9).ceil().max(1.0) as usize;
+        let n = ((g.dims[k] as f64 * g.spacing[k] / spacing[k]) - 1e-9)
+            .ceil()
+            .max(1.0) as usize;
         dims[k] = n;
         // Position of new index 0 in original (continuous) index units.
         offset[k] = (g.spacing[k] * (g.dims[k] as f64 - 1.0) - spacing[k] * (n as f64 - 1.0))
@@ -270,12 +284,22 @@ fn interpolate(
     let mut blo = [0usize; 3];
     let mut bhi = [0usize; 3];
     for k in 0..3 {
-        let first = (((lo[k] as f64 - 1.0) - offset[k]) / step[k]).floor().max(0.0) as usize;
-        let last = ((((hi[k] as f64) - offset[k]) / step[k]).ceil().max(0.0) as usize + 1).min(new_dims[k]);
+        let first = (((lo[k] as f64 - 1.0) - offset[k]) / step[k])
+            .floor()
+            .max(0.0) as usize;
+        let last = ((((hi[k] as f64) - offset[k]) / step[k]).ceil().max(0.0) as usize + 1)
+            .min(new_dims[k]);
         // New-grid voxels must also lie within the crop (the caller kept a margin for them).
         let crop_first = ((-offset[k]) / step[k]).ceil().max(0.0) as usize;
-        let crop_last = (((crop_dims[k] as f64 - 1.0 - offset[k]) / step[k]).floor().max(0.0) as usize + 1).min(new_dims[k]);
-        let (first, last) = (first.max(crop_first), last.min(crop_last).max(first.max(crop_first) + 1));
+        let crop_last = (((crop_dims[k] as f64 - 1.0 - offset[k]) / step[k])
+            .floor()
+            .max(0.0) as usize
+            + 1)
+        .min(new_dims[k]);
+        let (first, last) = (
+            first.max(crop_first),
+            last.min(crop_last).max(first.max(crop_first) + 1),
+        );
         blo[k] = first.saturating_sub(m[k]).max(crop_first);
         bhi[k] = (last + m[k]).min(crop_last).max(blo[k] + 1);
     }
@@ -288,7 +312,11 @@ fn interpolate(
         .world(std::array::from_fn(|k| offset[k] + blo[k] as f64 * step[k]));
 
     // The original block the interpolation reads from (cubic needs a wider support).
-    let support = if interp.method == InterpolationMethod::Cubic { 8 } else { 2 };
+    let support = if interp.method == InterpolationMethod::Cubic {
+        8
+    } else {
+        2
+    };
     let src_lo: [usize; 3] = std::array::from_fn(|k| {
         let p = offset[k] + blo[k] as f64 * step[k];
         (p.floor() as i64 - support).clamp(0, crop_dims[k] as i64) as usize
@@ -323,7 +351,11 @@ fn interpolate(
                         cubic(coeffs.as_deref().unwrap_or(&src.data), sd, p)
                     }
                 };
-                out_img.push(if interp.round_intensities { v.round() } else { v } as f32);
+                out_img.push(if interp.round_intensities {
+                    v.round()
+                } else {
+                    v
+                } as f32);
                 morph.push(trilinear(&src_mask, sd, p) >= interp.mask_threshold - 1e-9);
             }
         }
@@ -345,7 +377,13 @@ fn at(data: &[f32], d: [usize; 3], x: i64, y: i64, z: i64) -> f64 {
 
 fn nearest(data: &[f32], d: [usize; 3], p: [f64; 3]) -> f64 {
     // Round half away from zero would bias; IBSI rounds to the nearest grid point.
-    at(data, d, p[0].round() as i64, p[1].round() as i64, p[2].round() as i64)
+    at(
+        data,
+        d,
+        p[0].round() as i64,
+        p[1].round() as i64,
+        p[2].round() as i64,
+    )
 }
 
 fn trilinear(data: &[f32], d: [usize; 3], p: [f64; 3]) -> f64 {
@@ -456,7 +494,10 @@ fn cubic(coeffs: &[f32], d: [usize; 3], p: [f64; 3]) -> f64 {
             let y = mirror(base[1] + ky as i64, d[1]);
             for (kx, wx) in w[0].iter().enumerate() {
                 let x = mirror(base[0] + kx as i64, d[0]);
-                acc += wx * wy * wz * coeffs[(x + d[0] as i64 * (y + d[1] as i64 * z)) as usize] as f64;
+                acc += wx
+                    * wy
+                    * wz
+                    * coeffs[(x + d[0] as i64 * (y + d[1] as i64 * z)) as usize] as f64;
             }
         }
     }
@@ -532,9 +573,18 @@ mod tests {
         let img = ramp([9, 9, 9], [1.0; 3]);
         let sd = img.dims();
         let c = bspline_coefficients(&img);
-        for p in [[2.0, 3.0, 4.0], [0.0, 0.0, 0.0], [8.0, 8.0, 8.0], [4.5, 4.0, 4.0]] {
+        for p in [
+            [2.0, 3.0, 4.0],
+            [0.0, 0.0, 0.0],
+            [8.0, 8.0, 8.0],
+            [4.5, 4.0, 4.0],
+        ] {
             let expect = p[0] + 10.0 * p[1] + 100.0 * p[2];
-            assert!((cubic(&c, sd, p) - expect).abs() < 1e-2, "{p:?}: {}", cubic(&c, sd, p));
+            assert!(
+                (cubic(&c, sd, p) - expect).abs() < 1e-2,
+                "{p:?}: {}",
+                cubic(&c, sd, p)
+            );
         }
     }
 
@@ -552,12 +602,20 @@ mod tests {
         let r = Region::extract(&img, &mask, 1, &settings).unwrap();
         assert_eq!(r.intensities(), vec![2.0, 3.0, 4.0, 5.0, 6.0, 7.0]);
         let d = r
-            .discretise(Discretisation::FixedBinSize { width: 2.0, lower: None }, &settings)
+            .discretise(
+                Discretisation::FixedBinSize {
+                    width: 2.0,
+                    lower: None,
+                },
+                &settings,
+            )
             .unwrap();
         // Bin edges start at the re-segmentation lower bound 2: [2,4) [4,6) [6,8).
         let got: Vec<u32> = d.levels.iter().copied().filter(|&l| l > 0).collect();
         assert_eq!(got, vec![1, 1, 2, 2, 3, 3]);
-        let d = r.discretise(Discretisation::FixedBinNumber { bins: 5 }, &settings).unwrap();
+        let d = r
+            .discretise(Discretisation::FixedBinNumber { bins: 5 }, &settings)
+            .unwrap();
         let got: Vec<u32> = d.levels.iter().copied().filter(|&l| l > 0).collect();
         assert_eq!(got, vec![1, 2, 3, 4, 5, 5]);
     }

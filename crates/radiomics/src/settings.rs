@@ -69,10 +69,16 @@ impl RadiomicsSettings {
         let bad = |m: String| Err(RadiomicsError::Settings(m));
         if let Some(i) = &self.interpolation {
             if i.spacing.iter().any(|&s| !(s > 0.0 && s.is_finite())) {
-                return bad(format!("interpolation.spacing must be positive, got {:?}", i.spacing));
+                return bad(format!(
+                    "interpolation.spacing must be positive, got {:?}",
+                    i.spacing
+                ));
             }
             if !(0.0..=1.0).contains(&i.mask_threshold) {
-                return bad(format!("interpolation.mask_threshold {} is not in 0..1", i.mask_threshold));
+                return bad(format!(
+                    "interpolation.mask_threshold {} is not in 0..1",
+                    i.mask_threshold
+                ));
             }
         }
         if let Some([lo, hi]) = self.resegmentation.range
@@ -81,9 +87,11 @@ impl RadiomicsSettings {
             return bad(format!("resegmentation.range [{lo}, {hi}] is empty"));
         }
         if let Some(s) = self.resegmentation.outlier_sigma
-            && !(s > 0.0)
+            && (s.is_nan() || s <= 0.0)
         {
-            return bad(format!("resegmentation.outlier_sigma must be positive, got {s}"));
+            return bad(format!(
+                "resegmentation.outlier_sigma must be positive, got {s}"
+            ));
         }
         for d in [
             self.texture_discretisation,
@@ -94,7 +102,9 @@ impl RadiomicsSettings {
                 Discretisation::FixedBinNumber { bins } if bins == 0 || bins > 65_535 => {
                     return bad(format!("fixed bin number {bins} is not in 1..65535"));
                 }
-                Discretisation::FixedBinSize { width, .. } if !(width > 0.0 && width.is_finite()) => {
+                Discretisation::FixedBinSize { width, .. }
+                    if !(width > 0.0 && width.is_finite()) =>
+                {
                     return bad(format!("fixed bin size {width} must be positive"));
                 }
                 _ => {}
@@ -233,7 +243,10 @@ mod tests {
         .unwrap();
         assert_eq!(
             s.texture_discretisation,
-            Discretisation::FixedBinSize { width: 25.0, lower: None }
+            Discretisation::FixedBinSize {
+                width: 25.0,
+                lower: None
+            }
         );
         assert_eq!(s.families.len(), 11);
         let e = RadiomicsSettings::from_toml("[texture]\ndistanse = 2\n").unwrap_err();

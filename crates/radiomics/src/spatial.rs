@@ -31,7 +31,10 @@ fn finish(n: f64, s0: f64, moran_num: f64, geary_num: f64, ss: f64) -> (f64, f64
         // A uniform region: both measures are undefined (0/0).
         return (f64::NAN, f64::NAN);
     }
-    (n / s0 * moran_num / ss, (n - 1.0) / (2.0 * s0) * geary_num / ss)
+    (
+        n / s0 * moran_num / ss,
+        (n - 1.0) / (2.0 * s0) * geary_num / ss,
+    )
 }
 
 /// The literal O(N^2) sums of the standard.
@@ -55,7 +58,8 @@ pub(crate) fn direct(region: &Region) -> (f64, f64) {
     let (mut s0, mut mnum, mut gnum) = (0.0, 0.0, 0.0);
     for (i, (a, xa)) in pts.iter().enumerate() {
         for (b, xb) in &pts[i + 1..] {
-            let w = 1.0 / ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt();
+            let w = 1.0
+                / ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt();
             s0 += 2.0 * w;
             mnum += 2.0 * w * (xa - mean) * (xb - mean);
             gnum += 2.0 * w * (xa - xb).powi(2);
@@ -127,8 +131,12 @@ pub(crate) fn by_fft(region: &Region) -> (f64, f64) {
                 if dx == 0 && dy == 0 && dz == 0 {
                     continue;
                 }
-                let r = ((dx as f64 * sp[0]).powi(2) + (dy as f64 * sp[1]).powi(2) + (dz as f64 * sp[2]).powi(2)).sqrt();
-                ker[at(wrap(dx, p[0]), wrap(dy, p[1]), wrap(dz, p[2]))] = Complex64::new(1.0 / r, 0.0);
+                let r = ((dx as f64 * sp[0]).powi(2)
+                    + (dy as f64 * sp[1]).powi(2)
+                    + (dz as f64 * sp[2]).powi(2))
+                .sqrt();
+                ker[at(wrap(dx, p[0]), wrap(dy, p[1]), wrap(dz, p[2]))] =
+                    Complex64::new(1.0 / r, 0.0);
             }
         }
     }
@@ -160,7 +168,11 @@ pub(crate) fn by_fft(region: &Region) -> (f64, f64) {
 
 fn fft3(planner: &mut FftPlanner<f64>, data: &mut [Complex64], p: [usize; 3], inverse: bool) {
     let plan = |planner: &mut FftPlanner<f64>, n| {
-        if inverse { planner.plan_fft_inverse(n) } else { planner.plan_fft_forward(n) }
+        if inverse {
+            planner.plan_fft_inverse(n)
+        } else {
+            planner.plan_fft_forward(n)
+        }
     };
     // x: contiguous rows.
     plan(planner, p[0]).process(data);
@@ -196,11 +208,15 @@ mod tests {
         let g = Geometry::new(dims, [0.8, 0.9, 2.5]);
         let mut state = 12345u64;
         let mut rnd = || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (state >> 33) as f64 / (1u64 << 31) as f64
         };
         let n = g.len();
-        let image: Vec<f32> = (0..n).map(|i| (i % 7) as f32 * 3.0 + (rnd() * 20.0) as f32).collect();
+        let image: Vec<f32> = (0..n)
+            .map(|i| (i % 7) as f32 * 3.0 + (rnd() * 20.0) as f32)
+            .collect();
         let intensity: Vec<bool> = (0..n).map(|_| rnd() < 0.7).collect();
         let region = Region {
             geometry: g,

@@ -72,8 +72,14 @@ impl FeatureTable {
 
     /// Write the table (CSV unless the name ends in `.parquet`) and its sidecar.
     pub fn write(&self, path: &Path) -> Result<(), RadiomicsError> {
-        let parquet = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet"));
-        let bytes = if parquet { self.parquet_bytes()? } else { self.csv_bytes()? };
+        let parquet = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("parquet"));
+        let bytes = if parquet {
+            self.parquet_bytes()?
+        } else {
+            self.csv_bytes()?
+        };
         write_atomically(path, &bytes)?;
         let sidecar = serde_json::json!({
             "medfed_version": env!("CARGO_PKG_VERSION"),
@@ -83,7 +89,8 @@ impl FeatureTable {
             "standard": "IBSI 1 (Zwanenburg et al., Radiology 2020; arXiv:1612.07003)",
             "rows": self.rows,
         });
-        let text = serde_json::to_vec_pretty(&sidecar).map_err(|e| RadiomicsError::Output(e.to_string()))?;
+        let text = serde_json::to_vec_pretty(&sidecar)
+            .map_err(|e| RadiomicsError::Output(e.to_string()))?;
         write_atomically(&Self::sidecar_path(path), &text)
     }
 
@@ -127,7 +134,8 @@ impl FeatureTable {
             }
             w.write_record(&rec).map_err(err)?;
         }
-        w.into_inner().map_err(|e| RadiomicsError::Output(e.to_string()))
+        w.into_inner()
+            .map_err(|e| RadiomicsError::Output(e.to_string()))
     }
 
     pub fn parquet_bytes(&self) -> Result<Vec<u8>, RadiomicsError> {
@@ -177,7 +185,9 @@ impl FeatureTable {
                 let mut col = group.next_column().map_err(err)?.ok_or_else(|| {
                     RadiomicsError::Output("parquet schema has fewer columns than written".into())
                 })?;
-                col.typed::<ByteArrayType>().write_batch(&vals, None, None).map_err(err)?;
+                col.typed::<ByteArrayType>()
+                    .write_batch(&vals, None, None)
+                    .map_err(err)?;
                 col.close().map_err(err)?;
             }
             for (i, t) in tags.iter().enumerate() {
@@ -195,7 +205,9 @@ impl FeatureTable {
                 let mut col = group.next_column().map_err(err)?.ok_or_else(|| {
                     RadiomicsError::Output("parquet schema has fewer columns than written".into())
                 })?;
-                col.typed::<DoubleType>().write_batch(&vals, Some(&defs), None).map_err(err)?;
+                col.typed::<DoubleType>()
+                    .write_batch(&vals, Some(&defs), None)
+                    .map_err(err)?;
                 col.close().map_err(err)?;
             }
             group.close().map_err(err)?;
@@ -208,7 +220,10 @@ impl FeatureTable {
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), RadiomicsError> {
     use std::io::Write;
     let err = |e: std::io::Error| RadiomicsError::Output(format!("{}: {e}", path.display()));
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(err)?;
     let mut tmp = tempfile::NamedTempFile::new_in(parent).map_err(err)?;
     tmp.write_all(bytes).map_err(err)?;

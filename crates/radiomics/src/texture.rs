@@ -61,7 +61,10 @@ struct Mean {
 
 impl Mean {
     fn new() -> Self {
-        Mean { sum: Vec::new(), n: 0 }
+        Mean {
+            sum: Vec::new(),
+            n: 0,
+        }
     }
     fn add(&mut self, f: Option<Vec<f64>>) {
         if let Some(f) = f {
@@ -93,9 +96,14 @@ fn emit(out: &mut FeatureSink, prefix: &str, names: &[&str], suffix: &str, value
 pub fn compute(grid: &Grid, settings: &RadiomicsSettings, out: &mut FeatureSink) {
     let dist = settings.texture.distance as i64;
     if settings.wants(Family::Glcm) {
-        directional(grid, out, "cm", &GLCM_NAMES, &|g, s, d| glcm_matrix(g, s, d, dist), &|m: &Glcm| {
-            glcm_features(m, grid.n_levels)
-        });
+        directional(
+            grid,
+            out,
+            "cm",
+            &GLCM_NAMES,
+            &|g, s, d| glcm_matrix(g, s, d, dist),
+            &|m: &Glcm| glcm_features(m, grid.n_levels),
+        );
     }
     if settings.wants(Family::Glrlm) {
         directional(grid, out, "rlm", &RLM_NAMES, &run_matrix, &|m: &Sparse| {
@@ -115,7 +123,8 @@ pub fn compute(grid: &Grid, settings: &RadiomicsSettings, out: &mut FeatureSink)
                 continue;
             }
             let prefix = if pick == 0 { "szm" } else { "dzm" };
-            let choose = |t: &(Sparse, Sparse, f64)| if pick == 0 { t.0.clone() } else { t.1.clone() };
+            let choose =
+                |t: &(Sparse, Sparse, f64)| if pick == 0 { t.0.clone() } else { t.1.clone() };
             three_way(
                 out,
                 prefix,
@@ -126,7 +135,9 @@ pub fn compute(grid: &Grid, settings: &RadiomicsSettings, out: &mut FeatureSink)
         }
     }
     if settings.wants(Family::Ngtdm) {
-        let per_slice: Vec<Ngtdm> = (0..grid.dims[2]).map(|z| ngtdm(grid, Some(z), dist)).collect();
+        let per_slice: Vec<Ngtdm> = (0..grid.dims[2])
+            .map(|z| ngtdm(grid, Some(z), dist))
+            .collect();
         let vol = ngtdm(grid, None, dist);
         let mut mean = Mean::new();
         let mut merged = Ngtdm::new(grid.n_levels);
@@ -135,8 +146,20 @@ pub fn compute(grid: &Grid, settings: &RadiomicsSettings, out: &mut FeatureSink)
             merged.add(s);
         }
         emit(out, "ngt", &NGT_NAMES, "2D", &mean.get(NGT_NAMES.len()));
-        emit(out, "ngt", &NGT_NAMES, "2_5D", &ngtdm_features(&merged).unwrap_or(vec![f64::NAN; 5]));
-        emit(out, "ngt", &NGT_NAMES, "3D", &ngtdm_features(&vol).unwrap_or(vec![f64::NAN; 5]));
+        emit(
+            out,
+            "ngt",
+            &NGT_NAMES,
+            "2_5D",
+            &ngtdm_features(&merged).unwrap_or(vec![f64::NAN; 5]),
+        );
+        emit(
+            out,
+            "ngt",
+            &NGT_NAMES,
+            "3D",
+            &ngtdm_features(&vol).unwrap_or(vec![f64::NAN; 5]),
+        );
     }
     if settings.wants(Family::Ngldm) {
         let alpha = settings.texture.ngldm_alpha;
@@ -180,7 +203,13 @@ fn three_way(
     }
     emit(out, prefix, names, "2D", &mean.get(names.len()));
     emit(out, prefix, names, "2_5D", &zone_features(&merged, nv));
-    emit(out, prefix, names, "3D", &zone_features(&volume.0, volume.1));
+    emit(
+        out,
+        prefix,
+        names,
+        "3D",
+        &zone_features(&volume.0, volume.1),
+    );
 }
 
 trait Mergeable: Clone {
@@ -196,9 +225,7 @@ fn directional<M: Mergeable>(
     names: &[&str],
     matrix: &dyn Fn(&Grid, Option<usize>, [i64; 3]) -> M,
     features: &dyn Fn(&M) -> Option<Vec<f64>>,
-) where
-    M: Mergeable,
-{
+) {
     let ng = grid.n_levels;
     let len = names.len();
     let mut avg_2d = Mean::new();
@@ -224,7 +251,11 @@ fn directional<M: Mergeable>(
     let mut all_3d = M::empty(ng);
     for (d, dir) in directions_3d().iter().enumerate() {
         // In-plane 3-D matrices are the slice-merged 2-D ones.
-        let m = if d < 4 { per_dir[d].clone() } else { matrix(grid, None, *dir) };
+        let m = if d < 4 {
+            per_dir[d].clone()
+        } else {
+            matrix(grid, None, *dir)
+        };
         avg_3d.add(features(&m));
         all_3d.merge(&m);
     }
@@ -232,9 +263,21 @@ fn directional<M: Mergeable>(
     emit(out, prefix, names, "2D_avg", &avg_2d.get(len));
     emit(out, prefix, names, "2D_comb", &comb_2d.get(len));
     emit(out, prefix, names, "2_5D_avg", &avg_25.get(len));
-    emit(out, prefix, names, "2_5D_comb", &features(&all_25).unwrap_or_else(nan));
+    emit(
+        out,
+        prefix,
+        names,
+        "2_5D_comb",
+        &features(&all_25).unwrap_or_else(nan),
+    );
     emit(out, prefix, names, "3D_avg", &avg_3d.get(len));
-    emit(out, prefix, names, "3D_comb", &features(&all_3d).unwrap_or_else(nan));
+    emit(
+        out,
+        prefix,
+        names,
+        "3D_comb",
+        &features(&all_3d).unwrap_or_else(nan),
+    );
 }
 
 // ---------------------------------------------------------------- GLCM
@@ -347,10 +390,19 @@ fn glcm_features(m: &Glcm, n_levels: u32) -> Option<Vec<f64>> {
     let mu: f64 = (0..ng).map(|i| (i + 1) as f64 * pi[i]).sum();
     let var: f64 = (0..ng).map(|i| ((i + 1) as f64 - mu).powi(2) * pi[i]).sum();
     let diff_avg: f64 = pd.iter().enumerate().map(|(k, v)| k as f64 * v).sum();
-    let diff_var: f64 = pd.iter().enumerate().map(|(k, v)| (k as f64 - diff_avg).powi(2) * v).sum();
+    let diff_var: f64 = pd
+        .iter()
+        .enumerate()
+        .map(|(k, v)| (k as f64 - diff_avg).powi(2) * v)
+        .sum();
     let sum_avg: f64 = ps.iter().enumerate().map(|(k, v)| k as f64 * v).sum();
-    let sum_var: f64 = ps.iter().enumerate().map(|(k, v)| (k as f64 - sum_avg).powi(2) * v).sum();
-    let (mut energy, mut contrast, mut dissim, mut inv_diff, mut inv_diff_norm) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    let sum_var: f64 = ps
+        .iter()
+        .enumerate()
+        .map(|(k, v)| (k as f64 - sum_avg).powi(2) * v)
+        .sum();
+    let (mut energy, mut contrast, mut dissim, mut inv_diff, mut inv_diff_norm) =
+        (0.0, 0.0, 0.0, 0.0, 0.0);
     let (mut idm, mut idmn, mut inv_var, mut auto, mut tend, mut shade, mut prom) =
         (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
     let (mut hxy, mut hxy1, mut hxy2) = (0.0, 0.0, 0.0);
@@ -386,8 +438,16 @@ fn glcm_features(m: &Glcm, n_levels: u32) -> Option<Vec<f64>> {
         }
     }
     let hx = entropy(pi.iter().copied());
-    let corr = if var > 0.0 { (auto - mu * mu) / var } else { f64::NAN };
-    let info1 = if hx > 0.0 { (hxy - hxy1) / hx } else { f64::NAN };
+    let corr = if var > 0.0 {
+        (auto - mu * mu) / var
+    } else {
+        f64::NAN
+    };
+    let info1 = if hx > 0.0 {
+        (hxy - hxy1) / hx
+    } else {
+        f64::NAN
+    };
     let info2 = (1.0 - (-2.0 * (hxy2 - hxy)).exp()).max(0.0).sqrt();
     Some(vec![
         joint_max,
@@ -454,20 +514,77 @@ impl Mergeable for Sparse {
 }
 
 const RLM_NAMES: [&str; 16] = [
-    "sre", "lre", "lgre", "hgre", "srlge", "srhge", "lrlge", "lrhge", "glnu", "glnu_norm", "rlnu",
-    "rlnu_norm", "r_perc", "gl_var", "rl_var", "rl_entr",
+    "sre",
+    "lre",
+    "lgre",
+    "hgre",
+    "srlge",
+    "srhge",
+    "lrlge",
+    "lrhge",
+    "glnu",
+    "glnu_norm",
+    "rlnu",
+    "rlnu_norm",
+    "r_perc",
+    "gl_var",
+    "rl_var",
+    "rl_entr",
 ];
 const SZM_NAMES: [&str; 16] = [
-    "sze", "lze", "lgze", "hgze", "szlge", "szhge", "lzlge", "lzhge", "glnu", "glnu_norm", "zsnu",
-    "zsnu_norm", "z_perc", "gl_var", "zs_var", "zs_entr",
+    "sze",
+    "lze",
+    "lgze",
+    "hgze",
+    "szlge",
+    "szhge",
+    "lzlge",
+    "lzhge",
+    "glnu",
+    "glnu_norm",
+    "zsnu",
+    "zsnu_norm",
+    "z_perc",
+    "gl_var",
+    "zs_var",
+    "zs_entr",
 ];
 const DZM_NAMES: [&str; 16] = [
-    "sde", "lde", "lgze", "hgze", "sdlge", "sdhge", "ldlge", "ldhge", "glnu", "glnu_norm", "zdnu",
-    "zdnu_norm", "z_perc", "gl_var", "zd_var", "zd_entr",
+    "sde",
+    "lde",
+    "lgze",
+    "hgze",
+    "sdlge",
+    "sdhge",
+    "ldlge",
+    "ldhge",
+    "glnu",
+    "glnu_norm",
+    "zdnu",
+    "zdnu_norm",
+    "z_perc",
+    "gl_var",
+    "zd_var",
+    "zd_entr",
 ];
 const NGL_NAMES: [&str; 17] = [
-    "lde", "hde", "lgce", "hgce", "ldlge", "ldhge", "hdlge", "hdhge", "glnu", "glnu_norm", "dcnu",
-    "dcnu_norm", "dc_perc", "gl_var", "dc_var", "dc_entr", "dc_energy",
+    "lde",
+    "hde",
+    "lgce",
+    "hgce",
+    "ldlge",
+    "ldhge",
+    "hdlge",
+    "hdhge",
+    "glnu",
+    "glnu_norm",
+    "dcnu",
+    "dcnu_norm",
+    "dc_perc",
+    "gl_var",
+    "dc_var",
+    "dc_entr",
+    "dc_energy",
 ];
 
 /// The features shared by GLRLM, GLSZM, GLDZM and NGLDM, in their common order; the NGLDM's
@@ -515,7 +632,17 @@ fn zone_features(m: &Sparse, nv: f64) -> Vec<f64> {
     let glnu: f64 = rows.values().map(|v| v * v).sum::<f64>() / ns;
     let jnu: f64 = cols.values().map(|v| v * v).sum::<f64>() / ns;
     let mut out: Vec<f64> = f.iter().map(|v| v / ns).collect();
-    out.extend([glnu, glnu / ns, jnu, jnu / ns, ns / nv, var_i, var_j, entr, energy]);
+    out.extend([
+        glnu,
+        glnu / ns,
+        jnu,
+        jnu / ns,
+        ns / nv,
+        var_i,
+        var_j,
+        entr,
+        energy,
+    ]);
     out
 }
 
@@ -604,7 +731,11 @@ fn zones(grid: &Grid, slice: Option<usize>) -> (Sparse, Sparse, f64) {
 fn distance_to_edge(grid: &Grid, slice: Option<usize>) -> Vec<u32> {
     let [nx, ny, nz] = grid.dims;
     let big = u32::MAX / 2;
-    let mut d: Vec<u32> = grid.morph.iter().map(|&m| if m { big } else { 0 }).collect();
+    let mut d: Vec<u32> = grid
+        .morph
+        .iter()
+        .map(|&m| if m { big } else { 0 })
+        .collect();
     let zr = grid.slice_range(slice);
     let three_d = slice.is_none();
     let get = |d: &Vec<u32>, x: i64, y: i64, z: i64| -> u32 {
@@ -623,7 +754,9 @@ fn distance_to_edge(grid: &Grid, slice: Option<usize>) -> Vec<u32> {
                     continue;
                 }
                 let (xi, yi, zi) = (x as i64, y as i64, z as i64);
-                let mut best = d[i].min(get(&d, xi - 1, yi, zi) + 1).min(get(&d, xi, yi - 1, zi) + 1);
+                let mut best = d[i]
+                    .min(get(&d, xi - 1, yi, zi) + 1)
+                    .min(get(&d, xi, yi - 1, zi) + 1);
                 if three_d {
                     best = best.min(get(&d, xi, yi, zi - 1) + 1);
                 }
@@ -639,7 +772,9 @@ fn distance_to_edge(grid: &Grid, slice: Option<usize>) -> Vec<u32> {
                     continue;
                 }
                 let (xi, yi, zi) = (x as i64, y as i64, z as i64);
-                let mut best = d[i].min(get(&d, xi + 1, yi, zi) + 1).min(get(&d, xi, yi + 1, zi) + 1);
+                let mut best = d[i]
+                    .min(get(&d, xi + 1, yi, zi) + 1)
+                    .min(get(&d, xi, yi + 1, zi) + 1);
                 if three_d {
                     best = best.min(get(&d, xi, yi, zi + 1) + 1);
                 }
@@ -717,7 +852,13 @@ fn ngtdm(grid: &Grid, slice: Option<usize>, dist: i64) -> Ngtdm {
     m
 }
 
-const NGT_NAMES: [&str; 5] = ["coarseness", "contrast", "busyness", "complexity", "strength"];
+const NGT_NAMES: [&str; 5] = [
+    "coarseness",
+    "contrast",
+    "busyness",
+    "complexity",
+    "strength",
+];
 
 fn ngtdm_features(m: &Ngtdm) -> Option<Vec<f64>> {
     let nvc: f64 = m.n.iter().sum();
@@ -741,10 +882,28 @@ fn ngtdm_features(m: &Ngtdm) -> Option<Vec<f64>> {
         }
     }
     let coarseness = if sum_ps > 0.0 { 1.0 / sum_ps } else { 1e6 };
-    let contrast = if ngp > 1.0 { c1 / (ngp * (ngp - 1.0)) * sum_s / nvc } else { 0.0 };
-    let busyness = if busy_den > 0.0 { sum_ps / busy_den } else { 0.0 };
-    let strength = if sum_s > 0.0 { strength_num / sum_s } else { 0.0 };
-    Some(vec![coarseness, contrast, busyness, complexity / nvc, strength])
+    let contrast = if ngp > 1.0 {
+        c1 / (ngp * (ngp - 1.0)) * sum_s / nvc
+    } else {
+        0.0
+    };
+    let busyness = if busy_den > 0.0 {
+        sum_ps / busy_den
+    } else {
+        0.0
+    };
+    let strength = if sum_s > 0.0 {
+        strength_num / sum_s
+    } else {
+        0.0
+    };
+    Some(vec![
+        coarseness,
+        contrast,
+        busyness,
+        complexity / nvc,
+        strength,
+    ])
 }
 
 // ---------------------------------------------------------------- NGLDM

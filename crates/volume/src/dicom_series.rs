@@ -36,7 +36,8 @@ pub fn read_series(dir: &Path) -> Result<Volume<f32>, VolumeError> {
     if slices.is_empty() {
         return Err(err("no DICOM image files in the folder".into()));
     }
-    let series: std::collections::BTreeSet<&str> = slices.iter().map(|s| s.series_uid.as_str()).collect();
+    let series: std::collections::BTreeSet<&str> =
+        slices.iter().map(|s| s.series_uid.as_str()).collect();
     if series.len() > 1 {
         return Err(err(format!(
             "mixed series: {} series in one folder ({}); put each series in its own folder",
@@ -56,16 +57,30 @@ pub fn read_series(dir: &Path) -> Result<Volume<f32>, VolumeError> {
                 first.rows
             )));
         }
-        if (0..3).any(|k| (s.row_dir[k] - first.row_dir[k]).abs() > 1e-4 || (s.col_dir[k] - first.col_dir[k]).abs() > 1e-4) {
-            return Err(err(format!("{}: orientation differs within the series", s.path.display())));
+        if (0..3).any(|k| {
+            (s.row_dir[k] - first.row_dir[k]).abs() > 1e-4
+                || (s.col_dir[k] - first.col_dir[k]).abs() > 1e-4
+        }) {
+            return Err(err(format!(
+                "{}: orientation differs within the series",
+                s.path.display()
+            )));
         }
         if (0..2).any(|k| (s.pixel_spacing[k] - first.pixel_spacing[k]).abs() > 1e-4) {
-            return Err(err(format!("{}: pixel spacing differs within the series", s.path.display())));
+            return Err(err(format!(
+                "{}: pixel spacing differs within the series",
+                s.path.display()
+            )));
         }
     }
     let normal = cross(first.row_dir, first.col_dir);
-    let (cols, rows, row_dir, col_dir, pixel_spacing) =
-        (first.cols, first.rows, first.row_dir, first.col_dir, first.pixel_spacing);
+    let (cols, rows, row_dir, col_dir, pixel_spacing) = (
+        first.cols,
+        first.rows,
+        first.row_dir,
+        first.col_dir,
+        first.pixel_spacing,
+    );
     slices.sort_by(|a, b| dot(a.position, normal).total_cmp(&dot(b.position, normal)));
     let mut slice_spacing = pixel_spacing[0].max(1.0);
     if slices.len() > 1 {
@@ -83,7 +98,10 @@ pub fn read_series(dir: &Path) -> Result<Volume<f32>, VolumeError> {
         let mut sorted = steps.clone();
         sorted.sort_by(f64::total_cmp);
         let median = sorted[sorted.len() / 2];
-        if let Some(i) = steps.iter().position(|&d| (d - median).abs() > 0.1 * median.max(1e-3)) {
+        if let Some(i) = steps
+            .iter()
+            .position(|&d| (d - median).abs() > 0.1 * median.max(1e-3))
+        {
             return Err(err(format!(
                 "uneven slice spacing: {:.3} mm between {} and {}, {:.3} mm elsewhere (a gap or missing slice)",
                 steps[i],
@@ -148,7 +166,10 @@ fn open_dicom(path: &Path) -> Result<Option<DefaultDicomObject>, VolumeError> {
             }
         }
     }
-    Err(VolumeError::dicom(path, format!("unreadable DICOM file in the series: {first}")))
+    Err(VolumeError::dicom(
+        path,
+        format!("unreadable DICOM file in the series: {first}"),
+    ))
 }
 
 struct Slice {
@@ -185,7 +206,9 @@ impl Slice {
         let bad = |r: &str| VolumeError::dicom(path, r.to_string());
         let ds: &InMemDicomObject = &obj;
         if int(ds, tags::NUMBER_OF_FRAMES).unwrap_or(1) > 1 {
-            return Err(bad("multi-frame images are not supported as a series; export single-frame slices"));
+            return Err(bad(
+                "multi-frame images are not supported as a series; export single-frame slices",
+            ));
         }
         let pos = floats(ds, tags::IMAGE_POSITION_PATIENT).filter(|v| v.len() == 3);
         let ori = floats(ds, tags::IMAGE_ORIENTATION_PATIENT).filter(|v| v.len() == 6);
@@ -229,17 +252,33 @@ impl Slice {
         }
         let bits = int(ds, tags::BITS_ALLOCATED).unwrap_or(16);
         let signed = int(ds, tags::PIXEL_REPRESENTATION).unwrap_or(0) == 1;
-        let slope = floats(ds, tags::RESCALE_SLOPE).and_then(|v| v.first().copied()).unwrap_or(1.0);
-        let intercept = floats(ds, tags::RESCALE_INTERCEPT).and_then(|v| v.first().copied()).unwrap_or(0.0);
-        let elem = ds.element(tags::PIXEL_DATA).map_err(|_| bad("no Pixel Data".into()))?;
-        let bytes = elem.to_bytes().map_err(|e| bad(format!("Pixel Data: {e}")))?;
+        let slope = floats(ds, tags::RESCALE_SLOPE)
+            .and_then(|v| v.first().copied())
+            .unwrap_or(1.0);
+        let intercept = floats(ds, tags::RESCALE_INTERCEPT)
+            .and_then(|v| v.first().copied())
+            .unwrap_or(0.0);
+        let elem = ds
+            .element(tags::PIXEL_DATA)
+            .map_err(|_| bad("no Pixel Data".into()))?;
+        let bytes = elem
+            .to_bytes()
+            .map_err(|e| bad(format!("Pixel Data: {e}")))?;
         let n = self.rows * self.cols;
         // Values are decoded from the bytes as stored; dicom-rs keeps native data little endian.
         let raw: Vec<f64> = match (bits, signed) {
             (8, false) => bytes.iter().take(n).map(|&b| b as f64).collect(),
             (8, true) => bytes.iter().take(n).map(|&b| b as i8 as f64).collect(),
-            (16, false) => bytes.chunks_exact(2).take(n).map(|c| u16::from_le_bytes([c[0], c[1]]) as f64).collect(),
-            (16, true) => bytes.chunks_exact(2).take(n).map(|c| i16::from_le_bytes([c[0], c[1]]) as f64).collect(),
+            (16, false) => bytes
+                .chunks_exact(2)
+                .take(n)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]) as f64)
+                .collect(),
+            (16, true) => bytes
+                .chunks_exact(2)
+                .take(n)
+                .map(|c| i16::from_le_bytes([c[0], c[1]]) as f64)
+                .collect(),
             (32, false) => bytes
                 .chunks_exact(4)
                 .take(n)
@@ -255,6 +294,9 @@ impl Slice {
         if raw.len() < n {
             return Err(bad(format!("Pixel Data holds {} of {n} pixels", raw.len())));
         }
-        Ok(raw.into_iter().map(|v| (v * slope + intercept) as f32).collect())
+        Ok(raw
+            .into_iter()
+            .map(|v| (v * slope + intercept) as f32)
+            .collect())
     }
 }

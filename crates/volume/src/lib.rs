@@ -11,6 +11,8 @@
 //! - [`rtstruct`]: RTSTRUCT polygons rasterised onto an image grid, per ROI name.
 //! - [`seg`]: DICOM SEG segments (binary and fractional) onto an image grid.
 //! - [`source`]: one case (image + mask) cut down to the box around its regions.
+// Voxel code indexes several arrays by the same axis or level; index loops say that plainly.
+#![allow(clippy::needless_range_loop, clippy::type_complexity)]
 
 pub mod dicom_series;
 mod error;
@@ -96,9 +98,15 @@ impl Geometry {
             self.dims[1].saturating_sub(1) as f64,
             self.dims[2].saturating_sub(1) as f64,
         ];
-        [[0.0; 3], far, [far[0], 0.0, 0.0], [0.0, far[1], 0.0], [0.0, 0.0, far[2]]]
-            .iter()
-            .all(|&c| distance(self.world(c), other.world(c)) <= tol_mm)
+        [
+            [0.0; 3],
+            far,
+            [far[0], 0.0, 0.0],
+            [0.0, far[1], 0.0],
+            [0.0, 0.0, far[2]],
+        ]
+        .iter()
+        .all(|&c| distance(self.world(c), other.world(c)) <= tol_mm)
     }
 
     /// Volume of one voxel in mm^3.
@@ -137,7 +145,9 @@ impl<T: Copy> Volume<T> {
     pub fn crop(&self, lo: [usize; 3], hi: [usize; 3]) -> Volume<T> {
         let dims = [hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2]];
         let mut geometry = self.geometry;
-        geometry.origin = self.geometry.world([lo[0] as f64, lo[1] as f64, lo[2] as f64]);
+        geometry.origin = self
+            .geometry
+            .world([lo[0] as f64, lo[1] as f64, lo[2] as f64]);
         geometry.dims = dims;
         let mut data = Vec::with_capacity(geometry.len());
         for z in lo[2]..hi[2] {
@@ -244,6 +254,9 @@ mod tests {
         assert_eq!(c.dims(), [2, 2, 1]);
         assert_eq!(c.data, vec![17.0, 18.0, 21.0, 22.0]);
         assert_eq!(c.geometry.origin, [1.0, 2.0, 3.0]);
-        assert_eq!(bounding_box(&v, |x| x >= 17.0 && x != 20.0), Some(([1, 1, 1], [4, 3, 2])));
+        assert_eq!(
+            bounding_box(&v, |x| x >= 17.0 && x != 20.0),
+            Some(([1, 1, 1], [4, 3, 2]))
+        );
     }
 }

@@ -61,7 +61,13 @@ fn label_value(v: f64) -> Result<u16, String> {
 /// one row at a time (so a mask is never held whole just to find its regions).
 pub fn label_extents(
     path: &Path,
-) -> Result<(Geometry, std::collections::BTreeMap<u16, ([usize; 3], [usize; 3])>), VolumeError> {
+) -> Result<
+    (
+        Geometry,
+        std::collections::BTreeMap<u16, ([usize; 3], [usize; 3])>,
+    ),
+    VolumeError,
+> {
     let mut extents: std::collections::BTreeMap<u16, ([usize; 3], [usize; 3])> = Default::default();
     let mut row: Vec<u16> = Vec::new();
     let mut y = 0usize;
@@ -73,7 +79,9 @@ pub fn label_extents(
             if l == 0 {
                 continue;
             }
-            let e = extents.entry(l).or_insert(([x, y, z], [x + 1, y + 1, z + 1]));
+            let e = extents
+                .entry(l)
+                .or_insert(([x, y, z], [x + 1, y + 1, z + 1]));
             let c = [x, y, z];
             for k in 0..3 {
                 e.0[k] = e.0[k].min(c[k]);
@@ -107,7 +115,10 @@ fn open(path: &Path) -> Result<(Header, bool, Source), VolumeError> {
     file.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
     let reader = std::io::BufReader::with_capacity(1 << 20, file);
     let mut src: Source = if got == 2 && magic == [0x1f, 0x8b] {
-        Box::new(std::io::BufReader::with_capacity(1 << 20, MultiGzDecoder::new(reader)))
+        Box::new(std::io::BufReader::with_capacity(
+            1 << 20,
+            MultiGzDecoder::new(reader),
+        ))
     } else {
         Box::new(reader)
     };
@@ -125,7 +136,12 @@ fn open(path: &Path) -> Result<(Header, bool, Source), VolumeError> {
     } else {
         return Err(bad(format!("sizeof_hdr is {first}, neither 348 nor 540")));
     };
-    let v2 = Reader { bytes: &head, little }.i32(0) == 540;
+    let v2 = Reader {
+        bytes: &head,
+        little,
+    }
+    .i32(0)
+        == 540;
     if v2 {
         head.resize(540, 0);
         let m = read_full(&mut src, &mut head[348..]).map_err(io)?;
@@ -133,7 +149,10 @@ fn open(path: &Path) -> Result<(Header, bool, Source), VolumeError> {
             return Err(bad("truncated NIfTI-2 header".into()));
         }
     }
-    let r = Reader { bytes: &head, little };
+    let r = Reader {
+        bytes: &head,
+        little,
+    };
     let header = if v2 { header_v2(&r) } else { header_v1(&r) }.map_err(bad)?;
     // Skip extensions up to the first voxel.
     let skip = header.vox_offset.saturating_sub(head.len()) as u64;
@@ -203,7 +222,9 @@ fn read_voxels_with<T>(
     let dims = header.dims;
     let (lo, hi) = bbox.unwrap_or(([0; 3], dims));
     if (0..3).any(|k| lo[k] >= hi[k] || hi[k] > dims[k]) {
-        return Err(bad(format!("box {lo:?}..{hi:?} is not inside the image {dims:?}")));
+        return Err(bad(format!(
+            "box {lo:?}..{hi:?} is not inside the image {dims:?}"
+        )));
     }
     let (width, decode): (usize, fn(&[u8], bool) -> f64) = match header.datatype {
         2 => (1, |b, _| b[0] as f64),
@@ -216,7 +237,11 @@ fn read_voxels_with<T>(
         64 => (8, |b, l| int::<8>(b, l, f64::from_le_bytes)),
         1024 => (8, |b, l| int::<8>(b, l, |a| i64::from_le_bytes(a) as f64)),
         1280 => (8, |b, l| int::<8>(b, l, |a| u64::from_le_bytes(a) as f64)),
-        other => return Err(bad(format!("data type {other} is not supported (only scalar types)"))),
+        other => {
+            return Err(bad(format!(
+                "data type {other} is not supported (only scalar types)"
+            )));
+        }
     };
     let scale = header.slope != 0.0
         && header.slope.is_finite()
@@ -245,7 +270,14 @@ fn read_voxels_with<T>(
         }
         for b in row[lo[0] * width..hi[0] * width].chunks_exact(width) {
             let v = decode(b, little);
-            sink(convert(if scale { v * header.slope + header.inter } else { v }).map_err(bad)?);
+            sink(
+                convert(if scale {
+                    v * header.slope + header.inter
+                } else {
+                    v
+                })
+                .map_err(bad)?,
+            );
         }
     }
     let full = geometry_from_affine(dims, &header.affine);
@@ -402,9 +434,21 @@ fn finish(f: Fields) -> Result<Header, String> {
         let [b, c, d, qx, qy, qz] = f.quatern;
         let a = (1.0 - (b * b + c * c + d * d)).max(0.0).sqrt();
         let rot = [
-            [a * a + b * b - c * c - d * d, 2.0 * (b * c - a * d), 2.0 * (b * d + a * c)],
-            [2.0 * (b * c + a * d), a * a + c * c - b * b - d * d, 2.0 * (c * d - a * b)],
-            [2.0 * (b * d - a * c), 2.0 * (c * d + a * b), a * a + d * d - c * c - b * b],
+            [
+                a * a + b * b - c * c - d * d,
+                2.0 * (b * c - a * d),
+                2.0 * (b * d + a * c),
+            ],
+            [
+                2.0 * (b * c + a * d),
+                a * a + c * c - b * b - d * d,
+                2.0 * (c * d - a * b),
+            ],
+            [
+                2.0 * (b * d - a * c),
+                2.0 * (c * d + a * b),
+                a * a + d * d - c * c - b * b,
+            ],
         ];
         let qfac = if f.pixdim[0] < 0.0 { -1.0 } else { 1.0 };
         let scale = [pix(1), pix(2), pix(3) * qfac];
@@ -506,7 +550,10 @@ pub fn write<T: NiftiScalar>(path: &Path, vol: &Volume<T>) -> Result<(), VolumeE
     for &v in &vol.data {
         v.put(&mut buf);
     }
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(parent).map_err(io)?;
     if path.extension().is_some_and(|e| e == "gz") {
         let mut gz = GzEncoder::new(&mut tmp, Compression::fast());
@@ -521,8 +568,11 @@ pub fn write<T: NiftiScalar>(path: &Path, vol: &Volume<T>) -> Result<(), VolumeE
 
 fn header_bytes<T: NiftiScalar>(g: &Geometry, out: &mut Vec<u8>) {
     let mut h = vec![0u8; 352];
-    let put_i16 = |h: &mut Vec<u8>, at: usize, v: i16| h[at..at + 2].copy_from_slice(&v.to_le_bytes());
-    let put_f32 = |h: &mut Vec<u8>, at: usize, v: f64| h[at..at + 4].copy_from_slice(&(v as f32).to_le_bytes());
+    let put_i16 =
+        |h: &mut Vec<u8>, at: usize, v: i16| h[at..at + 2].copy_from_slice(&v.to_le_bytes());
+    let put_f32 = |h: &mut Vec<u8>, at: usize, v: f64| {
+        h[at..at + 4].copy_from_slice(&(v as f32).to_le_bytes())
+    };
     h[0..4].copy_from_slice(&348i32.to_le_bytes());
     put_i16(&mut h, 40, 3);
     for k in 0..3 {
@@ -578,16 +628,36 @@ fn quaternion(r: &[[f64; 3]; 3]) -> [f64; 3] {
     let trace = r[0][0] + r[1][1] + r[2][2];
     let (a, b, c, d) = if trace > 0.0 {
         let s = 0.5 / (trace + 1.0).sqrt();
-        (0.25 / s, (r[2][1] - r[1][2]) * s, (r[0][2] - r[2][0]) * s, (r[1][0] - r[0][1]) * s)
+        (
+            0.25 / s,
+            (r[2][1] - r[1][2]) * s,
+            (r[0][2] - r[2][0]) * s,
+            (r[1][0] - r[0][1]) * s,
+        )
     } else if r[0][0] > r[1][1] && r[0][0] > r[2][2] {
         let s = 2.0 * (1.0 + r[0][0] - r[1][1] - r[2][2]).sqrt();
-        ((r[2][1] - r[1][2]) / s, 0.25 * s, (r[0][1] + r[1][0]) / s, (r[0][2] + r[2][0]) / s)
+        (
+            (r[2][1] - r[1][2]) / s,
+            0.25 * s,
+            (r[0][1] + r[1][0]) / s,
+            (r[0][2] + r[2][0]) / s,
+        )
     } else if r[1][1] > r[2][2] {
         let s = 2.0 * (1.0 + r[1][1] - r[0][0] - r[2][2]).sqrt();
-        ((r[0][2] - r[2][0]) / s, (r[0][1] + r[1][0]) / s, 0.25 * s, (r[1][2] + r[2][1]) / s)
+        (
+            (r[0][2] - r[2][0]) / s,
+            (r[0][1] + r[1][0]) / s,
+            0.25 * s,
+            (r[1][2] + r[2][1]) / s,
+        )
     } else {
         let s = 2.0 * (1.0 + r[2][2] - r[0][0] - r[1][1]).sqrt();
-        ((r[1][0] - r[0][1]) / s, (r[0][2] + r[2][0]) / s, (r[1][2] + r[2][1]) / s, 0.25 * s)
+        (
+            (r[1][0] - r[0][1]) / s,
+            (r[0][2] + r[2][0]) / s,
+            (r[1][2] + r[2][1]) / s,
+            0.25 * s,
+        )
     };
     if a < 0.0 { [-b, -c, -d] } else { [b, c, d] }
 }
@@ -629,7 +699,12 @@ mod tests {
         std::fs::write(&p, b"hello").unwrap();
         assert!(read_image(&p).unwrap_err().to_string().contains("shorter"));
         std::fs::write(&p, vec![7u8; 400]).unwrap();
-        assert!(read_image(&p).unwrap_err().to_string().contains("sizeof_hdr"));
+        assert!(
+            read_image(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("sizeof_hdr")
+        );
     }
 
     #[test]
@@ -638,6 +713,11 @@ mod tests {
         let p = dir.path().join("m.nii");
         let vol = Volume::filled(Geometry::new([2, 2, 2], [1.0; 3]), 0.5f32);
         write(&p, &vol).unwrap();
-        assert!(read_labels(&p).unwrap_err().to_string().contains("whole labels"));
+        assert!(
+            read_labels(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("whole labels")
+        );
     }
 }

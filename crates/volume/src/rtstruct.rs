@@ -26,10 +26,16 @@ pub fn read_structures(path: &Path) -> Result<Vec<Structure>, VolumeError> {
         .map_err(|e| VolumeError::dicom(path, format!("not readable as DICOM: {e}")))?;
     let ds: &InMemDicomObject = &obj;
     if string(ds, tags::MODALITY).as_deref() != Some("RTSTRUCT") {
-        return Err(VolumeError::dicom(path, "not an RTSTRUCT (Modality is not RTSTRUCT)"));
+        return Err(VolumeError::dicom(
+            path,
+            "not an RTSTRUCT (Modality is not RTSTRUCT)",
+        ));
     }
     let mut structures = Vec::new();
-    let names = ds.element(tags::STRUCTURE_SET_ROI_SEQUENCE).ok().and_then(|e| e.items().map(|i| i.to_vec()));
+    let names = ds
+        .element(tags::STRUCTURE_SET_ROI_SEQUENCE)
+        .ok()
+        .and_then(|e| e.items().map(|i| i.to_vec()));
     for item in names.unwrap_or_default() {
         structures.push(Structure {
             number: int(&item, tags::ROI_NUMBER).unwrap_or(-1),
@@ -37,26 +43,37 @@ pub fn read_structures(path: &Path) -> Result<Vec<Structure>, VolumeError> {
             contours: Vec::new(),
         });
     }
-    let rois = ds.element(tags::ROI_CONTOUR_SEQUENCE).ok().and_then(|e| e.items().map(|i| i.to_vec()));
+    let rois = ds
+        .element(tags::ROI_CONTOUR_SEQUENCE)
+        .ok()
+        .and_then(|e| e.items().map(|i| i.to_vec()));
     for item in rois.unwrap_or_default() {
         let number = int(&item, tags::REFERENCED_ROI_NUMBER).unwrap_or(-2);
         let Some(s) = structures.iter_mut().find(|s| s.number == number) else {
             continue;
         };
-        let contours = item.element(tags::CONTOUR_SEQUENCE).ok().and_then(|e| e.items().map(|i| i.to_vec()));
+        let contours = item
+            .element(tags::CONTOUR_SEQUENCE)
+            .ok()
+            .and_then(|e| e.items().map(|i| i.to_vec()));
         for c in contours.unwrap_or_default() {
             let kind = string(&c, tags::CONTOUR_GEOMETRIC_TYPE).unwrap_or_default();
             if kind != "CLOSED_PLANAR" {
                 continue;
             }
             let data = floats(&c, tags::CONTOUR_DATA).unwrap_or_default();
-            if data.len() < 9 || data.len() % 3 != 0 {
+            if data.len() < 9 || !data.len().is_multiple_of(3) {
                 return Err(VolumeError::dicom(
                     path,
-                    format!("ROI '{}': a contour with {} coordinates (not x,y,z triplets)", s.name, data.len()),
+                    format!(
+                        "ROI '{}': a contour with {} coordinates (not x,y,z triplets)",
+                        s.name,
+                        data.len()
+                    ),
                 ));
             }
-            s.contours.push(data.chunks_exact(3).map(|p| [p[0], p[1], p[2]]).collect());
+            s.contours
+                .push(data.chunks_exact(3).map(|p| [p[0], p[1], p[2]]).collect());
         }
     }
     Ok(structures)
@@ -95,7 +112,7 @@ pub fn rasterise(s: &Structure, grid: &Geometry) -> Result<Volume<u16>, VolumeEr
                     continue;
                 }
                 for x in x0..=(x1 as usize) {
-                    if (x as f64) < pair[1] || (x as f64) == pair[1] {
+                    if (x as f64) <= pair[1] {
                         let i = grid.index(x, y, zi);
                         mask.data[i] ^= 1;
                     }

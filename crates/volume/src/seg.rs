@@ -52,7 +52,9 @@ impl Segmentation {
             return Err(bad("not a DICOM SEG (Modality is not SEG)".into()));
         }
         let fractional = string(ds, tags::SEGMENTATION_TYPE).as_deref() == Some("FRACTIONAL");
-        let max_frac = int(ds, tags::MAXIMUM_FRACTIONAL_VALUE).unwrap_or(255).max(1) as f32;
+        let max_frac = int(ds, tags::MAXIMUM_FRACTIONAL_VALUE)
+            .unwrap_or(255)
+            .max(1) as f32;
         let rows = int(ds, tags::ROWS).ok_or_else(|| bad("no Rows".into()))? as usize;
         let cols = int(ds, tags::COLUMNS).ok_or_else(|| bad("no Columns".into()))? as usize;
         let n_frames = int(ds, tags::NUMBER_OF_FRAMES).unwrap_or(1).max(0) as usize;
@@ -83,12 +85,21 @@ impl Segmentation {
         let lookup = |frame: &InMemDicomObject, seq: dicom_core::Tag, tag: dicom_core::Tag| {
             nested(frame, &[seq])
                 .and_then(|o| floats(&o, tag))
-                .or_else(|| shared.as_ref().and_then(|s| nested(s, &[seq])).and_then(|o| floats(&o, tag)))
+                .or_else(|| {
+                    shared
+                        .as_ref()
+                        .and_then(|s| nested(s, &[seq]))
+                        .and_then(|o| floats(&o, tag))
+                })
         };
         let first = per_frame.first().ok_or_else(|| bad("no frames".into()))?;
-        let ori = lookup(first, tags::PLANE_ORIENTATION_SEQUENCE, tags::IMAGE_ORIENTATION_PATIENT)
-            .filter(|v| v.len() == 6)
-            .ok_or_else(|| bad("no Image Orientation (Patient) in the functional groups".into()))?;
+        let ori = lookup(
+            first,
+            tags::PLANE_ORIENTATION_SEQUENCE,
+            tags::IMAGE_ORIENTATION_PATIENT,
+        )
+        .filter(|v| v.len() == 6)
+        .ok_or_else(|| bad("no Image Orientation (Patient) in the functional groups".into()))?;
         let sp = lookup(first, tags::PIXEL_MEASURES_SEQUENCE, tags::PIXEL_SPACING)
             .filter(|v| v.len() == 2)
             .ok_or_else(|| bad("no Pixel Spacing in the functional groups".into()))?;
@@ -98,9 +109,16 @@ impl Segmentation {
             .to_bytes()
             .map_err(|e| bad(format!("Pixel Data: {e}")))?;
         let per = rows * cols;
-        let need = if fractional { per * n_frames } else { (per * n_frames).div_ceil(8) };
+        let need = if fractional {
+            per * n_frames
+        } else {
+            (per * n_frames).div_ceil(8)
+        };
         if bytes.len() < need {
-            return Err(bad(format!("Pixel Data has {} bytes, {n_frames} frames need {need}", bytes.len())));
+            return Err(bad(format!(
+                "Pixel Data has {} bytes, {n_frames} frames need {need}",
+                bytes.len()
+            )));
         }
         let mut frames = Vec::with_capacity(n_frames);
         for (f, item) in per_frame.iter().enumerate() {
@@ -112,7 +130,10 @@ impl Segmentation {
                 .filter(|v| v.len() == 3)
                 .ok_or_else(|| bad(format!("frame {}: no Image Position (Patient)", f + 1)))?;
             let px: Vec<f32> = if fractional {
-                bytes[f * per..(f + 1) * per].iter().map(|&b| b as f32 / max_frac).collect()
+                bytes[f * per..(f + 1) * per]
+                    .iter()
+                    .map(|&b| b as f32 / max_frac)
+                    .collect()
             } else {
                 // Binary frames are bit-packed continuously, least significant bit first.
                 (0..per)
@@ -148,7 +169,10 @@ impl Segmentation {
             .min_by(|a, b| dot(a.1, normal).total_cmp(&dot(b.1, normal)))
             .map(|f| f.1)
             .unwrap_or_default();
-        let mut g = Geometry::new([self.cols, self.rows, ks.len().max(1)], [self.spacing[1], self.spacing[0], step]);
+        let mut g = Geometry::new(
+            [self.cols, self.rows, ks.len().max(1)],
+            [self.spacing[1], self.spacing[0], step],
+        );
         g.origin = first;
         for r in 0..3 {
             g.direction[r] = [self.row_dir[r], self.col_dir[r], normal[r]];
@@ -159,12 +183,22 @@ impl Segmentation {
     /// Segment `number` on `grid` (1 inside, 0 outside).
     pub fn rasterise(&self, number: i64, grid: &Geometry) -> Result<Volume<u16>, VolumeError> {
         let mismatch = |m: String| Err(VolumeError::GridMismatch(m));
-        let gx = [grid.direction[0][0], grid.direction[1][0], grid.direction[2][0]];
-        let gy = [grid.direction[0][1], grid.direction[1][1], grid.direction[2][1]];
+        let gx = [
+            grid.direction[0][0],
+            grid.direction[1][0],
+            grid.direction[2][0],
+        ];
+        let gy = [
+            grid.direction[0][1],
+            grid.direction[1][1],
+            grid.direction[2][1],
+        ];
         if dot(gx, self.row_dir) < 0.9999 || dot(gy, self.col_dir) < 0.9999 {
             return mismatch("the segmentation's orientation differs from the image's".into());
         }
-        if (grid.spacing[0] - self.spacing[1]).abs() > 1e-3 || (grid.spacing[1] - self.spacing[0]).abs() > 1e-3 {
+        if (grid.spacing[0] - self.spacing[1]).abs() > 1e-3
+            || (grid.spacing[1] - self.spacing[0]).abs() > 1e-3
+        {
             return mismatch(format!(
                 "segmentation pixel spacing {:?} differs from the image's {:?} (resampling a SEG is not supported)",
                 self.spacing,
@@ -176,11 +210,15 @@ impl Segmentation {
             let idx = grid.continuous_index(*pos);
             let r = idx.map(f64::round);
             if (0..3).any(|k| (idx[k] - r[k]).abs() > 0.05) {
-                return mismatch(format!("a frame of segment {seg} does not start on an image voxel (index {idx:.2?})"));
+                return mismatch(format!(
+                    "a frame of segment {seg} does not start on an image voxel (index {idx:.2?})"
+                ));
             }
             let (ox, oy, oz) = (r[0] as i64, r[1] as i64, r[2] as i64);
             if oz < 0 || oz >= grid.dims[2] as i64 {
-                return mismatch(format!("a frame of segment {seg} lies outside the image (slice {oz})"));
+                return mismatch(format!(
+                    "a frame of segment {seg} lies outside the image (slice {oz})"
+                ));
             }
             for row in 0..self.rows {
                 for col in 0..self.cols {

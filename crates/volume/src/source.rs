@@ -57,7 +57,8 @@ pub fn load_case(
     } else {
         return Err(VolumeError::Nifti {
             path: image.to_path_buf(),
-            reason: "the image must be a .nii / .nii.gz file or a folder holding a DICOM series".into(),
+            reason: "the image must be a .nii / .nii.gz file or a folder holding a DICOM series"
+                .into(),
         });
     };
     let m = margin(frame.spacing);
@@ -89,14 +90,20 @@ pub fn load_case(
             RegionSelector::Name(n) => {
                 return Err(VolumeError::NotFound {
                     path: mask.to_path_buf(),
-                    what: format!("ROI name '{n}' (a NIfTI mask has labels, not names; use --label)"),
+                    what: format!(
+                        "ROI name '{n}' (a NIfTI mask has labels, not names; use --label)"
+                    ),
                     available: String::new(),
                 });
             }
         };
         let available = || {
             let v: Vec<String> = extents.keys().map(|l| l.to_string()).collect();
-            if v.is_empty() { "none (the mask is empty)".to_string() } else { v.join(", ") }
+            if v.is_empty() {
+                "none (the mask is empty)".to_string()
+            } else {
+                v.join(", ")
+            }
         };
         let mut lo = [usize::MAX; 3];
         let mut hi = [0usize; 3];
@@ -190,12 +197,21 @@ pub fn load_case(
     })
 }
 
-fn dicom_regions(mask: &Path, selector: &RegionSelector, frame: &Geometry) -> Result<Vec<MaskRegion>, VolumeError> {
+fn dicom_regions(
+    mask: &Path,
+    selector: &RegionSelector,
+    frame: &Geometry,
+) -> Result<Vec<MaskRegion>, VolumeError> {
     let modality = {
         let obj = dicom_object::OpenFileOptions::new()
             .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
             .open_file(mask)
-            .map_err(|e| VolumeError::dicom(mask, format!("not a NIfTI file and not readable as DICOM: {e}")))?;
+            .map_err(|e| {
+                VolumeError::dicom(
+                    mask,
+                    format!("not a NIfTI file and not readable as DICOM: {e}"),
+                )
+            })?;
         dicom_series::string(&obj, dicom_dictionary_std::tags::MODALITY).unwrap_or_default()
     };
     let pick = |name: &str, number: i64| match selector {

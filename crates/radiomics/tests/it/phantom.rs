@@ -27,7 +27,8 @@ fn digital_phantom_matches_every_ibsi_reference_value() {
         ..Default::default()
     };
     let features = extract(&image, &mask, 1, &settings).unwrap();
-    let mut rd = csv::Reader::from_path(dir.join("ibsi1_digital_phantom_reference_values.csv")).unwrap();
+    let mut rd =
+        csv::Reader::from_path(dir.join("ibsi1_digital_phantom_reference_values.csv")).unwrap();
     let headers = rd.headers().unwrap().clone();
     let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
     let (tag_c, ref_c, tol_c) = (col("tag"), col("reference_value"), col("tolerance"));
@@ -42,7 +43,10 @@ fn digital_phantom_matches_every_ibsi_reference_value() {
         match features.get(tag) {
             None => failures.push(format!("{tag}: not computed (reference {reference})")),
             Some(v) if (sig3(v) - reference).abs() <= tol + 1e-12 * reference.abs() => {}
-            Some(v) => failures.push(format!("{tag}: {v} (rounded {}) vs reference {reference} +- {tol}", sig3(v))),
+            Some(v) => failures.push(format!(
+                "{tag}: {v} (rounded {}) vs reference {reference} +- {tol}",
+                sig3(v)
+            )),
         }
     }
     assert_eq!(total, 482, "the reference table should hold 482 values");

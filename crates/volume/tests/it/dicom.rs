@@ -49,7 +49,10 @@ fn real_mr_series_is_sorted_along_its_normal() {
 
     // A missing middle slice is a gap; a foreign series in the folder is refused.
     let tmp = tempfile::tempdir().unwrap();
-    let mut names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     names.sort();
     for p in &names {
         std::fs::copy(p, tmp.path().join(p.file_name().unwrap())).unwrap();
@@ -58,19 +61,37 @@ fn real_mr_series_is_sorted_along_its_normal() {
         let mut v: Vec<(f64, std::path::PathBuf)> = names
             .iter()
             .map(|p| {
-                let o = dicom_object::OpenFileOptions::new().read_until(tags::PIXEL_DATA).open_file(p).unwrap();
-                let pos = o.element(tags::IMAGE_POSITION_PATIENT).unwrap().to_multi_float64().unwrap();
-                (pos[0] * normal[0] + pos[1] * normal[1] + pos[2] * normal[2], p.clone())
+                let o = dicom_object::OpenFileOptions::new()
+                    .read_until(tags::PIXEL_DATA)
+                    .open_file(p)
+                    .unwrap();
+                let pos = o
+                    .element(tags::IMAGE_POSITION_PATIENT)
+                    .unwrap()
+                    .to_multi_float64()
+                    .unwrap();
+                (
+                    pos[0] * normal[0] + pos[1] * normal[1] + pos[2] * normal[2],
+                    p.clone(),
+                )
             })
             .collect();
         v.sort_by(|a, b| a.0.total_cmp(&b.0));
         v
     };
     std::fs::remove_file(tmp.path().join(sorted[10].1.file_name().unwrap())).unwrap();
-    let e = dicom_series::read_series(tmp.path()).unwrap_err().to_string();
+    let e = dicom_series::read_series(tmp.path())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("uneven slice spacing"), "{e}");
-    std::fs::copy(datasets().join("dicom_samples/pydicom/CT_small.dcm"), tmp.path().join("ct.dcm")).unwrap();
-    let e = dicom_series::read_series(tmp.path()).unwrap_err().to_string();
+    std::fs::copy(
+        datasets().join("dicom_samples/pydicom/CT_small.dcm"),
+        tmp.path().join("ct.dcm"),
+    )
+    .unwrap();
+    let e = dicom_series::read_series(tmp.path())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("mixed series"), "{e}");
 }
 
@@ -88,7 +109,11 @@ fn rtstruct_contours_rasterise_with_holes() {
         let data: Vec<f64> = pts.iter().flat_map(|p| [p[0], p[1], z]).collect();
         InMemDicomObject::from_element_iter([
             el(tags::CONTOUR_GEOMETRIC_TYPE, VR::CS, "CLOSED_PLANAR"),
-            el(tags::NUMBER_OF_CONTOUR_POINTS, VR::IS, format!("{}", pts.len())),
+            el(
+                tags::NUMBER_OF_CONTOUR_POINTS,
+                VR::IS,
+                format!("{}", pts.len()),
+            ),
             el(tags::CONTOUR_DATA, VR::DS, ds(&data)),
         ])
     };
@@ -117,11 +142,20 @@ fn rtstruct_contours_rasterise_with_holes() {
             vec![
                 InMemDicomObject::from_element_iter([
                     el(tags::REFERENCED_ROI_NUMBER, VR::IS, "1"),
-                    seq(tags::CONTOUR_SEQUENCE, vec![contour(&outer, 2.0), contour(&hole, 2.0)]),
+                    seq(
+                        tags::CONTOUR_SEQUENCE,
+                        vec![contour(&outer, 2.0), contour(&hole, 2.0)],
+                    ),
                 ]),
                 InMemDicomObject::from_element_iter([
                     el(tags::REFERENCED_ROI_NUMBER, VR::IS, "2"),
-                    seq(tags::CONTOUR_SEQUENCE, vec![contour(&[[0.5, 0.5], [3.5, 0.5], [3.5, 2.5], [0.5, 2.5]], 4.0)]),
+                    seq(
+                        tags::CONTOUR_SEQUENCE,
+                        vec![contour(
+                            &[[0.5, 0.5], [3.5, 0.5], [3.5, 2.5], [0.5, 2.5]],
+                            4.0,
+                        )],
+                    ),
                 ]),
             ],
         ),
@@ -130,7 +164,10 @@ fn rtstruct_contours_rasterise_with_holes() {
     let path = dir.path().join("rs.dcm");
     save(obj, uids::RT_STRUCTURE_SET_STORAGE, &path);
     let rois = rtstruct::read_structures(&path).unwrap();
-    assert_eq!(rois.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["GTV", "Node"]);
+    assert_eq!(
+        rois.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        ["GTV", "Node"]
+    );
     let gtv = rtstruct::rasterise(&rois[0], &g).unwrap();
     assert_eq!(gtv.data.iter().filter(|&&v| v == 1).count(), 36 - 4);
     // Voxel (x=-3 mm, y=-3 mm) = index (2, 2) on slice 1 is inside; the hole centre (-1, -1) is not.
@@ -144,10 +181,22 @@ fn rtstruct_contours_rasterise_with_holes() {
     // Through load_case with an image on the same grid, selecting by name.
     let img_path = dir.path().join("img.nii");
     nifti::write(&img_path, &medfed_volume::Volume::filled(g, 7.0f32)).unwrap();
-    let case = load_case(&img_path, &path, &RegionSelector::Name("Node".into()), |_| [1; 3]).unwrap();
+    let case = load_case(
+        &img_path,
+        &path,
+        &RegionSelector::Name("Node".into()),
+        |_| [1; 3],
+    )
+    .unwrap();
     assert_eq!(case.regions.len(), 1);
     assert_eq!(case.regions[0].name, "Node");
-    let e = load_case(&img_path, &path, &RegionSelector::Name("PTV".into()), |_| [1; 3]).unwrap_err();
+    let e = load_case(
+        &img_path,
+        &path,
+        &RegionSelector::Name("PTV".into()),
+        |_| [1; 3],
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("GTV, Node"), "{e}");
     // A contour off the image's slices is a clear error, not a silent shift.
     let mut g2 = g;
@@ -200,7 +249,11 @@ fn seg_object(fractional: bool) -> InMemDicomObject {
                 ),
                 seq(
                     tags::PLANE_POSITION_SEQUENCE,
-                    vec![InMemDicomObject::from_element_iter([el(tags::IMAGE_POSITION_PATIENT, VR::DS, ds(&pos))])],
+                    vec![InMemDicomObject::from_element_iter([el(
+                        tags::IMAGE_POSITION_PATIENT,
+                        VR::DS,
+                        ds(&pos),
+                    )])],
                 ),
             ])
         })
@@ -214,12 +267,23 @@ fn seg_object(fractional: bool) -> InMemDicomObject {
     InMemDicomObject::from_element_iter([
         el(tags::SOP_CLASS_UID, VR::UI, uids::SEGMENTATION_STORAGE),
         el(tags::MODALITY, VR::CS, "SEG"),
-        el(tags::SEGMENTATION_TYPE, VR::CS, if fractional { "FRACTIONAL" } else { "BINARY" }),
-        el(tags::MAXIMUM_FRACTIONAL_VALUE, VR::US, PrimitiveValue::from(255u16)),
+        el(
+            tags::SEGMENTATION_TYPE,
+            VR::CS,
+            if fractional { "FRACTIONAL" } else { "BINARY" },
+        ),
+        el(
+            tags::MAXIMUM_FRACTIONAL_VALUE,
+            VR::US,
+            PrimitiveValue::from(255u16),
+        ),
         el(tags::ROWS, VR::US, PrimitiveValue::from(10u16)),
         el(tags::COLUMNS, VR::US, PrimitiveValue::from(10u16)),
         el(tags::NUMBER_OF_FRAMES, VR::IS, "3"),
-        seq(tags::SEGMENT_SEQUENCE, vec![segment(1, "Tumour"), segment(2, "Seed")]),
+        seq(
+            tags::SEGMENT_SEQUENCE,
+            vec![segment(1, "Tumour"), segment(2, "Seed")],
+        ),
         seq(
             tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE,
             vec![InMemDicomObject::from_element_iter([
@@ -233,16 +297,16 @@ fn seg_object(fractional: bool) -> InMemDicomObject {
                 ),
                 seq(
                     tags::PIXEL_MEASURES_SEQUENCE,
-                    vec![InMemDicomObject::from_element_iter([el(tags::PIXEL_SPACING, VR::DS, ds(&[1.0, 1.0]))])],
+                    vec![InMemDicomObject::from_element_iter([el(
+                        tags::PIXEL_SPACING,
+                        VR::DS,
+                        ds(&[1.0, 1.0]),
+                    )])],
                 ),
             ])],
         ),
         seq(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, per_frame),
-        DataElement::new(
-            tags::PIXEL_DATA,
-            if fractional { VR::OB } else { VR::OB },
-            PrimitiveValue::U8(pixel.into()),
-        ),
+        DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::U8(pixel.into())),
     ])
 }
 
@@ -255,7 +319,11 @@ fn seg_binary_and_fractional_segments_land_on_their_voxels() {
         let s = Segmentation::read(&path).unwrap();
         assert_eq!(s.segments.len(), 2);
         let tumour = s.rasterise(1, &grid()).unwrap();
-        assert_eq!(tumour.data.iter().filter(|&&v| v == 1).count(), 12, "fractional={fractional}");
+        assert_eq!(
+            tumour.data.iter().filter(|&&v| v == 1).count(),
+            12,
+            "fractional={fractional}"
+        );
         assert_eq!(tumour.get(2, 4, 0), 1);
         assert_eq!(tumour.get(4, 5, 1), 1);
         assert_eq!(tumour.get(0, 0, 0), 0);
@@ -265,7 +333,12 @@ fn seg_binary_and_fractional_segments_land_on_their_voxels() {
         // A grid with another spacing is refused rather than silently misplaced.
         let mut other = grid();
         other.spacing = [0.5, 0.5, 2.0];
-        assert!(s.rasterise(1, &other).unwrap_err().to_string().contains("spacing"));
+        assert!(
+            s.rasterise(1, &other)
+                .unwrap_err()
+                .to_string()
+                .contains("spacing")
+        );
     }
 }
 
@@ -274,7 +347,11 @@ fn real_liver_seg_decodes_onto_its_own_grid() {
     let path = datasets().join("dicom_samples/pydicom/liver_seg.dcm");
     let s = Segmentation::read(&path).unwrap();
     assert_eq!(s.segments.len(), 1);
-    assert!(s.segments[0].label.to_lowercase().contains("liver"), "{:?}", s.segments);
+    assert!(
+        s.segments[0].label.to_lowercase().contains("liver"),
+        "{:?}",
+        s.segments
+    );
     let g = s.own_grid();
     assert_eq!([g.dims[0], g.dims[1]], [512, 512]);
     let m = s.rasterise(s.segments[0].number, &g).unwrap();

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# IBSI radiomics benchmark: medfed beside PyRadiomics (and MIRP if its venv exists) on the
+# synthetic 512x512x100 CT of shared/bench/radiomics-peers, 20k- and 200k-voxel regions.
+# Times whole processes (reading the image included) with CPU seconds and peak RSS per run;
+# the kit prints the peer/ours ratio. PyRadiomics computes fewer features than medfed's 482.
+# usage: bench/radiomics/run.sh [OUTDIR]     env: REPS (3), PYRAD_VENV, MIRP_VENV (see the kit)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+SHARED="${MEDFED_SHARED_DIR:-$ROOT/../shared}"
+KIT="$SHARED/bench/radiomics-peers"
+[ -x "$KIT/run.sh" ] || { echo "peer kit not found at $KIT (set MEDFED_SHARED_DIR)" >&2; exit 2; }
+OUT="${1:-$(mktemp -d "${TMPDIR:-/tmp}/medfed-radiomics-bench.XXXXXX")}"
+mkdir -p "$OUT"
+(cd "$ROOT" && cargo build --release --locked -q)
+BIN="$ROOT/target/release/medfed"
+# One core for medfed too, as the goal is stated per core.
+export OURS_CMD="env RAYON_NUM_THREADS=1 $BIN radiomics --image {image} --mask {mask} --out {out}.csv"
+REPS="${REPS:-3}" "$KIT/run.sh" "$OUT"
+echo
+echo "medfed on the IBSI digital phantom is checked by the test suite (482/482)."
