@@ -16,5 +16,14 @@ BIN="$ROOT/target/release/medfed"
 # One core for medfed too, as the goal is stated per core.
 export OURS_CMD="env RAYON_NUM_THREADS=1 $BIN radiomics --image {image} --mask {mask} --out {out}.csv"
 REPS="${REPS:-3}" "$KIT/run.sh" "$OUT"
+# The split of one medfed run: reading (mask, then the image box) vs features, one thread.
+echo
+echo "medfed, one thread, time split per ROI (from its info log; 'features' = chain + all 482 features):"
+for roi in 20k 200k; do
+  MEDFED_LOG=medfed=info RAYON_NUM_THREADS=1 "$BIN" radiomics --image "$OUT/data/ct.nii.gz" \
+    --mask "$OUT/data/mask_$roi.nii.gz" --out "$OUT/split_$roi.csv" 2>&1 >/dev/null \
+    | sed -E 's/\x1b\[[0-9;]*m//g' | grep -oE '(load_s|features_s)=[0-9.]+' | tr '\n' ' ' | sed "s/^/  $roi: /"
+  echo
+done
 echo
 echo "medfed on the IBSI digital phantom is checked by the test suite (482/482)."

@@ -150,6 +150,7 @@ pub fn extract_case(case: &CaseSpec, settings: &RadiomicsSettings) -> Vec<Featur
         features,
         error,
     };
+    let started = std::time::Instant::now();
     let loaded = match load_case(&case.image, &case.mask, &case.selector, |sp| {
         read_margin(sp, settings)
     }) {
@@ -163,6 +164,12 @@ pub fn extract_case(case: &CaseSpec, settings: &RadiomicsSettings) -> Vec<Featur
             return vec![row(name, Default::default(), Some(e.to_string()))];
         }
     };
+    tracing::info!(
+        case = %case.id,
+        load_s = started.elapsed().as_secs_f64(),
+        box_voxels = loaded.image.data.len(),
+        "case loaded"
+    );
     let frame = Frame {
         geometry: loaded.frame,
         offset: loaded.offset,
@@ -171,8 +178,10 @@ pub fn extract_case(case: &CaseSpec, settings: &RadiomicsSettings) -> Vec<Featur
         .regions
         .iter()
         .map(|r| {
+            let t = std::time::Instant::now();
             let result = Region::extract_in(&loaded.image, &r.mask, r.label, settings, frame)
                 .and_then(|region| features_of(&region, settings));
+            tracing::info!(case = %case.id, region = %r.name, features_s = t.elapsed().as_secs_f64(), "region done");
             match result {
                 Ok(f) => row(r.name.clone(), f, None),
                 Err(e) => row(r.name.clone(), Default::default(), Some(e.to_string())),

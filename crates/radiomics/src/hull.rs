@@ -4,7 +4,9 @@
 //! codes stumble on that. Here orientation tests are exact (`i128`), and scaling to millimetres
 //! happens only when volume and area are summed (an axis scaling maps a hull onto a hull).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+
+use crate::FastMap;
 
 use crate::morphology::{cross, dot, norm, sub};
 
@@ -84,9 +86,9 @@ impl ConvexHull {
             return empty;
         }
         let mut faces: Vec<Face> = Vec::new();
-        let mut edges: HashMap<(usize, usize), usize> = HashMap::new();
+        let mut edges: FastMap<(usize, usize), usize> = FastMap::default();
         let add =
-            |faces: &mut Vec<Face>, edges: &mut HashMap<(usize, usize), usize>, v: [usize; 3]| {
+            |faces: &mut Vec<Face>, edges: &mut FastMap<(usize, usize), usize>, v: [usize; 3]| {
                 let id = faces.len();
                 for k in 0..3 {
                     edges.insert((v[k], v[(k + 1) % 3]), id);
@@ -221,7 +223,7 @@ impl ConvexHull {
 fn extreme_along_lines(points: &[[i64; 3]]) -> Vec<usize> {
     let mut keep = vec![0u8; points.len()];
     for axis in 0..3 {
-        let mut ends: HashMap<(i64, i64), (usize, usize)> = HashMap::new();
+        let mut ends: FastMap<(i64, i64), (usize, usize)> = FastMap::default();
         let (u, w) = ((axis + 1) % 3, (axis + 2) % 3);
         for (i, p) in points.iter().enumerate() {
             let e = ends.entry((p[u], p[w])).or_insert((i, i));

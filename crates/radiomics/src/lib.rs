@@ -25,6 +25,37 @@ pub use region::Region;
 pub use settings::{Discretisation, Family, RadiomicsSettings};
 pub use table::{FeatureRow, FeatureTable};
 
+/// A hash map with a multiply-rotate hasher (as in rustc's FxHash): the keys here are small
+/// integers from voxel grids, not attacker-chosen, and SipHash cost a tenth of a region's time.
+pub(crate) type FastMap<K, V> =
+    std::collections::HashMap<K, V, std::hash::BuildHasherDefault<FastHasher>>;
+
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FastHasher(u64);
+
+impl std::hash::Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(b as u64);
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (self.0.rotate_left(5) ^ x).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_u32(&mut self, x: u32) {
+        self.write_u64(x as u64);
+    }
+    fn write_i64(&mut self, x: i64) {
+        self.write_u64(x as u64);
+    }
+    fn write_usize(&mut self, x: usize) {
+        self.write_u64(x as u64);
+    }
+}
+
 /// Why features could not be computed for a region.
 #[derive(Debug, thiserror::Error)]
 pub enum RadiomicsError {
@@ -71,17 +102,21 @@ pub fn features_of(
     region: &Region,
     settings: &RadiomicsSettings,
 ) -> Result<FeatureSink, RadiomicsError> {
+    let t0 = std::time::Instant::now();
     let texture_levels = region.discretise(settings.texture_discretisation, settings)?;
     let hist_levels = if settings.histogram_discretisation() == settings.texture_discretisation {
         None
     } else {
         Some(region.discretise(settings.histogram_discretisation(), settings)?)
     };
+    tracing::debug!(seconds = t0.elapsed().as_secs_f64(), "discretisation");
     let (morph, (first, tex)) = rayon::join(
         || {
             let mut out = FeatureSink::default();
             if settings.wants(Family::Morphology) {
+                let t = std::time::Instant::now();
                 morphology::compute(region, &mut out);
+                tracing::debug!(seconds = t.elapsed().as_secs_f64(), "morphology");
             }
             out
         },
@@ -89,9 +124,11 @@ pub fn features_of(
             rayon::join(
                 || -> Result<FeatureSink, RadiomicsError> {
                     let mut out = FeatureSink::default();
+                    let t = std::time::Instant::now();
                     if settings.wants(Family::LocalIntensity) {
                         intensity::local_intensity(region, &mut out);
                     }
+                    tracing::debug!(seconds = t.elapsed().as_secs_f64(), "local intensity");
                     if settings.wants(Family::Statistics) {
                         intensity::stats(region, &mut out);
                     }
@@ -104,6 +141,7 @@ pub fn features_of(
                     if settings.wants(Family::IntensityVolumeHistogram) {
                         intensity::ivh(region, settings, settings.ivh_discretisation, &mut out)?;
                     }
+                    tracing::debug!(seconds = t.elapsed().as_secs_f64(), "first-order families");
                     Ok(out)
                 },
                 || texture_features(region, &texture_levels, settings),
@@ -137,12 +175,15 @@ fn texture_features(
         data: levels.levels.clone(),
     }
     .crop(lo, hi);
-    let grid = texture::Grid {
-        dims: lv.dims(),
-        levels: &lv.data,
-        morph: &morph.data,
-        n_levels: levels.n_levels.max(1),
-    };
+    let grid = texture::Grid::new(
+        lv.dims(),
+        &lv.data,
+        &morph.data,
+        levels.n_levels.max(1),
+        settings.texture.distance,
+    );
+    let t = std::time::Instant::now();
     texture::compute(&grid, settings, &mut out);
+    tracing::debug!(seconds = t.elapsed().as_secs_f64(), "texture families");
     out
 }

@@ -2,19 +2,22 @@
 //! mask, its convex hull, principal component axes, and the spatial autocorrelation of the
 //! intensity mask (Moran's I, Geary's C).
 
-use std::collections::HashMap;
-
 use crate::FeatureSink;
 use crate::hull::ConvexHull;
 use crate::region::Region;
 use crate::spatial;
 
-/// Surface mesh of a binary mask, with vertices on edge midpoints between voxel centres.
-pub struct Mesh {
-    /// Vertices in doubled voxel-index units (a midpoint between voxels has an odd coordinate).
-    pub vertices: Vec<[i64; 3]>,
-    /// Triangles as vertex indices, consistently oriented.
-    pub triangles: Vec<[u32; 3]>,
+/// Volume and area of the marching-cubes surface of a binary mask, vertices on edge midpoints
+/// between voxel centres. Triangles are measured as they are made and never stored.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MeshMeasure {
+    /// Enclosed volume, mm^3.
+    pub volume: f64,
+    /// Surface area, mm^2.
+    pub area: f64,
+    pub triangles: usize,
+    /// Volume with the winding's sign (positive: faces counter-clockwise seen from outside).
+    signed_volume: f64,
 }
 
 /// Corners of each cube face, counter-clockwise seen from outside the cube.
@@ -27,13 +30,22 @@ const FACES: [[[i64; 3]; 4]; 6] = [
     [[0, 0, 1], [1, 0, 1], [1, 1, 1], [0, 1, 1]],
 ];
 
-impl Mesh {
+impl MeshMeasure {
     /// Marching cubes on `mask` (grid `dims`) at iso-level 0.5; outside the grid counts as outside.
     ///
     /// Rather than a 256-case lookup table, each cube's surface polygon is traced from the
-    /// crossings on its six faces (a face with two diagonal inside corners keeps them apart), so
+    /// crossings on its six faces (a face with two diagonal inside corners joins them), so
     /// neighbouring cubes always agree and the mesh is closed and consistently oriented.
-    pub fn from_mask(mask: &[bool], dims: [usize; 3]) -> Mesh {
+    pub fn of_mask(mask: &[bool], dims: [usize; 3], spacing: [f64; 3]) -> MeshMeasure {
+        let mut out = MeshMeasure {
+            volume: 0.0,
+            area: 0.0,
+            triangles: 0,
+            signed_volume: 0.0,
+        };
+        let Some((lo, hi)) = mask_box(mask, dims) else {
+            return out;
+        };
         let inside = |x: i64, y: i64, z: i64| -> bool {
             x >= 0
                 && y >= 0
@@ -43,21 +55,26 @@ impl Mesh {
                 && (z as usize) < dims[2]
                 && mask[x as usize + dims[0] * (y as usize + dims[1] * z as usize)]
         };
-        let mut vertex_ids: HashMap<[i64; 3], u32> = HashMap::new();
-        let mut vertices = Vec::new();
-        let mut triangles = Vec::new();
+        let mm =
+            |v: [i64; 3]| -> [f64; 3] { std::array::from_fn(|k| v[k] as f64 * 0.5 * spacing[k]) };
+        let mut signed = 0.0;
         let mut next: Vec<([i64; 3], [i64; 3])> = Vec::with_capacity(12);
-        for z in -1..dims[2] as i64 {
-            for y in -1..dims[1] as i64 {
-                for x in -1..dims[0] as i64 {
-                    let corner_in = |c: [i64; 3]| inside(x + c[0], y + c[1], z + c[2]);
+        let mut poly: Vec<[i64; 3]> = Vec::with_capacity(12);
+        // Only cells touching the mask's box can hold surface.
+        for z in lo[2] as i64 - 1..hi[2] as i64 {
+            for y in lo[1] as i64 - 1..hi[1] as i64 {
+                for x in lo[0] as i64 - 1..hi[0] as i64 {
+                    let mut corners = [false; 8];
                     let mut count = 0;
-                    for c in 0..8 {
-                        count += corner_in([c & 1, (c >> 1) & 1, (c >> 2) & 1]) as usize;
+                    for (c, v) in corners.iter_mut().enumerate() {
+                        let c = c as i64;
+                        *v = inside(x + (c & 1), y + ((c >> 1) & 1), z + ((c >> 2) & 1));
+                        count += *v as usize;
                     }
                     if count == 0 || count == 8 {
                         continue;
                     }
+                    let corner_in = |c: [i64; 3]| corners[(c[0] + 2 * c[1] + 4 * c[2]) as usize];
                     next.clear();
                     for face in &FACES {
                         let ins = face.map(corner_in);
@@ -90,7 +107,8 @@ impl Mesh {
                         if used[s] {
                             continue;
                         }
-                        let mut poly = vec![next[s].0];
+                        poly.clear();
+                        poly.push(next[s].0);
                         used[s] = true;
                         let mut cur = next[s].1;
                         while cur != poly[0] {
@@ -102,51 +120,100 @@ impl Mesh {
                             used[t] = true;
                             cur = next[t].1;
                         }
-                        let mut id = |v: [i64; 3]| {
-                            *vertex_ids.entry(v).or_insert_with(|| {
-                                vertices.push(v);
-                                (vertices.len() - 1) as u32
-                            })
-                        };
-                        let ids: Vec<u32> = poly.iter().map(|&v| id(v)).collect();
                         let start = fullest_fan_start(&poly);
-                        let n = ids.len();
+                        let n = poly.len();
                         for k in 1..n.saturating_sub(1) {
-                            triangles.push([
-                                ids[start],
-                                ids[(start + k) % n],
-                                ids[(start + k + 1) % n],
-                            ]);
+                            let a = mm(poly[start]);
+                            let b = mm(poly[(start + k) % n]);
+                            let c = mm(poly[(start + k + 1) % n]);
+                            signed += dot(a, cross(b, c));
+                            out.area += norm(cross(sub(b, a), sub(c, a))) / 2.0;
+                            out.triangles += 1;
                         }
                     }
                 }
             }
         }
-        Mesh {
-            vertices,
-            triangles,
+        out.signed_volume = signed / 6.0;
+        out.volume = out.signed_volume.abs();
+        out
+    }
+}
+
+/// Bounding box `[lo, hi)` of a mask.
+fn mask_box(mask: &[bool], dims: [usize; 3]) -> Option<([usize; 3], [usize; 3])> {
+    let mut lo = [usize::MAX; 3];
+    let mut hi = [0usize; 3];
+    for (i, _) in mask.iter().enumerate().filter(|(_, m)| **m) {
+        let c = [
+            i % dims[0],
+            (i / dims[0]) % dims[1],
+            i / (dims[0] * dims[1]),
+        ];
+        for k in 0..3 {
+            lo[k] = lo[k].min(c[k]);
+            hi[k] = hi[k].max(c[k] + 1);
         }
     }
+    (lo[0] != usize::MAX).then_some((lo, hi))
+}
 
-    fn physical(&self, spacing: [f64; 3]) -> Vec<[f64; 3]> {
-        self.vertices
-            .iter()
-            .map(|v| std::array::from_fn(|k| v[k] as f64 * 0.5 * spacing[k]))
-            .collect()
-    }
-
-    /// Enclosed volume and surface area in mm^3 and mm^2.
-    pub fn volume_and_area(&self, spacing: [f64; 3]) -> (f64, f64) {
-        let p = self.physical(spacing);
-        let (mut vol, mut area) = (0.0, 0.0);
-        for t in &self.triangles {
-            let [a, b, c] = t.map(|i| p[i as usize]);
-            let cr = cross(sub(b, a), sub(c, a));
-            vol += dot(a, cross(b, c));
-            area += norm(cr);
+/// The only mesh vertices that can be convex-hull vertices, in doubled voxel units: the first and
+/// last crossing on every axis-parallel line through the mask. (Every mesh vertex lies on such a
+/// line between an inside and an outside voxel; any other crossing on the line lies between these
+/// two.)
+fn hull_candidates(mask: &[bool], dims: [usize; 3]) -> Vec<[i64; 3]> {
+    let [nx, ny, nz] = dims;
+    let mut pts = Vec::new();
+    let mut ymin = vec![usize::MAX; nx * nz];
+    let mut ymax = vec![0usize; nx * nz];
+    let mut zmin = vec![usize::MAX; nx * ny];
+    let mut zmax = vec![0usize; nx * ny];
+    for z in 0..nz {
+        for y in 0..ny {
+            let row = &mask[nx * (y + ny * z)..nx * (y + ny * z) + nx];
+            let (Some(first), Some(last)) =
+                (row.iter().position(|&m| m), row.iter().rposition(|&m| m))
+            else {
+                continue;
+            };
+            let (y2, z2) = (2 * y as i64, 2 * z as i64);
+            pts.push([2 * first as i64 - 1, y2, z2]);
+            pts.push([2 * last as i64 + 1, y2, z2]);
+            for (x, _) in row
+                .iter()
+                .enumerate()
+                .take(last + 1)
+                .skip(first)
+                .filter(|(_, m)| **m)
+            {
+                let (a, b) = (x + nx * z, x + nx * y);
+                ymin[a] = ymin[a].min(y);
+                ymax[a] = ymax[a].max(y);
+                zmin[b] = zmin[b].min(z);
+                zmax[b] = zmax[b].max(z);
+            }
         }
-        (vol.abs() / 6.0, area / 2.0)
     }
+    for z in 0..nz {
+        for x in 0..nx {
+            let a = x + nx * z;
+            if ymin[a] != usize::MAX {
+                pts.push([2 * x as i64, 2 * ymin[a] as i64 - 1, 2 * z as i64]);
+                pts.push([2 * x as i64, 2 * ymax[a] as i64 + 1, 2 * z as i64]);
+            }
+        }
+    }
+    for y in 0..ny {
+        for x in 0..nx {
+            let b = x + nx * y;
+            if zmin[b] != usize::MAX {
+                pts.push([2 * x as i64, 2 * y as i64, 2 * zmin[b] as i64 - 1]);
+                pts.push([2 * x as i64, 2 * y as i64, 2 * zmax[b] as i64 + 1]);
+            }
+        }
+    }
+    pts
 }
 
 /// The fan apex that makes a cell's (possibly non-planar) polygon enclose the most volume.
@@ -198,8 +265,12 @@ pub fn compute(region: &Region, out: &mut FeatureSink) {
     let g = &region.geometry;
     let sp = g.spacing;
     let dims = g.dims;
-    let mesh = Mesh::from_mask(&region.morph, dims);
-    let (volume, area) = mesh.volume_and_area(sp);
+    let t = std::time::Instant::now();
+    let lap =
+        |what: &str| tracing::debug!(seconds = t.elapsed().as_secs_f64(), "{what} (cumulative)");
+    let mesh = MeshMeasure::of_mask(&region.morph, dims, sp);
+    lap("mesh");
+    let (volume, area) = (mesh.volume, mesh.area);
     let n_morph = region.morph.iter().filter(|&&m| m).count();
     let vol_approx = n_morph as f64 * g.voxel_volume();
     let pi = std::f64::consts::PI;
@@ -261,11 +332,14 @@ pub fn compute(region: &Region, out: &mut FeatureSink) {
     ));
     out.push("morph_com", shift);
 
-    let hull = ConvexHull::of_points(&mesh.vertices);
+    lap("mesh features, centre of mass");
+    let candidates = hull_candidates(&region.morph, dims);
+    let hull = ConvexHull::of_points(&candidates);
+    lap("hull");
     let hull_pts: Vec<[f64; 3]> = hull
         .vertex_indices()
         .iter()
-        .map(|&i| std::array::from_fn(|k| mesh.vertices[i][k] as f64 * 0.5 * sp[k]))
+        .map(|&i| std::array::from_fn(|k| candidates[i][k] as f64 * 0.5 * sp[k]))
         .collect();
     let mut diam2: f64 = 0.0;
     for (i, a) in hull_pts.iter().enumerate() {
@@ -275,6 +349,7 @@ pub fn compute(region: &Region, out: &mut FeatureSink) {
         }
     }
     out.push("morph_diam", diam2.sqrt());
+    lap("diameter");
 
     // Principal component analysis of the morphological mask's voxel centres.
     let mut mean = [0.0; 3];
@@ -303,17 +378,10 @@ pub fn compute(region: &Region, out: &mut FeatureSink) {
     out.push("morph_pca_elongation", (l2 / l1).sqrt());
     out.push("morph_pca_flatness", (l3 / l1).sqrt());
 
-    // Axis-aligned bounding box of the mesh.
-    let phys = mesh.physical(sp);
-    let mut lo = [f64::INFINITY; 3];
-    let mut hi = [f64::NEG_INFINITY; 3];
-    for p in &phys {
-        for k in 0..3 {
-            lo[k] = lo[k].min(p[k]);
-            hi[k] = hi[k].max(p[k]);
-        }
-    }
-    let e = sub(hi, lo);
+    // Axis-aligned bounding box of the mesh: the mask's box, as the outermost vertices sit half a
+    // voxel beyond the outermost voxel centres.
+    let (blo, bhi) = mask_box(&region.morph, dims).unwrap_or(([0; 3], [0; 3]));
+    let e: [f64; 3] = std::array::from_fn(|k| (bhi[k] - blo[k]) as f64 * sp[k]);
     out.push("morph_vol_dens_aabb", volume / (e[0] * e[1] * e[2]));
     out.push(
         "morph_area_dens_aabb",
@@ -325,13 +393,15 @@ pub fn compute(region: &Region, out: &mut FeatureSink) {
     out.push("morph_vol_dens_aee", 3.0 * volume / (4.0 * pi * a * b * c));
     out.push("morph_area_dens_aee", area / ellipsoid_area(a, b, c));
 
-    let (hull_volume, hull_area) = hull.volume_and_area(&mesh.vertices, sp);
+    let (hull_volume, hull_area) = hull.volume_and_area(&candidates, sp);
     out.push("morph_vol_dens_conv_hull", volume / hull_volume);
     out.push("morph_area_dens_conv_hull", area / hull_area);
 
     out.push("morph_integ_int", isum / n_int as f64 * volume);
 
+    lap("pca, boxes, ellipsoid");
     let (moran, geary) = spatial::moran_geary(region);
+    lap("moran, geary");
     out.push("morph_moran_i", moran);
     out.push("morph_geary_c", geary);
 }
@@ -388,27 +458,25 @@ mod tests {
 
     #[test]
     fn single_voxel_mesh_is_an_octahedron() {
-        let m = Mesh::from_mask(&[true], [1, 1, 1]);
-        let (v, a) = m.volume_and_area([1.0; 3]);
+        let m = MeshMeasure::of_mask(&[true], [1, 1, 1], [1.0; 3]);
+        let (v, a) = (m.volume, m.area);
         assert!((v - 1.0 / 6.0).abs() < 1e-12, "{v}");
         // The winding convention fullest_fan_start relies on: positive signed volume.
-        let p = m.physical([1.0; 3]);
-        let signed: f64 = m
-            .triangles
-            .iter()
-            .map(|t| dot(p[t[0] as usize], cross(p[t[1] as usize], p[t[2] as usize])))
-            .sum();
-        assert!(signed > 0.0);
+        assert!(m.signed_volume > 0.0);
         // Eight equilateral faces with side sqrt(0.5).
         assert!((a - 8.0 * 3f64.sqrt() / 4.0 * 0.5).abs() < 1e-12, "{a}");
-        assert_eq!(m.vertices.len(), 6);
+        assert_eq!(m.triangles, 8);
+        // Its hull candidates are the six octahedron vertices (each found twice).
+        let mut c = hull_candidates(&[true], [1, 1, 1]);
+        c.sort();
+        c.dedup();
+        assert_eq!(c.len(), 6);
     }
 
     #[test]
     fn block_volume_approaches_voxel_count() {
         let dims = [6, 5, 4];
-        let m = Mesh::from_mask(&[true; 120], dims);
-        let (v, _) = m.volume_and_area([1.0, 2.0, 3.0]);
+        let v = MeshMeasure::of_mask(&[true; 120], dims, [1.0, 2.0, 3.0]).volume;
         // A box of 6x5x4 voxels: the mesh cuts the corners and edges at half a voxel.
         let full = 6.0 * 10.0 * 12.0;
         assert!(v < full && v > 0.7 * full, "{v}");
@@ -416,7 +484,7 @@ mod tests {
         let mut diag = vec![false; 8];
         diag[0] = true;
         diag[7] = true;
-        let (v2, _) = Mesh::from_mask(&diag, [2, 2, 2]).volume_and_area([1.0; 3]);
+        let v2 = MeshMeasure::of_mask(&diag, [2, 2, 2], [1.0; 3]).volume;
         assert!((v2 - 2.0 / 6.0).abs() < 1e-12, "{v2}");
     }
 

@@ -8,7 +8,9 @@
 //! (everything merged), `3D_avg` (per 3-D direction, averaged), `3D_comb` (all 13 merged).
 //! The others get `2D` (per slice, averaged), `2_5D` (slices merged) and `3D`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use crate::FastMap;
 
 use crate::FeatureSink;
 use crate::settings::{Family, RadiomicsSettings};
@@ -20,6 +22,11 @@ pub struct Grid<'a> {
     /// Morphological mask on the same box (for GLDZM distances).
     pub morph: &'a [bool],
     pub n_levels: u32,
+    /// The levels again, with a border of `pad` zero voxels, so that neighbour lookups up to
+    /// `pad` away need no bounds checks.
+    padded: Vec<u32>,
+    pad: i64,
+    pdims: [i64; 2],
 }
 
 const IN_PLANE: [[i64; 3]; 4] = [[1, 0, 0], [1, 1, 0], [0, 1, 0], [-1, 1, 0]];
@@ -34,15 +41,46 @@ fn directions_3d() -> Vec<[i64; 3]> {
     d
 }
 
-impl Grid<'_> {
-    #[inline]
-    fn level(&self, x: i64, y: i64, z: i64) -> u32 {
-        let [nx, ny, nz] = self.dims;
-        if x < 0 || y < 0 || z < 0 || x >= nx as i64 || y >= ny as i64 || z >= nz as i64 {
-            0
-        } else {
-            self.levels[x as usize + nx * (y as usize + ny * z as usize)]
+impl<'a> Grid<'a> {
+    /// A grid whose neighbour lookups reach up to `reach` voxels beyond the box.
+    pub fn new(
+        dims: [usize; 3],
+        levels: &'a [u32],
+        morph: &'a [bool],
+        n_levels: u32,
+        reach: u32,
+    ) -> Self {
+        let pad = reach.max(1) as usize;
+        let p = [dims[0] + 2 * pad, dims[1] + 2 * pad, dims[2] + 2 * pad];
+        let mut padded = vec![0u32; p[0] * p[1] * p[2]];
+        for z in 0..dims[2] {
+            for y in 0..dims[1] {
+                let src = dims[0] * (y + dims[1] * z);
+                let dst = pad + p[0] * ((y + pad) + p[1] * (z + pad));
+                padded[dst..dst + dims[0]].copy_from_slice(&levels[src..src + dims[0]]);
+            }
         }
+        Grid {
+            dims,
+            levels,
+            morph,
+            n_levels,
+            padded,
+            pad: pad as i64,
+            pdims: [p[0] as i64, p[1] as i64],
+        }
+    }
+
+    /// Index into the padded levels of (x, y, z).
+    #[inline]
+    fn flat(&self, x: usize, y: usize, z: usize) -> i64 {
+        (x as i64 + self.pad)
+            + self.pdims[0] * ((y as i64 + self.pad) + self.pdims[1] * (z as i64 + self.pad))
+    }
+
+    /// Flat offset of a neighbour displacement.
+    fn offset(&self, d: [i64; 3]) -> i64 {
+        d[0] + self.pdims[0] * (d[1] + self.pdims[1] * d[2])
     }
 
     fn slice_range(&self, slice: Option<usize>) -> std::ops::Range<usize> {
@@ -95,6 +133,9 @@ fn emit(out: &mut FeatureSink, prefix: &str, names: &[&str], suffix: &str, value
 /// Compute every requested texture family.
 pub fn compute(grid: &Grid, settings: &RadiomicsSettings, out: &mut FeatureSink) {
     let dist = settings.texture.distance as i64;
+    let t = std::time::Instant::now();
+    let lap =
+        |what: &str| tracing::debug!(seconds = t.elapsed().as_secs_f64(), "{what} (cumulative)");
     if settings.wants(Family::Glcm) {
         directional(
             grid,
@@ -105,16 +146,24 @@ pub fn compute(grid: &Grid, settings: &RadiomicsSettings, out: &mut FeatureSink)
             &|m: &Glcm| glcm_features(m, grid.n_levels),
         );
     }
+    lap("glcm");
     if settings.wants(Family::Glrlm) {
         directional(grid, out, "rlm", &RLM_NAMES, &run_matrix, &|m: &Sparse| {
             (m.total() > 0.0).then(|| zone_features(m, m.weighted_total()))
         });
     }
+    lap("glrlm");
     let want_zones = settings.wants(Family::Glszm) || settings.wants(Family::Gldzm);
     if want_zones {
-        let slices: Vec<(Sparse, Sparse, f64)> =
-            (0..grid.dims[2]).map(|z| zones(grid, Some(z))).collect();
-        let volume = zones(grid, None);
+        // One distance map and one visited mask serve every slice (slices never touch).
+        let dist_2d = distance_to_edge(grid, false);
+        let mut seen = vec![false; grid.levels.len()];
+        let slices: Vec<(Sparse, Sparse, f64)> = (0..grid.dims[2])
+            .map(|z| zones(grid, Some(z), &dist_2d, &mut seen))
+            .collect();
+        drop(dist_2d);
+        seen.fill(false);
+        let volume = zones(grid, None, &distance_to_edge(grid, true), &mut seen);
         for (family, names, pick) in [
             (Family::Glszm, &SZM_NAMES, 0usize),
             (Family::Gldzm, &DZM_NAMES, 1usize),
@@ -134,53 +183,51 @@ pub fn compute(grid: &Grid, settings: &RadiomicsSettings, out: &mut FeatureSink)
             );
         }
     }
-    if settings.wants(Family::Ngtdm) {
-        let per_slice: Vec<Ngtdm> = (0..grid.dims[2])
-            .map(|z| ngtdm(grid, Some(z), dist))
-            .collect();
-        let vol = ngtdm(grid, None, dist);
-        let mut mean = Mean::new();
-        let mut merged = Ngtdm::new(grid.n_levels);
-        for s in &per_slice {
-            mean.add(ngtdm_features(s));
-            merged.add(s);
-        }
-        emit(out, "ngt", &NGT_NAMES, "2D", &mean.get(NGT_NAMES.len()));
-        emit(
-            out,
-            "ngt",
-            &NGT_NAMES,
-            "2_5D",
-            &ngtdm_features(&merged).unwrap_or(vec![f64::NAN; 5]),
-        );
-        emit(
-            out,
-            "ngt",
-            &NGT_NAMES,
-            "3D",
-            &ngtdm_features(&vol).unwrap_or(vec![f64::NAN; 5]),
-        );
-    }
-    if settings.wants(Family::Ngldm) {
+    lap("glszm+gldzm");
+    if settings.wants(Family::Ngtdm) || settings.wants(Family::Ngldm) {
+        // Both families look at the same neighbourhoods: one scan fills both.
         let alpha = settings.texture.ngldm_alpha;
-        three_way(
-            out,
-            "ngl",
-            &NGL_NAMES,
-            (0..grid.dims[2])
-                .map(|z| {
-                    let m = ngldm(grid, Some(z), dist, alpha);
+        let per_slice: Vec<(Ngtdm, Sparse)> = (0..grid.dims[2])
+            .map(|z| neighbourhood_matrices(grid, Some(z), dist, alpha))
+            .collect();
+        let (vol_tdm, vol_ldm) = neighbourhood_matrices(grid, None, dist, alpha);
+        if settings.wants(Family::Ngtdm) {
+            let mut mean = Mean::new();
+            let mut merged = Ngtdm::new(grid.n_levels);
+            for (s, _) in &per_slice {
+                mean.add(ngtdm_features(s));
+                merged.add(s);
+            }
+            let nan = || vec![f64::NAN; NGT_NAMES.len()];
+            emit(out, "ngt", &NGT_NAMES, "2D", &mean.get(NGT_NAMES.len()));
+            emit(
+                out,
+                "ngt",
+                &NGT_NAMES,
+                "2_5D",
+                &ngtdm_features(&merged).unwrap_or_else(nan),
+            );
+            emit(
+                out,
+                "ngt",
+                &NGT_NAMES,
+                "3D",
+                &ngtdm_features(&vol_tdm).unwrap_or_else(nan),
+            );
+        }
+        if settings.wants(Family::Ngldm) {
+            let slices = per_slice
+                .into_iter()
+                .map(|(_, m)| {
                     let n = m.total();
                     (m, n)
                 })
-                .collect(),
-            {
-                let m = ngldm(grid, None, dist, alpha);
-                let n = m.total();
-                (m, n)
-            },
-        );
+                .collect();
+            let n = vol_ldm.total();
+            three_way(out, "ngl", &NGL_NAMES, slices, (vol_ldm, n));
+        }
     }
+    lap("ngtdm, ngldm");
 }
 
 /// 2D / 2.5D / 3D for the non-directional matrix families.
@@ -307,18 +354,16 @@ fn glcm_matrix(grid: &Grid, slice: Option<usize>, dir: [i64; 3], dist: i64) -> G
     let mut m = Glcm::empty(grid.n_levels);
     let ng = m.ng;
     let [nx, ny, _] = grid.dims;
+    let step = grid.offset([dir[0] * dist, dir[1] * dist, dir[2] * dist]);
     for z in grid.slice_range(slice) {
         for y in 0..ny {
-            for x in 0..nx {
-                let a = grid.levels[x + nx * (y + ny * z)];
+            let p0 = grid.flat(0, y, z);
+            let row = &grid.levels[nx * (y + ny * z)..nx * (y + ny * z + 1)];
+            for (x, &a) in row.iter().enumerate() {
                 if a == 0 {
                     continue;
                 }
-                let b = grid.level(
-                    x as i64 + dir[0] * dist,
-                    y as i64 + dir[1] * dist,
-                    z as i64 + dir[2] * dist,
-                );
+                let b = grid.padded[(p0 + x as i64 + step) as usize];
                 if b == 0 {
                     continue;
                 }
@@ -483,7 +528,7 @@ fn glcm_features(m: &Glcm, n_levels: u32) -> Option<Vec<f64>> {
 /// Counts s(i, j) of (grey level i, run length / zone size / distance / dependence j).
 #[derive(Clone, Default)]
 pub(crate) struct Sparse {
-    cells: HashMap<(u32, u32), f64>,
+    cells: FastMap<(u32, u32), f64>,
 }
 
 impl Sparse {
@@ -651,16 +696,19 @@ fn zone_features(m: &Sparse, nv: f64) -> Vec<f64> {
 fn run_matrix(grid: &Grid, slice: Option<usize>, dir: [i64; 3]) -> Sparse {
     let mut m = Sparse::default();
     let [nx, ny, _] = grid.dims;
+    let step = grid.offset(dir);
     for z in grid.slice_range(slice) {
         for y in 0..ny {
             for x in 0..nx {
                 let a = grid.levels[x + nx * (y + ny * z)];
-                let (xi, yi, zi) = (x as i64, y as i64, z as i64);
-                if a == 0 || grid.level(xi - dir[0], yi - dir[1], zi - dir[2]) == a {
+                let p = grid.flat(x, y, z);
+                // A run starts where the previous voxel along the direction differs; the zero
+                // padding ends every run at the box's edge.
+                if a == 0 || grid.padded[(p - step) as usize] == a {
                     continue;
                 }
                 let mut len = 1;
-                while grid.level(xi + dir[0] * len, yi + dir[1] * len, zi + dir[2] * len) == a {
+                while grid.padded[(p + step * len) as usize] == a {
                     len += 1;
                 }
                 m.add(a, len as u32);
@@ -674,17 +722,31 @@ fn run_matrix(grid: &Grid, slice: Option<usize>, dir: [i64; 3]) -> Sparse {
 
 /// Zones of equal grey level (8-connected in a slice, 26-connected in 3-D): the size-zone matrix,
 /// the distance-zone matrix and the number of voxels.
-fn zones(grid: &Grid, slice: Option<usize>) -> (Sparse, Sparse, f64) {
+fn zones(
+    grid: &Grid,
+    slice: Option<usize>,
+    dist: &[u32],
+    seen: &mut [bool],
+) -> (Sparse, Sparse, f64) {
     let [nx, ny, _] = grid.dims;
-    let zr = grid.slice_range(slice);
-    let dist = distance_to_edge(grid, slice);
-    let mut seen = vec![false; grid.levels.len()];
     let mut size_m = Sparse::default();
     let mut dist_m = Sparse::default();
     let mut nv = 0.0;
-    let mut stack = Vec::new();
-    let dz_range: &[i64] = if slice.is_some() { &[0] } else { &[-1, 0, 1] };
-    for z in zr.clone() {
+    let dz = if slice.is_some() { 0 } else { 1 };
+    // Neighbour steps as (padded offset, box offset); a neighbour with the zone's level is inside
+    // the box (the padding is 0), so its box index is always valid.
+    let mut steps = Vec::with_capacity(26);
+    for z in -dz..=dz {
+        for y in -1i64..=1 {
+            for x in -1i64..=1 {
+                if (x, y, z) != (0, 0, 0) {
+                    steps.push((grid.offset([x, y, z]), x + nx as i64 * (y + ny as i64 * z)));
+                }
+            }
+        }
+    }
+    let mut stack: Vec<(i64, i64)> = Vec::new();
+    for z in grid.slice_range(slice) {
         for y in 0..ny {
             for x in 0..nx {
                 let idx = x + nx * (y + ny * z);
@@ -693,27 +755,19 @@ fn zones(grid: &Grid, slice: Option<usize>) -> (Sparse, Sparse, f64) {
                     continue;
                 }
                 seen[idx] = true;
-                stack.push((x as i64, y as i64, z as i64));
+                stack.push((grid.flat(x, y, z), idx as i64));
                 let (mut size, mut dmin) = (0u32, u32::MAX);
-                while let Some((cx, cy, cz)) = stack.pop() {
+                while let Some((p, u)) = stack.pop() {
                     size += 1;
-                    dmin = dmin.min(dist[cx as usize + nx * (cy as usize + ny * cz as usize)]);
-                    for &dz in dz_range {
-                        for dy in -1..=1 {
-                            for dx in -1..=1 {
-                                let (px, py, pz) = (cx + dx, cy + dy, cz + dz);
-                                if !zr.contains(&(pz.max(0) as usize)) || pz < 0 {
-                                    continue;
-                                }
-                                if grid.level(px, py, pz) != a {
-                                    continue;
-                                }
-                                let j = px as usize + nx * (py as usize + ny * pz as usize);
-                                if !seen[j] {
-                                    seen[j] = true;
-                                    stack.push((px, py, pz));
-                                }
-                            }
+                    dmin = dmin.min(dist[u as usize]);
+                    for &(dp, du) in &steps {
+                        if grid.padded[(p + dp) as usize] != a {
+                            continue;
+                        }
+                        let j = (u + du) as usize;
+                        if !seen[j] {
+                            seen[j] = true;
+                            stack.push((p + dp, u + du));
                         }
                     }
                 }
@@ -728,7 +782,7 @@ fn zones(grid: &Grid, slice: Option<usize>) -> (Sparse, Sparse, f64) {
 
 /// City-block distance (4-connected in a slice, 6-connected in 3-D) from each voxel of the
 /// morphological mask to the nearest voxel outside it; a voxel on the edge has distance 1.
-fn distance_to_edge(grid: &Grid, slice: Option<usize>) -> Vec<u32> {
+fn distance_to_edge(grid: &Grid, three_d: bool) -> Vec<u32> {
     let [nx, ny, nz] = grid.dims;
     let big = u32::MAX / 2;
     let mut d: Vec<u32> = grid
@@ -736,8 +790,7 @@ fn distance_to_edge(grid: &Grid, slice: Option<usize>) -> Vec<u32> {
         .iter()
         .map(|&m| if m { big } else { 0 })
         .collect();
-    let zr = grid.slice_range(slice);
-    let three_d = slice.is_none();
+    let zr = 0..nz;
     let get = |d: &Vec<u32>, x: i64, y: i64, z: i64| -> u32 {
         if x < 0 || y < 0 || x >= nx as i64 || y >= ny as i64 || z < 0 || z >= nz as i64 {
             0
@@ -823,9 +876,21 @@ fn neighbourhood(slice: Option<usize>, dist: i64) -> Vec<[i64; 3]> {
     v
 }
 
-fn ngtdm(grid: &Grid, slice: Option<usize>, dist: i64) -> Ngtdm {
-    let mut m = Ngtdm::new(grid.n_levels);
-    let nb = neighbourhood(slice, dist);
+/// NGTDM (sums of |level - neighbourhood mean| and counts per level; a voxel counts only with at
+/// least one neighbour in the region) and NGLDM (dependence counts from 1) in one neighbourhood
+/// scan.
+fn neighbourhood_matrices(
+    grid: &Grid,
+    slice: Option<usize>,
+    dist: i64,
+    alpha: u32,
+) -> (Ngtdm, Sparse) {
+    let mut tdm = Ngtdm::new(grid.n_levels);
+    let mut ldm = Sparse::default();
+    let offsets: Vec<i64> = neighbourhood(slice, dist)
+        .into_iter()
+        .map(|d| grid.offset(d))
+        .collect();
     let [nx, ny, _] = grid.dims;
     for z in grid.slice_range(slice) {
         for y in 0..ny {
@@ -834,22 +899,25 @@ fn ngtdm(grid: &Grid, slice: Option<usize>, dist: i64) -> Ngtdm {
                 if a == 0 {
                     continue;
                 }
-                let (mut sum, mut cnt) = (0.0, 0.0);
-                for o in &nb {
-                    let b = grid.level(x as i64 + o[0], y as i64 + o[1], z as i64 + o[2]);
+                let base = grid.flat(x, y, z);
+                let (mut sum, mut cnt, mut dep) = (0u64, 0u32, 1u32);
+                for &o in &offsets {
+                    let b = grid.padded[(base + o) as usize];
                     if b > 0 {
-                        sum += b as f64;
-                        cnt += 1.0;
+                        sum += b as u64;
+                        cnt += 1;
+                        dep += (a.abs_diff(b) <= alpha) as u32;
                     }
                 }
-                if cnt > 0.0 {
-                    m.s[a as usize - 1] += (a as f64 - sum / cnt).abs();
-                    m.n[a as usize - 1] += 1.0;
+                if cnt > 0 {
+                    tdm.s[a as usize - 1] += (a as f64 - sum as f64 / cnt as f64).abs();
+                    tdm.n[a as usize - 1] += 1.0;
                 }
+                ldm.add(a, dep);
             }
         }
     }
-    m
+    (tdm, ldm)
 }
 
 const NGT_NAMES: [&str; 5] = [
@@ -907,28 +975,3 @@ fn ngtdm_features(m: &Ngtdm) -> Option<Vec<f64>> {
 }
 
 // ---------------------------------------------------------------- NGLDM
-
-fn ngldm(grid: &Grid, slice: Option<usize>, dist: i64, alpha: u32) -> Sparse {
-    let mut m = Sparse::default();
-    let nb = neighbourhood(slice, dist);
-    let [nx, ny, _] = grid.dims;
-    for z in grid.slice_range(slice) {
-        for y in 0..ny {
-            for x in 0..nx {
-                let a = grid.levels[x + nx * (y + ny * z)];
-                if a == 0 {
-                    continue;
-                }
-                let mut k = 1;
-                for o in &nb {
-                    let b = grid.level(x as i64 + o[0], y as i64 + o[1], z as i64 + o[2]);
-                    if b > 0 && a.abs_diff(b) <= alpha {
-                        k += 1;
-                    }
-                }
-                m.add(a, k);
-            }
-        }
-    }
-    m
-}

@@ -48,6 +48,10 @@ pub fn read_labels_box(
 }
 
 fn label_value(v: f64) -> Result<u16, String> {
+    let l = v as u16;
+    if l as f64 == v {
+        return Ok(l);
+    }
     if !(0.0..=65535.0).contains(&v) || (v - v.round()).abs() > 1e-3 {
         Err(format!(
             "a mask must hold whole labels 0..65535; found the value {v} (a probability map? threshold it first)"
@@ -55,46 +59,6 @@ fn label_value(v: f64) -> Result<u16, String> {
     } else {
         Ok(v.round() as u16)
     }
-}
-
-/// Every label of a label map with its bounding box `[lo, hi)`, in one streaming pass that holds
-/// one row at a time (so a mask is never held whole just to find its regions).
-pub fn label_extents(
-    path: &Path,
-) -> Result<
-    (
-        Geometry,
-        std::collections::BTreeMap<u16, ([usize; 3], [usize; 3])>,
-    ),
-    VolumeError,
-> {
-    let mut extents: std::collections::BTreeMap<u16, ([usize; 3], [usize; 3])> = Default::default();
-    let mut row: Vec<u16> = Vec::new();
-    let mut y = 0usize;
-    let mut z = 0usize;
-    let geometry = stream_rows(path, label_value, |dims, values| {
-        row.clear();
-        row.extend_from_slice(values);
-        for (x, &l) in row.iter().enumerate() {
-            if l == 0 {
-                continue;
-            }
-            let e = extents
-                .entry(l)
-                .or_insert(([x, y, z], [x + 1, y + 1, z + 1]));
-            let c = [x, y, z];
-            for k in 0..3 {
-                e.0[k] = e.0[k].min(c[k]);
-                e.1[k] = e.1[k].max(c[k] + 1);
-            }
-        }
-        y += 1;
-        if y == dims[1] {
-            y = 0;
-            z += 1;
-        }
-    })?;
-    Ok((geometry, extents))
 }
 
 type Source = Box<dyn Read>;
@@ -176,27 +140,6 @@ fn read_full(src: &mut Source, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// Decode every row of the image in order, handing each to `row` (the grid's dims, the values).
-fn stream_rows<T>(
-    path: &Path,
-    convert: impl Fn(f64) -> Result<T, String>,
-    mut row: impl FnMut([usize; 3], &[T]),
-) -> Result<Geometry, VolumeError> {
-    let dims = read_geometry(path)?.dims;
-    let mut buf: Vec<T> = Vec::with_capacity(dims[0]);
-    let mut x = 0;
-    let g = read_voxels_with(path, None, convert, |v| {
-        buf.push(v);
-        x += 1;
-        if x == dims[0] {
-            row(dims, &buf);
-            buf.clear();
-            x = 0;
-        }
-    })?;
-    Ok(g)
-}
-
 fn read_voxels<T>(
     path: &Path,
     bbox: Option<([usize; 3], [usize; 3])>,
@@ -205,6 +148,130 @@ fn read_voxels<T>(
     let mut data = Vec::new();
     let geometry = read_voxels_with(path, bbox, convert, |v| data.push(v))?;
     Ok(Volume { geometry, data })
+}
+
+type Decode = fn(&[u8], bool) -> f64;
+
+/// Bytes per voxel and the decoder of a NIfTI data type.
+fn decoder(datatype: i16) -> Result<(usize, Decode), String> {
+    Ok(match datatype {
+        2 => (1, |b, _| b[0] as f64),
+        256 => (1, |b, _| b[0] as i8 as f64),
+        4 => (2, |b, l| int::<2>(b, l, |a| i16::from_le_bytes(a) as f64)),
+        512 => (2, |b, l| int::<2>(b, l, |a| u16::from_le_bytes(a) as f64)),
+        8 => (4, |b, l| int::<4>(b, l, |a| i32::from_le_bytes(a) as f64)),
+        768 => (4, |b, l| int::<4>(b, l, |a| u32::from_le_bytes(a) as f64)),
+        16 => (4, |b, l| int::<4>(b, l, |a| f32::from_le_bytes(a) as f64)),
+        64 => (8, |b, l| int::<8>(b, l, f64::from_le_bytes)),
+        1024 => (8, |b, l| int::<8>(b, l, |a| i64::from_le_bytes(a) as f64)),
+        1280 => (8, |b, l| int::<8>(b, l, |a| u64::from_le_bytes(a) as f64)),
+        other => {
+            return Err(format!(
+                "data type {other} is not supported (only scalar types)"
+            ));
+        }
+    })
+}
+
+/// A label map held as its non-empty rows only, with every label's bounding box: one streaming
+/// pass over the file, and memory for the labelled rows, not the whole grid.
+pub struct LabelRows {
+    pub geometry: Geometry,
+    /// Row index (y + ny * z) -> labels of that row.
+    rows: std::collections::BTreeMap<usize, Vec<u16>>,
+    /// Label -> bounding box `[lo, hi)`.
+    pub extents: std::collections::BTreeMap<u16, ([usize; 3], [usize; 3])>,
+}
+
+impl LabelRows {
+    /// The labels in `[lo, hi)` as a volume.
+    pub fn crop(&self, lo: [usize; 3], hi: [usize; 3]) -> Volume<u16> {
+        let full = self.geometry;
+        let mut geometry = full;
+        geometry.dims = [hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2]];
+        geometry.origin = full.world([lo[0] as f64, lo[1] as f64, lo[2] as f64]);
+        let mut data = vec![0u16; geometry.len()];
+        let ny = full.dims[1];
+        for (&r, row) in self
+            .rows
+            .range(lo[1] + ny * lo[2]..hi[1].saturating_sub(1) + ny * hi[2].saturating_sub(1) + 1)
+        {
+            let (y, z) = (r % ny, r / ny);
+            if y < lo[1] || y >= hi[1] || z < lo[2] || z >= hi[2] {
+                continue;
+            }
+            let at = geometry.index(0, y - lo[1], z - lo[2]);
+            data[at..at + geometry.dims[0]].copy_from_slice(&row[lo[0]..hi[0]]);
+        }
+        Volume { geometry, data }
+    }
+}
+
+/// Read a label map as [`LabelRows`].
+pub fn read_label_rows(path: &Path) -> Result<LabelRows, VolumeError> {
+    let bad = |reason: String| VolumeError::Nifti {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let (header, little, mut src) = open(path)?;
+    let dims = header.dims;
+    let (width, decode) = decoder(header.datatype).map_err(bad)?;
+    let scale = header.slope != 0.0
+        && header.slope.is_finite()
+        && !(header.slope == 1.0 && header.inter == 0.0);
+    // All-zero bytes decode to label 0 unless an intercept shifts them.
+    let zero_is_background = !scale || header.inter == 0.0;
+    let mut rows = std::collections::BTreeMap::new();
+    let mut extents: std::collections::BTreeMap<u16, ([usize; 3], [usize; 3])> = Default::default();
+    let mut raw = vec![0u8; dims[0] * width];
+    let total = dims[1] * dims[2];
+    for r in 0..total {
+        let got = read_full(&mut src, &mut raw).map_err(|source| VolumeError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if got < raw.len() {
+            return Err(bad(format!(
+                "truncated: the header announces {} voxels, the data ends in row {r} of {total}",
+                dims[0] * dims[1] * dims[2]
+            )));
+        }
+        if zero_is_background && raw.iter().all(|&b| b == 0) {
+            continue;
+        }
+        let mut row = Vec::with_capacity(dims[0]);
+        for b in raw.chunks_exact(width) {
+            let v = decode(b, little);
+            row.push(
+                label_value(if scale {
+                    v * header.slope + header.inter
+                } else {
+                    v
+                })
+                .map_err(bad)?,
+            );
+        }
+        if row.iter().all(|&l| l == 0) {
+            continue;
+        }
+        let (y, z) = (r % dims[1], r / dims[1]);
+        for (x, &l) in row.iter().enumerate() {
+            if l != 0 {
+                let c = [x, y, z];
+                let e = extents.entry(l).or_insert((c, [x + 1, y + 1, z + 1]));
+                for k in 0..3 {
+                    e.0[k] = e.0[k].min(c[k]);
+                    e.1[k] = e.1[k].max(c[k] + 1);
+                }
+            }
+        }
+        rows.insert(r, row);
+    }
+    Ok(LabelRows {
+        geometry: geometry_from_affine(dims, &header.affine),
+        rows,
+        extents,
+    })
 }
 
 /// Stream the voxels in `bbox` to `sink`, returning the box's geometry.
@@ -226,23 +293,7 @@ fn read_voxels_with<T>(
             "box {lo:?}..{hi:?} is not inside the image {dims:?}"
         )));
     }
-    let (width, decode): (usize, fn(&[u8], bool) -> f64) = match header.datatype {
-        2 => (1, |b, _| b[0] as f64),
-        256 => (1, |b, _| b[0] as i8 as f64),
-        4 => (2, |b, l| int::<2>(b, l, |a| i16::from_le_bytes(a) as f64)),
-        512 => (2, |b, l| int::<2>(b, l, |a| u16::from_le_bytes(a) as f64)),
-        8 => (4, |b, l| int::<4>(b, l, |a| i32::from_le_bytes(a) as f64)),
-        768 => (4, |b, l| int::<4>(b, l, |a| u32::from_le_bytes(a) as f64)),
-        16 => (4, |b, l| int::<4>(b, l, |a| f32::from_le_bytes(a) as f64)),
-        64 => (8, |b, l| int::<8>(b, l, f64::from_le_bytes)),
-        1024 => (8, |b, l| int::<8>(b, l, |a| i64::from_le_bytes(a) as f64)),
-        1280 => (8, |b, l| int::<8>(b, l, |a| u64::from_le_bytes(a) as f64)),
-        other => {
-            return Err(bad(format!(
-                "data type {other} is not supported (only scalar types)"
-            )));
-        }
-    };
+    let (width, decode) = decoder(header.datatype).map_err(bad)?;
     let scale = header.slope != 0.0
         && header.slope.is_finite()
         && !(header.slope == 1.0 && header.inter == 0.0);

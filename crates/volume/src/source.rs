@@ -69,9 +69,9 @@ pub fn load_case(
         )
     };
     if is_nifti(mask) {
-        // Two streaming passes (find the regions, then read their box) instead of holding the
-        // whole label map.
-        let (mask_grid, extents) = nifti::label_extents(mask)?;
+        // One streaming pass keeps only the labelled rows, never the whole label map.
+        let label_rows = nifti::read_label_rows(mask)?;
+        let (mask_grid, extents) = (label_rows.geometry, &label_rows.extents);
         if !mask_grid.same_grid(&frame, 1e-3 * frame.spacing[0].max(1.0)) {
             return Err(VolumeError::GridMismatch(format!(
                 "{}: mask grid {:?} / spacing {:?} / origin {:?} differs from the image's {:?} / {:?} / {:?}",
@@ -128,7 +128,7 @@ pub fn load_case(
             });
         }
         let (lo, hi) = widen(lo, hi);
-        let labels = Arc::new(nifti::read_labels_box(mask, Some((lo, hi)))?);
+        let labels = Arc::new(label_rows.crop(lo, hi));
         let image = match series {
             Some(v) => v.crop(lo, hi),
             None => nifti::read_image_box(image, Some((lo, hi)))?,

@@ -52,8 +52,12 @@ fn head_ct_round_trips_and_box_reads_equal_crops() {
 fn atlas_labels_are_found_with_their_boxes_in_one_pass() {
     let labels_path = datasets().join("colin27_aal_mri/aal_labels.nii.gz");
     let labels = nifti::read_labels(&labels_path).unwrap();
-    let (grid, extents) = nifti::label_extents(&labels_path).unwrap();
+    let rows = nifti::read_label_rows(&labels_path).unwrap();
+    let (grid, extents) = (rows.geometry, &rows.extents);
     assert_eq!(grid, labels.geometry);
+    // The sparse rows crop to exactly what the full map holds.
+    let (lo, hi) = ([20, 30, 40], [150, 170, 120]);
+    assert_eq!(rows.crop(lo, hi), labels.crop(lo, hi));
     assert!(extents.len() >= 90, "{} labels", extents.len());
     for (&l, &(lo, hi)) in extents.iter().take(10) {
         assert_eq!(
