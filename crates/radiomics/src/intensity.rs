@@ -65,12 +65,38 @@ pub fn local_intensity(region: &Region, out: &mut FeatureSink) {
                 }
                 let base = (yy as usize + ny * zz as usize) * (nx + 1);
                 let pre = &prefix[base..base + nx + 1];
+                let hw = hw as usize;
+                // Voxels whose sphere row lies inside the block need no clamping: a plain
+                // difference of shifted prefix sums, which vectorises.
+                let first = hw.saturating_sub(x0).min(len);
+                let last = (nx.saturating_sub(hw + x0)).min(len).max(first);
                 for (j, (s, c)) in sums.iter_mut().zip(counts.iter_mut()).enumerate() {
-                    let x = (x0 + j) as i64;
-                    let lo = (x - hw).max(0) as usize;
-                    let hi = (x + hw + 1).min(nx as i64) as usize;
+                    if j == first {
+                        break;
+                    }
+                    let x = x0 + j;
+                    let (lo, hi) = (x.saturating_sub(hw), (x + hw + 1).min(nx));
                     *s += pre[hi] - pre[lo];
                     *c += (hi - lo) as f64;
+                }
+                if first < last {
+                    let width = (2 * hw + 1) as f64;
+                    let upper = &pre[x0 + first + hw + 1..x0 + last + hw + 1];
+                    let lower = &pre[x0 + first - hw..x0 + last - hw];
+                    for ((s, c), (u, l)) in sums[first..last]
+                        .iter_mut()
+                        .zip(counts[first..last].iter_mut())
+                        .zip(upper.iter().zip(lower))
+                    {
+                        *s += u - l;
+                        *c += width;
+                    }
+                }
+                for j in last..len {
+                    let x = x0 + j;
+                    let (lo, hi) = (x.saturating_sub(hw), (x + hw + 1).min(nx));
+                    sums[j] += pre[hi] - pre[lo];
+                    counts[j] += (hi - lo) as f64;
                 }
             }
             for j in 0..len {
@@ -101,7 +127,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 fn statistics(values: &[f64], prefix: &str, out: &mut FeatureSink, with_energy: bool) {
     let n = values.len() as f64;
     let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
+    sorted.sort_unstable_by(f64::total_cmp);
     let mean = values.iter().sum::<f64>() / n;
     let m = |p: i32| values.iter().map(|v| (v - mean).powi(p)).sum::<f64>() / n;
     let (m2, m3, m4) = (m(2), m(3), m(4));
@@ -295,7 +321,7 @@ pub fn ivh(
         }
     };
     let mut sorted = values;
-    sorted.sort_by(f64::total_cmp);
+    sorted.sort_unstable_by(f64::total_cmp);
     let n = sorted.len() as f64;
     let steps = ((hi - lo) / step).round().max(0.0) as usize;
     let levels: Vec<f64> = (0..=steps).map(|k| lo + k as f64 * step).collect();

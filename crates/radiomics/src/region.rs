@@ -120,12 +120,15 @@ impl Region {
 
     /// Intensities of the intensity mask, in voxel order.
     pub fn intensities(&self) -> Vec<f64> {
-        self.image
-            .iter()
-            .zip(&self.intensity)
-            .filter(|(_, m)| **m)
-            .map(|(&v, _)| v as f64)
-            .collect()
+        let mut out = Vec::with_capacity(self.intensity.iter().filter(|&&m| m).count());
+        out.extend(
+            self.image
+                .iter()
+                .zip(&self.intensity)
+                .filter(|(_, m)| **m)
+                .map(|(&v, _)| v as f64),
+        );
+        out
     }
 
     fn resegment(&mut self, settings: &RadiomicsSettings) {

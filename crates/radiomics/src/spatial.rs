@@ -170,23 +170,27 @@ pub(crate) fn by_fft(region: &Region) -> (f64, f64) {
             }
         }
     }
-    // Per kx: the (y, z) plane, zero-padded to p1 x p2, through y and z and back.
-    let mut plane = vec![zero; p[1] * p[2]];
+    // Per kx: the (y, z) plane (rows z < b2 only; the z transform pads itself), through y and
+    // z and back.
+    let mut plane = vec![zero; p[1] * b[2]];
     let mut zline = vec![zero; p[2]];
+    let mut kline = vec![0.0; p[2]];
     for kx in 0..p[0] {
         let sub_plane = &mut store[kx * sub..(kx + 1) * sub];
-        plane.fill(zero);
         for z in 0..b[2] {
-            plane[p[1] * z..p[1] * z + b[1]].copy_from_slice(&sub_plane[b[1] * z..b[1] * (z + 1)]);
-            fy.process(&mut plane[p[1] * z..p[1] * (z + 1)]);
+            let row = &mut plane[p[1] * z..p[1] * (z + 1)];
+            row[..b[1]].copy_from_slice(&sub_plane[b[1] * z..b[1] * (z + 1)]);
+            row[b[1]..].fill(zero);
+            fy.process(row);
         }
         for ky in 0..p[1] {
+            spectrum.line(kx, ky, &mut kline);
             for (z, v) in zline.iter_mut().enumerate() {
-                *v = plane[ky + p[1] * z];
+                *v = if z < b[2] { plane[ky + p[1] * z] } else { zero };
             }
             fz.process(&mut zline);
-            for (kz, v) in zline.iter_mut().enumerate() {
-                *v *= spectrum.at(kx, ky, kz);
+            for (v, k) in zline.iter_mut().zip(&kline) {
+                *v *= *k;
             }
             ifz.process(&mut zline);
             for (z, v) in zline.iter().enumerate().take(b[2]) {
@@ -194,8 +198,9 @@ pub(crate) fn by_fft(region: &Region) -> (f64, f64) {
             }
         }
         for z in 0..b[2] {
-            ify.process(&mut plane[p[1] * z..p[1] * (z + 1)]);
-            sub_plane[b[1] * z..b[1] * (z + 1)].copy_from_slice(&plane[p[1] * z..p[1] * z + b[1]]);
+            let row = &mut plane[p[1] * z..p[1] * (z + 1)];
+            ify.process(row);
+            sub_plane[b[1] * z..b[1] * (z + 1)].copy_from_slice(&row[..b[1]]);
         }
     }
     // Inverse x, again in groups of rows, straight into the sums.
@@ -290,28 +295,27 @@ impl KernelSpectrum {
             }
         }
         drop(s1);
-        // Along z for each (kx, ky).
+        // Along z for each (kx, ky); stored kz fastest, as the product reads whole z lines.
         let mut values = vec![0.0; h[0] * h[1] * h[2]];
         for ky in 0..h[1] {
             for kx in 0..h[0] {
                 let get = |dz: usize| s2[kx + h[0] * (ky + h[1] * dz)];
-                transform(p[2], b[2], &get, &mut |k, v| {
-                    values[kx + h[0] * (ky + h[1] * k)] = v
-                });
+                let base = h[2] * (ky + h[1] * kx);
+                transform(p[2], b[2], &get, &mut |k, v| values[base + k] = v);
             }
         }
         KernelSpectrum { h, p, values }
     }
 
-    #[inline]
-    fn at(&self, kx: usize, ky: usize, kz: usize) -> f64 {
+    /// The spectrum along kz at (kx, ky), unfolded to the full period.
+    fn line(&self, kx: usize, ky: usize, out: &mut [f64]) {
         let fold = |k: usize, n: usize| k.min(n - k);
-        let (x, y, z) = (
-            fold(kx, self.p[0]),
-            fold(ky, self.p[1]),
-            fold(kz, self.p[2]),
-        );
-        self.values[x + self.h[0] * (y + self.h[1] * z)]
+        let (x, y) = (fold(kx, self.p[0]), fold(ky, self.p[1]));
+        let base = self.h[2] * (y + self.h[1] * x);
+        let half = &self.values[base..base + self.h[2]];
+        for (kz, o) in out.iter_mut().enumerate() {
+            *o = half[fold(kz, self.p[2])];
+        }
     }
 }
 

@@ -145,7 +145,12 @@ fn read_voxels<T>(
     bbox: Option<([usize; 3], [usize; 3])>,
     convert: impl Fn(f64) -> Result<T, String>,
 ) -> Result<Volume<T>, VolumeError> {
-    let mut data = Vec::new();
+    let n = match bbox {
+        Some((lo, hi)) => (0..3).map(|k| hi[k].saturating_sub(lo[k])).product(),
+        None => read_geometry(path)?.len(),
+    };
+    // Reserved up front: growing a large vector copies it and faults fresh pages each time.
+    let mut data = Vec::with_capacity(n);
     let geometry = read_voxels_with(path, bbox, convert, |v| data.push(v))?;
     Ok(Volume { geometry, data })
 }
