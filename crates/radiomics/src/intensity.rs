@@ -370,3 +370,65 @@ mod tests {
         assert_eq!(mode(&[1.0, 2.0, 2.0], 1.67), 2.0);
     }
 }
+
+#[cfg(test)]
+mod peak_tests {
+    use super::*;
+    use medfed_volume::Geometry;
+
+    /// The row-wise prefix sums against the definition: every voxel centre within the radius.
+    #[test]
+    fn peaks_equal_the_brute_force_sphere_means() {
+        let dims = [34, 31, 13];
+        let sp = [0.8, 0.9, 2.5];
+        let g = Geometry::new(dims, sp);
+        let mut state = 99u64;
+        let mut rnd = || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 40) as f32 / (1u64 << 24) as f32
+        };
+        let n = g.len();
+        // Integer intensities so that several voxels share the maximum.
+        let image: Vec<f32> = (0..n).map(|_| (rnd() * 40.0).floor()).collect();
+        let c = [dims[0] as f64 / 2.0, dims[1] as f64 / 2.0, dims[2] as f64 / 2.0];
+        let intensity: Vec<bool> = (0..n)
+            .map(|i| {
+                let p = [i % dims[0], (i / dims[0]) % dims[1], i / (dims[0] * dims[1])];
+                (0..3).map(|k| ((p[k] as f64 - c[k]) * sp[k]).powi(2)).sum::<f64>() <= 9.0f64.powi(2)
+            })
+            .collect();
+        let region = Region {
+            geometry: g,
+            image: image.clone(),
+            morph: intensity.clone(),
+            intensity: intensity.clone(),
+        };
+        let mut out = FeatureSink::default();
+        local_intensity(&region, &mut out);
+        let coord = |i: usize| [i % dims[0], (i / dims[0]) % dims[1], i / (dims[0] * dims[1])];
+        let mean_at = |i: usize| {
+            let a = coord(i);
+            let (mut s, mut k) = (0.0, 0.0);
+            for j in 0..n {
+                let b = coord(j);
+                let d2: f64 = (0..3).map(|q| ((a[q] as f64 - b[q] as f64) * sp[q]).powi(2)).sum();
+                if d2 <= PEAK_RADIUS_MM * PEAK_RADIUS_MM {
+                    s += image[j] as f64;
+                    k += 1.0;
+                }
+            }
+            s / k
+        };
+        let max = (0..n).filter(|&i| intensity[i]).map(|i| image[i]).fold(f32::MIN, f32::max);
+        let (mut local, mut global) = (f64::MIN, f64::MIN);
+        for i in (0..n).filter(|&i| intensity[i]) {
+            let m = mean_at(i);
+            global = global.max(m);
+            if image[i] == max {
+                local = local.max(m);
+            }
+        }
+        assert!((out.get("loc_peak_glob").unwrap() - global).abs() < 1e-9);
+        assert!((out.get("loc_peak_loc").unwrap() - local).abs() < 1e-9);
+    }
+}
