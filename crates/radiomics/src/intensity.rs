@@ -384,17 +384,30 @@ mod peak_tests {
         let g = Geometry::new(dims, sp);
         let mut state = 99u64;
         let mut rnd = || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (state >> 40) as f32 / (1u64 << 24) as f32
         };
         let n = g.len();
         // Integer intensities so that several voxels share the maximum.
         let image: Vec<f32> = (0..n).map(|_| (rnd() * 40.0).floor()).collect();
-        let c = [dims[0] as f64 / 2.0, dims[1] as f64 / 2.0, dims[2] as f64 / 2.0];
+        let c = [
+            dims[0] as f64 / 2.0,
+            dims[1] as f64 / 2.0,
+            dims[2] as f64 / 2.0,
+        ];
         let intensity: Vec<bool> = (0..n)
             .map(|i| {
-                let p = [i % dims[0], (i / dims[0]) % dims[1], i / (dims[0] * dims[1])];
-                (0..3).map(|k| ((p[k] as f64 - c[k]) * sp[k]).powi(2)).sum::<f64>() <= 9.0f64.powi(2)
+                let p = [
+                    i % dims[0],
+                    (i / dims[0]) % dims[1],
+                    i / (dims[0] * dims[1]),
+                ];
+                (0..3)
+                    .map(|k| ((p[k] as f64 - c[k]) * sp[k]).powi(2))
+                    .sum::<f64>()
+                    <= 9.0f64.powi(2)
             })
             .collect();
         let region = Region {
@@ -405,13 +418,21 @@ mod peak_tests {
         };
         let mut out = FeatureSink::default();
         local_intensity(&region, &mut out);
-        let coord = |i: usize| [i % dims[0], (i / dims[0]) % dims[1], i / (dims[0] * dims[1])];
+        let coord = |i: usize| {
+            [
+                i % dims[0],
+                (i / dims[0]) % dims[1],
+                i / (dims[0] * dims[1]),
+            ]
+        };
         let mean_at = |i: usize| {
             let a = coord(i);
             let (mut s, mut k) = (0.0, 0.0);
             for j in 0..n {
                 let b = coord(j);
-                let d2: f64 = (0..3).map(|q| ((a[q] as f64 - b[q] as f64) * sp[q]).powi(2)).sum();
+                let d2: f64 = (0..3)
+                    .map(|q| ((a[q] as f64 - b[q] as f64) * sp[q]).powi(2))
+                    .sum();
                 if d2 <= PEAK_RADIUS_MM * PEAK_RADIUS_MM {
                     s += image[j] as f64;
                     k += 1.0;
@@ -419,7 +440,10 @@ mod peak_tests {
             }
             s / k
         };
-        let max = (0..n).filter(|&i| intensity[i]).map(|i| image[i]).fold(f32::MIN, f32::max);
+        let max = (0..n)
+            .filter(|&i| intensity[i])
+            .map(|i| image[i])
+            .fold(f32::MIN, f32::max);
         let (mut local, mut global) = (f64::MIN, f64::MIN);
         for i in (0..n).filter(|&i| intensity[i]) {
             let m = mean_at(i);

@@ -242,11 +242,6 @@ impl Slice {
             "1.2.840.10008.1.2.1",
             "1.2.840.10008.1.2.1.99",
         ];
-        if !native.contains(&ts) {
-            return Err(bad(format!(
-                "compressed pixel data (transfer syntax {ts}) is not supported yet; decompress first (dcmtk: dcmdjpeg / dcmdrle)"
-            )));
-        }
         if int(ds, tags::SAMPLES_PER_PIXEL).unwrap_or(1) != 1 {
             return Err(bad("colour images are not supported for radiomics".into()));
         }
@@ -258,12 +253,24 @@ impl Slice {
         let intercept = floats(ds, tags::RESCALE_INTERCEPT)
             .and_then(|v| v.first().copied())
             .unwrap_or(0.0);
-        let elem = ds
-            .element(tags::PIXEL_DATA)
-            .map_err(|_| bad("no Pixel Data".into()))?;
-        let bytes = elem
-            .to_bytes()
-            .map_err(|e| bad(format!("Pixel Data: {e}")))?;
+        // Native pixel data is read as stored; encapsulated data (JPEG, JPEG 2000, RLE) is
+        // decoded to native little-endian samples first.
+        let decoded;
+        let bytes: std::borrow::Cow<[u8]> = if native.contains(&ts) {
+            let elem = ds
+                .element(tags::PIXEL_DATA)
+                .map_err(|_| bad("no Pixel Data".into()))?;
+            elem.to_bytes()
+                .map_err(|e| bad(format!("Pixel Data: {e}")))?
+        } else {
+            use dicom_pixeldata::PixelDecoder;
+            decoded = self.obj.decode_pixel_data().map_err(|e| {
+                bad(format!(
+                    "compressed pixel data (transfer syntax {ts}) could not be decoded: {e}"
+                ))
+            })?;
+            std::borrow::Cow::Borrowed(decoded.data())
+        };
         let n = self.rows * self.cols;
         // Values are decoded from the bytes as stored; dicom-rs keeps native data little endian.
         let raw: Vec<f64> = match (bits, signed) {

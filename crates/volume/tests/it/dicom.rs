@@ -362,3 +362,76 @@ fn real_liver_seg_decodes_onto_its_own_grid() {
     assert_eq!(m.data.iter().filter(|&&v| v == 1).count() as u32, bits);
     assert!(bits > 1000);
 }
+
+/// A tool from dcmtk, or None (the test then says SKIPPED, unless MEDFED_REQUIRE_DCMTK=1).
+fn dcmtk(tool: &str) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(tool))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("MEDFED_REQUIRE_DCMTK").is_err(),
+            "{tool} (dcmtk) is required but not installed"
+        );
+        eprintln!("SKIPPED: {tool} (Debian package dcmtk) is not installed");
+    }
+    found
+}
+
+#[test]
+fn compressed_series_decode_to_the_same_volume() {
+    let (Some(jpeg), Some(rle)) = (dcmtk("dcmcjpeg"), dcmtk("dcmcrle")) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = medfed_synth::SynthConfig {
+        patients: 1,
+        studies_per_patient: 1,
+        series_per_study: 1,
+        slices_per_series: 6,
+        rows: 40,
+        columns: 48,
+        ..Default::default()
+    };
+    let set = medfed_synth::generate(&tmp.path().join("plain"), &cfg).unwrap();
+    let plain_dir = set.files[0].parent().unwrap().to_path_buf();
+    let plain = dicom_series::read_series(&plain_dir).unwrap();
+    for (tool, args, name) in [(&jpeg, vec!["+e1"], "jpeg-lossless"), (&rle, vec![], "rle")] {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in &set.files {
+            let out = dir.join(f.file_name().unwrap());
+            let status = std::process::Command::new(tool)
+                .args(&args)
+                .arg(f)
+                .arg(&out)
+                .status()
+                .unwrap();
+            assert!(
+                status.success(),
+                "{} failed on {}",
+                tool.display(),
+                f.display()
+            );
+        }
+        // The files really are compressed (JPEG 1.2.840.10008.1.2.4.x, RLE 1.2.840.10008.1.2.5).
+        let first = dicom_object::open_file(dir.join(set.files[0].file_name().unwrap())).unwrap();
+        let ts = first
+            .meta()
+            .transfer_syntax()
+            .trim_end_matches('\0')
+            .to_string();
+        assert!(
+            ts.starts_with("1.2.840.10008.1.2.4.") || ts == "1.2.840.10008.1.2.5",
+            "{name}: {ts}"
+        );
+        let vol = dicom_series::read_series(&dir).unwrap();
+        assert_eq!(vol.geometry, plain.geometry, "{name}");
+        assert_eq!(
+            vol.data, plain.data,
+            "{name}: lossless decoding must give the same voxels"
+        );
+    }
+}
