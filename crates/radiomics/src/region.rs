@@ -60,9 +60,14 @@ impl Frame {
 pub fn read_margin(spacing: [f64; 3], settings: &RadiomicsSettings) -> [usize; 3] {
     let interp = settings.interpolation.as_ref();
     std::array::from_fn(|k| {
-        let new_spacing = interp.map_or(spacing[k], |i| i.spacing[k]);
+        let new_spacing = interp.map_or(spacing[k], |i| i.target_spacing(spacing)[k]);
         let reach = PEAK_RADIUS_MM + new_spacing;
-        (reach / spacing[k]).ceil() as usize + if interp.is_some() { 10 } else { 0 }
+        (reach / spacing[k]).ceil() as usize
+            + match interp.map(|i| i.method) {
+                None => 0,
+                Some(InterpolationMethod::Cubic) => 34,
+                Some(_) => 4,
+            }
     })
 }
 
@@ -277,12 +282,13 @@ fn interpolate(
     frame: Frame,
 ) -> Region {
     let g = frame.geometry;
-    let (new_dims, frame_offset) = new_grid(&g, interp.spacing);
+    let target = interp.target_spacing(g.spacing);
+    let (new_dims, frame_offset) = new_grid(&g, target);
     // Work in the crop's index units: the new grid's origin relative to the crop.
     let offset: [f64; 3] = std::array::from_fn(|k| frame_offset[k] - frame.offset[k] as f64);
     let crop_dims = image.dims();
-    let step: [f64; 3] = std::array::from_fn(|k| interp.spacing[k] / g.spacing[k]);
-    let m = margin(interp.spacing);
+    let step: [f64; 3] = std::array::from_fn(|k| target[k] / g.spacing[k]);
+    let m = margin(target);
     // New-grid indices whose position falls within one original voxel of the region, plus margin.
     let mut blo = [0usize; 3];
     let mut bhi = [0usize; 3];
@@ -293,12 +299,22 @@ fn interpolate(
         let last = ((((hi[k] as f64) - offset[k]) / step[k]).ceil().max(0.0) as usize + 1)
             .min(new_dims[k]);
         // New-grid voxels must also lie within the crop (the caller kept a margin for them).
-        let crop_first = ((-offset[k]) / step[k]).ceil().max(0.0) as usize;
-        let crop_last = (((crop_dims[k] as f64 - 1.0 - offset[k]) / step[k])
-            .floor()
-            .max(0.0) as usize
-            + 1)
-        .min(new_dims[k]);
+        // New-grid voxels must lie within the crop where the crop ends inside the image (the
+        // caller kept a margin for them); at the image's own edge they extend half a voxel
+        // beyond the outermost centres, with edge values, as the IBSI grid does.
+        let at_image_start = frame.offset[k] == 0;
+        let at_image_end = frame.offset[k] + crop_dims[k] >= g.dims[k];
+        let crop_first = if at_image_start {
+            0
+        } else {
+            ((-offset[k]) / step[k]).ceil().max(0.0) as usize
+        };
+        let crop_last = if at_image_end {
+            new_dims[k]
+        } else {
+            (((crop_dims[k] as f64 - 1.0 - offset[k]) / step[k]).floor().max(0.0) as usize + 1)
+                .min(new_dims[k])
+        };
         let (first, last) = (
             first.max(crop_first),
             last.min(crop_last).max(first.max(crop_first) + 1),
@@ -309,14 +325,15 @@ fn interpolate(
     let dims: [usize; 3] = std::array::from_fn(|k| bhi[k] - blo[k]);
     let mut geometry = g;
     geometry.dims = dims;
-    geometry.spacing = interp.spacing;
+    geometry.spacing = target;
     geometry.origin = image
         .geometry
         .world(std::array::from_fn(|k| offset[k] + blo[k] as f64 * step[k]));
 
-    // The original block the interpolation reads from (cubic needs a wider support).
+    // The original block the interpolation reads from. The cubic B-spline prefilter's influence
+    // decays as 0.268^n, so 30 voxels of support make it exact to rounding.
     let support = if interp.method == InterpolationMethod::Cubic {
-        8
+        30
     } else {
         2
     };
@@ -340,26 +357,29 @@ fn interpolate(
     let n = dims[0] * dims[1] * dims[2];
     let mut out_img = Vec::with_capacity(n);
     let mut morph = Vec::with_capacity(n);
-    for z in 0..dims[2] {
-        for y in 0..dims[1] {
-            for x in 0..dims[0] {
-                let idx = [x, y, z];
-                let p: [f64; 3] = std::array::from_fn(|k| {
-                    offset[k] + (blo[k] + idx[k]) as f64 * step[k] - src_lo[k] as f64
-                });
+    // Sample positions per axis, as an integer voxel of the source block and a fraction. Both
+    // come from the position in the full image's index units, so a crop gives bit-identical
+    // weights to the whole image (rounding to whole HU is sensitive to the last bit).
+    let samples: [Vec<(i64, f64)>; 3] = std::array::from_fn(|k| {
+        (0..dims[k])
+            .map(|i| {
+                let pf = frame_offset[k] + (blo[k] + i) as f64 * step[k];
+                let fl = pf.floor();
+                (fl as i64 - frame.offset[k] as i64 - src_lo[k] as i64, pf - fl)
+            })
+            .collect()
+    });
+    for &(iz, tz) in &samples[2] {
+        for &(iy, ty) in &samples[1] {
+            for &(ix, tx) in &samples[0] {
+                let (i0, t) = ([ix, iy, iz], [tx, ty, tz]);
                 let v = match interp.method {
-                    InterpolationMethod::Nearest => nearest(&src.data, sd, p),
-                    InterpolationMethod::Linear => trilinear(&src.data, sd, p),
-                    InterpolationMethod::Cubic => {
-                        cubic(coeffs.as_deref().unwrap_or(&src.data), sd, p)
-                    }
+                    InterpolationMethod::Nearest => nearest(&src.data, sd, i0, t),
+                    InterpolationMethod::Linear => trilinear(&src.data, sd, i0, t),
+                    InterpolationMethod::Cubic => cubic(coeffs.as_deref().unwrap_or(&src.data), sd, i0, t),
                 };
-                out_img.push(if interp.round_intensities {
-                    v.round()
-                } else {
-                    v
-                } as f32);
-                morph.push(trilinear(&src_mask, sd, p) >= interp.mask_threshold - 1e-9);
+                out_img.push(if interp.round_intensities { v.round() } else { v } as f32);
+                morph.push(trilinear(&src_mask, sd, i0, t) >= interp.mask_threshold - 1e-9);
             }
         }
     }
@@ -378,21 +398,14 @@ fn at(data: &[f32], d: [usize; 3], x: i64, y: i64, z: i64) -> f64 {
     data[c(x, d[0]) + d[0] * (c(y, d[1]) + d[1] * c(z, d[2]))] as f64
 }
 
-fn nearest(data: &[f32], d: [usize; 3], p: [f64; 3]) -> f64 {
-    // Round half away from zero would bias; IBSI rounds to the nearest grid point.
-    at(
-        data,
-        d,
-        p[0].round() as i64,
-        p[1].round() as i64,
-        p[2].round() as i64,
-    )
+fn nearest(data: &[f32], d: [usize; 3], i0: [i64; 3], t: [f64; 3]) -> f64 {
+    // The nearest grid point; a tie (t = 0.5) goes up, as rounding the position would.
+    let r = |k: usize| i0[k] + (t[k] >= 0.5) as i64;
+    at(data, d, r(0), r(1), r(2))
 }
 
-fn trilinear(data: &[f32], d: [usize; 3], p: [f64; 3]) -> f64 {
-    let f = p.map(f64::floor);
-    let t: [f64; 3] = std::array::from_fn(|k| p[k] - f[k]);
-    let [x0, y0, z0] = f.map(|v| v as i64);
+fn trilinear(data: &[f32], d: [usize; 3], i0: [i64; 3], t: [f64; 3]) -> f64 {
+    let [x0, y0, z0] = i0;
     let mut acc = 0.0;
     for dz in 0..2 {
         let wz = if dz == 0 { 1.0 - t[2] } else { t[2] };
@@ -470,10 +483,10 @@ fn prefilter_line(c: &mut [f64], z: f64) {
     }
 }
 
-fn cubic(coeffs: &[f32], d: [usize; 3], p: [f64; 3]) -> f64 {
-    let base = p.map(|v| v.floor() as i64 - 1);
+fn cubic(coeffs: &[f32], d: [usize; 3], i0: [i64; 3], frac: [f64; 3]) -> f64 {
+    let base = i0.map(|v| v - 1);
     let w: [[f64; 4]; 3] = std::array::from_fn(|k| {
-        let t = p[k] - (base[k] + 1) as f64;
+        let t = frac[k];
         [
             (1.0 - t).powi(3) / 6.0,
             (3.0 * t.powi(3) - 6.0 * t * t + 4.0) / 6.0,
@@ -583,11 +596,9 @@ mod tests {
             [4.5, 4.0, 4.0],
         ] {
             let expect = p[0] + 10.0 * p[1] + 100.0 * p[2];
-            assert!(
-                (cubic(&c, sd, p) - expect).abs() < 1e-2,
-                "{p:?}: {}",
-                cubic(&c, sd, p)
-            );
+            let (i0, t) = (p.map(|v: f64| v.floor() as i64), p.map(|v: f64| v - v.floor()));
+            let got = cubic(&c, sd, i0, t);
+            assert!((got - expect).abs() < 1e-2, "{p:?}: {got}");
         }
     }
 
@@ -621,5 +632,85 @@ mod tests {
             .unwrap();
         let got: Vec<u32> = d.levels.iter().copied().filter(|&l| l > 0).collect();
         assert_eq!(got, vec![1, 2, 3, 4, 5, 5]);
+    }
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::*;
+    use crate::settings::Resegmentation;
+
+    fn volume(dims: [usize; 3], spacing: [f64; 3], f: impl Fn(usize, usize, usize) -> f32) -> Volume<f32> {
+        let g = Geometry::new(dims, spacing);
+        let mut data = Vec::with_capacity(g.len());
+        for z in 0..dims[2] {
+            for y in 0..dims[1] {
+                for x in 0..dims[0] {
+                    data.push(f(x, y, z));
+                }
+            }
+        }
+        Volume { geometry: g, data }
+    }
+
+    #[test]
+    fn in_plane_interpolation_keeps_slices_and_rounds() {
+        let img = volume([10, 10, 5], [2.0, 2.0, 3.0], |x, y, z| (x * 7 + y * 3 + z) as f32 + 0.3);
+        let mask = img.map(|_| 1u16);
+        let settings = RadiomicsSettings {
+            interpolation: Some(Interpolation {
+                spacing: [1.0, 1.0, 0.0],
+                method: InterpolationMethod::Linear,
+                round_intensities: true,
+                mask_threshold: 0.5,
+            }),
+            ..Default::default()
+        };
+        let r = Region::extract(&img, &mask, 1, &settings).unwrap();
+        assert_eq!(r.geometry.spacing, [1.0, 1.0, 3.0]);
+        // The z positions are the original slices: new grid 20 x 20 x 5, slice origin unchanged.
+        assert_eq!(r.geometry.dims[2], 5);
+        assert!((r.geometry.origin[2] - 0.0).abs() < 1e-12);
+        // IBSI: 10 voxels of 2 mm -> 20 of 1 mm, centred: first new centre at -0.5 mm.
+        assert!((r.geometry.origin[0] - -0.5).abs() < 1e-12, "{:?}", r.geometry.origin);
+        assert!(r.image.iter().all(|v| v.fract() == 0.0));
+    }
+
+    #[test]
+    fn outlier_resegmentation_removes_beyond_three_sigma() {
+        // 999 voxels of 0 and 1 (mean 0.5, sd 0.5) and one of 100.
+        let img = volume([10, 10, 10], [1.0; 3], |x, y, z| {
+            let i = x + 10 * (y + 10 * z);
+            if i == 999 { 100.0 } else { (i % 2) as f32 }
+        });
+        let mask = img.map(|_| 1u16);
+        let settings = RadiomicsSettings {
+            resegmentation: Resegmentation {
+                range: None,
+                outlier_sigma: Some(3.0),
+            },
+            ..Default::default()
+        };
+        let r = Region::extract(&img, &mask, 1, &settings).unwrap();
+        let kept = r.intensities();
+        assert_eq!(kept.len(), 999);
+        assert!(kept.iter().all(|&v| v <= 1.0));
+        // The morphological mask keeps the outlier voxel.
+        assert_eq!(r.morph.iter().filter(|&&m| m).count(), 1000);
+    }
+
+    #[test]
+    fn fixed_bin_number_puts_the_maximum_in_the_last_bin_and_a_flat_region_in_one() {
+        let img = volume([4, 1, 1], [1.0; 3], |x, _, _| [0.0, 1.0, 2.0, 8.0][x]);
+        let mask = img.map(|_| 1u16);
+        let s = RadiomicsSettings::default();
+        let r = Region::extract(&img, &mask, 1, &s).unwrap();
+        let d = r.discretise(Discretisation::FixedBinNumber { bins: 4 }, &s).unwrap();
+        let got: Vec<u32> = d.levels.iter().copied().filter(|&l| l > 0).collect();
+        assert_eq!(got, vec![1, 1, 2, 4]);
+        let flat = volume([3, 1, 1], [1.0; 3], |_, _, _| 5.0);
+        let r = Region::extract(&flat, &flat.map(|_| 1u16), 1, &s).unwrap();
+        let d = r.discretise(Discretisation::FixedBinNumber { bins: 8 }, &s).unwrap();
+        assert!(d.levels.iter().filter(|&&l| l > 0).all(|&l| l == 1));
     }
 }

@@ -68,9 +68,9 @@ impl RadiomicsSettings {
     pub fn validate(&self) -> Result<(), RadiomicsError> {
         let bad = |m: String| Err(RadiomicsError::Settings(m));
         if let Some(i) = &self.interpolation {
-            if i.spacing.iter().any(|&s| !(s > 0.0 && s.is_finite())) {
+            if i.spacing.iter().any(|&s| !(s >= 0.0 && s.is_finite())) || i.spacing[0] == 0.0 && i.spacing[1] == 0.0 && i.spacing[2] == 0.0 {
                 return bad(format!(
-                    "interpolation.spacing must be positive, got {:?}",
+                    "interpolation.spacing must be positive (0 = keep the image's spacing on that axis, not on all three), got {:?}",
                     i.spacing
                 ));
             }
@@ -121,7 +121,8 @@ impl RadiomicsSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Interpolation {
-    /// New voxel spacing in mm (x, y, z).
+    /// New voxel spacing in mm (x, y, z); 0 keeps the image's own spacing on that axis, so
+    /// `[1.0, 1.0, 0.0]` is the IBSI's 2D (in-plane) interpolation.
     pub spacing: [f64; 3],
     /// Image interpolation: nearest, linear or cubic (cubic B-spline).
     #[serde(default = "default_method")]
@@ -132,6 +133,13 @@ pub struct Interpolation {
     /// A voxel is in the interpolated mask when the linearly interpolated mask is >= this.
     #[serde(default = "default_threshold")]
     pub mask_threshold: f64,
+}
+
+impl Interpolation {
+    /// The spacing the new grid gets on an image with `image_spacing`.
+    pub fn target_spacing(&self, image_spacing: [f64; 3]) -> [f64; 3] {
+        std::array::from_fn(|k| if self.spacing[k] > 0.0 { self.spacing[k] } else { image_spacing[k] })
+    }
 }
 
 fn default_method() -> InterpolationMethod {
