@@ -174,9 +174,10 @@ pub fn extract_case(case: &CaseSpec, settings: &RadiomicsSettings) -> Vec<Featur
         geometry: loaded.frame,
         offset: loaded.offset,
     };
+    // Regions of one case (all labels of an atlas, say) run in parallel too.
     loaded
         .regions
-        .iter()
+        .par_iter()
         .map(|r| {
             let (t, cpu) = (std::time::Instant::now(), thread_cpu_seconds());
             let result = Region::extract_in(&loaded.image, &r.mask, r.label, settings, frame)

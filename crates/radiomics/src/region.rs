@@ -312,8 +312,11 @@ fn interpolate(
         let crop_last = if at_image_end {
             new_dims[k]
         } else {
-            (((crop_dims[k] as f64 - 1.0 - offset[k]) / step[k]).floor().max(0.0) as usize + 1)
-                .min(new_dims[k])
+            (((crop_dims[k] as f64 - 1.0 - offset[k]) / step[k])
+                .floor()
+                .max(0.0) as usize
+                + 1)
+            .min(new_dims[k])
         };
         let (first, last) = (
             first.max(crop_first),
@@ -365,7 +368,10 @@ fn interpolate(
             .map(|i| {
                 let pf = frame_offset[k] + (blo[k] + i) as f64 * step[k];
                 let fl = pf.floor();
-                (fl as i64 - frame.offset[k] as i64 - src_lo[k] as i64, pf - fl)
+                (
+                    fl as i64 - frame.offset[k] as i64 - src_lo[k] as i64,
+                    pf - fl,
+                )
             })
             .collect()
     });
@@ -376,9 +382,15 @@ fn interpolate(
                 let v = match interp.method {
                     InterpolationMethod::Nearest => nearest(&src.data, sd, i0, t),
                     InterpolationMethod::Linear => trilinear(&src.data, sd, i0, t),
-                    InterpolationMethod::Cubic => cubic(coeffs.as_deref().unwrap_or(&src.data), sd, i0, t),
+                    InterpolationMethod::Cubic => {
+                        cubic(coeffs.as_deref().unwrap_or(&src.data), sd, i0, t)
+                    }
                 };
-                out_img.push(if interp.round_intensities { v.round() } else { v } as f32);
+                out_img.push(if interp.round_intensities {
+                    v.round()
+                } else {
+                    v
+                } as f32);
                 morph.push(trilinear(&src_mask, sd, i0, t) >= interp.mask_threshold - 1e-9);
             }
         }
@@ -596,7 +608,10 @@ mod tests {
             [4.5, 4.0, 4.0],
         ] {
             let expect = p[0] + 10.0 * p[1] + 100.0 * p[2];
-            let (i0, t) = (p.map(|v: f64| v.floor() as i64), p.map(|v: f64| v - v.floor()));
+            let (i0, t) = (
+                p.map(|v: f64| v.floor() as i64),
+                p.map(|v: f64| v - v.floor()),
+            );
             let got = cubic(&c, sd, i0, t);
             assert!((got - expect).abs() < 1e-2, "{p:?}: {got}");
         }
@@ -640,7 +655,11 @@ mod chain_tests {
     use super::*;
     use crate::settings::Resegmentation;
 
-    fn volume(dims: [usize; 3], spacing: [f64; 3], f: impl Fn(usize, usize, usize) -> f32) -> Volume<f32> {
+    fn volume(
+        dims: [usize; 3],
+        spacing: [f64; 3],
+        f: impl Fn(usize, usize, usize) -> f32,
+    ) -> Volume<f32> {
         let g = Geometry::new(dims, spacing);
         let mut data = Vec::with_capacity(g.len());
         for z in 0..dims[2] {
@@ -655,7 +674,9 @@ mod chain_tests {
 
     #[test]
     fn in_plane_interpolation_keeps_slices_and_rounds() {
-        let img = volume([10, 10, 5], [2.0, 2.0, 3.0], |x, y, z| (x * 7 + y * 3 + z) as f32 + 0.3);
+        let img = volume([10, 10, 5], [2.0, 2.0, 3.0], |x, y, z| {
+            (x * 7 + y * 3 + z) as f32 + 0.3
+        });
         let mask = img.map(|_| 1u16);
         let settings = RadiomicsSettings {
             interpolation: Some(Interpolation {
@@ -672,7 +693,11 @@ mod chain_tests {
         assert_eq!(r.geometry.dims[2], 5);
         assert!((r.geometry.origin[2] - 0.0).abs() < 1e-12);
         // IBSI: 10 voxels of 2 mm -> 20 of 1 mm, centred: first new centre at -0.5 mm.
-        assert!((r.geometry.origin[0] - -0.5).abs() < 1e-12, "{:?}", r.geometry.origin);
+        assert!(
+            (r.geometry.origin[0] - -0.5).abs() < 1e-12,
+            "{:?}",
+            r.geometry.origin
+        );
         assert!(r.image.iter().all(|v| v.fract() == 0.0));
     }
 
@@ -705,12 +730,16 @@ mod chain_tests {
         let mask = img.map(|_| 1u16);
         let s = RadiomicsSettings::default();
         let r = Region::extract(&img, &mask, 1, &s).unwrap();
-        let d = r.discretise(Discretisation::FixedBinNumber { bins: 4 }, &s).unwrap();
+        let d = r
+            .discretise(Discretisation::FixedBinNumber { bins: 4 }, &s)
+            .unwrap();
         let got: Vec<u32> = d.levels.iter().copied().filter(|&l| l > 0).collect();
         assert_eq!(got, vec![1, 1, 2, 4]);
         let flat = volume([3, 1, 1], [1.0; 3], |_, _, _| 5.0);
         let r = Region::extract(&flat, &flat.map(|_| 1u16), 1, &s).unwrap();
-        let d = r.discretise(Discretisation::FixedBinNumber { bins: 8 }, &s).unwrap();
+        let d = r
+            .discretise(Discretisation::FixedBinNumber { bins: 8 }, &s)
+            .unwrap();
         assert!(d.levels.iter().filter(|&&l| l > 0).all(|&l| l == 1));
     }
 }

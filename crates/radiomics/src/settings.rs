@@ -68,7 +68,9 @@ impl RadiomicsSettings {
     pub fn validate(&self) -> Result<(), RadiomicsError> {
         let bad = |m: String| Err(RadiomicsError::Settings(m));
         if let Some(i) = &self.interpolation {
-            if i.spacing.iter().any(|&s| !(s >= 0.0 && s.is_finite())) || i.spacing[0] == 0.0 && i.spacing[1] == 0.0 && i.spacing[2] == 0.0 {
+            if i.spacing.iter().any(|&s| !(s >= 0.0 && s.is_finite()))
+                || i.spacing[0] == 0.0 && i.spacing[1] == 0.0 && i.spacing[2] == 0.0
+            {
                 return bad(format!(
                     "interpolation.spacing must be positive (0 = keep the image's spacing on that axis, not on all three), got {:?}",
                     i.spacing
@@ -138,7 +140,13 @@ pub struct Interpolation {
 impl Interpolation {
     /// The spacing the new grid gets on an image with `image_spacing`.
     pub fn target_spacing(&self, image_spacing: [f64; 3]) -> [f64; 3] {
-        std::array::from_fn(|k| if self.spacing[k] > 0.0 { self.spacing[k] } else { image_spacing[k] })
+        std::array::from_fn(|k| {
+            if self.spacing[k] > 0.0 {
+                self.spacing[k]
+            } else {
+                image_spacing[k]
+            }
+        })
     }
 }
 
