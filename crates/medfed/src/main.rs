@@ -1,6 +1,7 @@
 //! The `medfed` command line: a thin shell over the library crates (argument parsing, wiring,
 //! progress, exit codes).
 
+mod audit_cmd;
 mod deid_cmd;
 mod demo;
 mod radiomics_cmd;
@@ -33,10 +34,20 @@ enum Command {
     Demo(demo::DemoArgs),
     /// De-identify a folder of DICOM files (PS3.15 Annex E), or reverse a pseudonym.
     Deid(DeidCommand),
+    /// Check a tamper-evident audit log (hub or site).
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// IBSI 1 radiomic features of image regions, as a CSV or Parquet table.
     Radiomics(radiomics_cmd::RadiomicsArgs),
     /// Write a synthetic DICOM set with planted identifying values (for tests and benchmarks).
     Synth(demo::SynthArgs),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the hash chain, the signed checkpoints and the signed head; name the first bad
+    /// record (exit code 2) or print OK.
+    Verify(audit_cmd::VerifyArgs),
 }
 
 #[derive(Args)]
@@ -82,6 +93,7 @@ fn main() -> ExitCode {
         Command::Deid(DeidCommand { action: None, run }) => deid_cmd::run(&run),
         Command::Synth(args) => demo::synth(&args),
         Command::Radiomics(args) => radiomics_cmd::run(&args),
+        Command::Audit(AuditCommand::Verify(args)) => audit_cmd::verify(&args),
     };
     match result {
         Ok(code) => code,

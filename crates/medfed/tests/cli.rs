@@ -231,3 +231,55 @@ fn radiomics_manifest_writes_csv_and_parquet_with_sidecar_and_keeps_going_on_fai
         "{failed}"
     );
 }
+
+#[test]
+fn audit_verify_reports_ok_and_names_the_first_changed_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log_path = tmp.path().join("audit.jsonl");
+    let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let public = medfed_audit::public_key_hex(&key);
+    let log = medfed_audit::AuditLog::open(&log_path, key, 3).unwrap();
+    for i in 0..5 {
+        log.append(medfed_audit::Event {
+            actor: format!("user:{i}"),
+            on_behalf_of: None,
+            action: "dataset.read".into(),
+            resource: format!("dataset/{i}"),
+            outcome: "allowed".into(),
+        })
+        .unwrap();
+    }
+    let run = |args: &[&str]| medfed().args(args).output().unwrap();
+    let ok = run(&[
+        "audit",
+        "verify",
+        "--log",
+        log_path.to_str().unwrap(),
+        "--public-key",
+        &public,
+    ]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("OK, 5 records, 1 signed checkpoints"));
+    let text = std::fs::read_to_string(&log_path)
+        .unwrap()
+        .replace("dataset/1\"", "dataset/9\"");
+    std::fs::write(&log_path, text).unwrap();
+    let bad = run(&[
+        "audit",
+        "verify",
+        "--log",
+        log_path.to_str().unwrap(),
+        "--public-key",
+        &public,
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    let out = String::from_utf8_lossy(&bad.stdout);
+    assert!(
+        out.contains("FAILED at line 2") && out.contains("record 2 was changed"),
+        "{out}"
+    );
+}

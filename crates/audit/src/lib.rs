@@ -1,0 +1,468 @@
+//! The tamper-evident audit log shared by the hub and the site nodes: every event is one JSON line
+//! whose hash covers the previous line's hash, checkpoints signed with an Ed25519 key are
+//! interleaved, and a signed head beside the log records the last event, so that
+//! [`verify`] detects a changed, removed, reordered or truncated record and names the first bad
+//! one.
+//!
+//! Records carry who (an opaque principal id), for whom, what, which resource, the outcome and
+//! when. They must never carry identifying data of patients: callers pass ids and pseudonyms,
+//! not names (the hub's and the site's tests grep their logs for planted values).
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Why the log could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Key(String),
+    #[error("{path}: the log does not verify, so nothing more is appended: {problem}")]
+    Broken { path: PathBuf, problem: Problem },
+}
+
+/// One audited event, as the caller describes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Who acted: an opaque principal id (`user:<id>`, `site:<id>`, `token:<id>`), never a name.
+    pub actor: String,
+    /// For whom, when acting on someone's behalf.
+    pub on_behalf_of: Option<String>,
+    /// What was attempted (`dataset.read`, `task.accept`, ...).
+    pub action: String,
+    /// Which resource (`study/<id>/dataset/<id>`), as the API names it.
+    pub resource: String,
+    /// `allowed`, `denied`, `error`, ...
+    pub outcome: String,
+}
+
+/// A line of the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Line {
+    Record(Record),
+    Checkpoint(Checkpoint),
+}
+
+/// An event with its place in the chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub seq: u64,
+    /// Milliseconds since 1970-01-01 UTC.
+    pub unix_ms: u64,
+    /// The same instant as RFC 3339 UTC, for people reading the log.
+    pub time: String,
+    #[serde(flatten)]
+    pub event: Event,
+    /// Hash of the previous record (64 zeros for the first).
+    pub prev: String,
+    /// SHA-256 over `prev` and this record's other fields.
+    pub hash: String,
+}
+
+/// A signature over the chain up to `seq`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub seq: u64,
+    pub hash: String,
+    /// First 8 bytes of the verifying key, hex.
+    pub key_id: String,
+    pub signature: String,
+}
+
+/// The first thing wrong with a log.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("line {line}: {reason}")]
+pub struct Problem {
+    /// 1-based line number in the log (0: the head file).
+    pub line: usize,
+    pub reason: String,
+}
+
+/// What a verified log holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified {
+    pub records: u64,
+    pub checkpoints: u64,
+    pub last_hash: String,
+}
+
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+fn record_hash(prev: &str, seq: u64, unix_ms: u64, time: &str, e: &Event) -> String {
+    // The hashed bytes: fixed field order, JSON-encoded strings (unambiguous separators).
+    let body = serde_json::json!([
+        prev,
+        seq,
+        unix_ms,
+        time,
+        e.actor,
+        e.on_behalf_of,
+        e.action,
+        e.resource,
+        e.outcome
+    ]);
+    hex::encode(Sha256::digest(body.to_string().as_bytes()))
+}
+
+fn checkpoint_message(seq: u64, hash: &str) -> Vec<u8> {
+    format!("medfed-audit-checkpoint\n{seq}\n{hash}").into_bytes()
+}
+
+/// The signed head: the last record's seq and hash, kept beside the log (`<log>.head`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Head {
+    seq: u64,
+    hash: String,
+    signature: String,
+}
+
+pub fn head_path(log: &Path) -> PathBuf {
+    let mut s = log.as_os_str().to_owned();
+    s.push(".head");
+    PathBuf::from(s)
+}
+
+/// An audit log open for appending. Appends are serialised; each is flushed before it returns.
+pub struct AuditLog {
+    path: PathBuf,
+    key: SigningKey,
+    checkpoint_every: u64,
+    state: Mutex<State>,
+}
+
+struct State {
+    file: File,
+    seq: u64,
+    last_hash: String,
+}
+
+impl AuditLog {
+    /// Open (or create) the log at `path`, signing checkpoints with `key`. An existing log is
+    /// verified first; a log that does not verify is not appended to.
+    pub fn open(path: &Path, key: SigningKey, checkpoint_every: u64) -> Result<Self, AuditError> {
+        let io = |source| AuditError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let (seq, last_hash) = if path.exists() {
+            let v = verify(path, &key.verifying_key()).map_err(|problem| AuditError::Broken {
+                path: path.to_path_buf(),
+                problem,
+            })?;
+            (v.records, v.last_hash)
+        } else {
+            (0, GENESIS.to_string())
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io)?;
+        Ok(AuditLog {
+            path: path.to_path_buf(),
+            key,
+            checkpoint_every: checkpoint_every.max(1),
+            state: Mutex::new(State {
+                file,
+                seq,
+                last_hash,
+            }),
+        })
+    }
+
+    /// Append one event; returns its record.
+    pub fn append(&self, event: Event) -> Result<Record, AuditError> {
+        let io = |source| AuditError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let seq = st.seq + 1;
+        let time = rfc3339(unix_ms);
+        let hash = record_hash(&st.last_hash, seq, unix_ms, &time, &event);
+        let record = Record {
+            seq,
+            unix_ms,
+            time,
+            event,
+            prev: st.last_hash.clone(),
+            hash: hash.clone(),
+        };
+        let mut line = serde_json::to_string(&Line::Record(record.clone())).unwrap_or_default();
+        line.push('\n');
+        if seq % self.checkpoint_every == 0 {
+            let cp = self.checkpoint(seq, &hash);
+            line.push_str(&serde_json::to_string(&Line::Checkpoint(cp)).unwrap_or_default());
+            line.push('\n');
+        }
+        st.file.write_all(line.as_bytes()).map_err(io)?;
+        st.file.flush().map_err(io)?;
+        if seq % self.checkpoint_every == 0 {
+            st.file.sync_data().map_err(io)?;
+        }
+        st.seq = seq;
+        st.last_hash = hash.clone();
+        self.write_head(seq, &hash)?;
+        Ok(record)
+    }
+
+    fn checkpoint(&self, seq: u64, hash: &str) -> Checkpoint {
+        Checkpoint {
+            seq,
+            hash: hash.to_string(),
+            key_id: key_id(&self.key.verifying_key()),
+            signature: hex::encode(self.key.sign(&checkpoint_message(seq, hash)).to_bytes()),
+        }
+    }
+
+    fn write_head(&self, seq: u64, hash: &str) -> Result<(), AuditError> {
+        let head_file = head_path(&self.path);
+        let io = |source| AuditError::Io {
+            path: head_file.clone(),
+            source,
+        };
+        let head = Head {
+            seq,
+            hash: hash.to_string(),
+            signature: hex::encode(self.key.sign(&checkpoint_message(seq, hash)).to_bytes()),
+        };
+        let dir = head_file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+        tmp.write_all(serde_json::to_string(&head).unwrap_or_default().as_bytes())
+            .map_err(io)?;
+        tmp.persist(&head_file).map_err(|e| io(e.error))?;
+        Ok(())
+    }
+
+    /// Records appended so far.
+    pub fn len(&self) -> u64 {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).seq
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+pub fn key_id(key: &VerifyingKey) -> String {
+    hex::encode(&key.to_bytes()[..8])
+}
+
+/// Check every line of the log and its signed head; the first problem found is returned.
+pub fn verify(path: &Path, key: &VerifyingKey) -> Result<Verified, Problem> {
+    let bad = |line: usize, reason: String| Problem { line, reason };
+    let file = File::open(path).map_err(|e| bad(0, format!("cannot open the log: {e}")))?;
+    let (mut seq, mut last_hash, mut checkpoints) = (0u64, GENESIS.to_string(), 0u64);
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let n = i + 1;
+        let line = line.map_err(|e| bad(n, format!("unreadable: {e}")))?;
+        let parsed: Line =
+            serde_json::from_str(&line).map_err(|e| bad(n, format!("not an audit line: {e}")))?;
+        match parsed {
+            Line::Record(r) => {
+                if r.seq != seq + 1 {
+                    return Err(bad(
+                        n,
+                        format!(
+                            "record {} where {} was expected: a record was removed or the records were reordered",
+                            r.seq,
+                            seq + 1
+                        ),
+                    ));
+                }
+                if r.prev != last_hash {
+                    return Err(bad(
+                        n,
+                        format!(
+                            "record {} does not follow the previous record's hash",
+                            r.seq
+                        ),
+                    ));
+                }
+                let expect = record_hash(&r.prev, r.seq, r.unix_ms, &r.time, &r.event);
+                if r.hash != expect {
+                    return Err(bad(
+                        n,
+                        format!(
+                            "record {} was changed: its content does not match its hash",
+                            r.seq
+                        ),
+                    ));
+                }
+                seq = r.seq;
+                last_hash = r.hash;
+            }
+            Line::Checkpoint(c) => {
+                if c.seq != seq || c.hash != last_hash {
+                    return Err(bad(
+                        n,
+                        format!("checkpoint for record {} does not match the chain", c.seq),
+                    ));
+                }
+                check_signature(key, c.seq, &c.hash, &c.signature).map_err(|r| bad(n, r))?;
+                checkpoints += 1;
+            }
+        }
+    }
+    // The head says where the log ended when last written: fewer records means truncation.
+    let head_text = std::fs::read_to_string(head_path(path)).map_err(|e| {
+        bad(
+            0,
+            format!("the signed head is missing ({e}): the log cannot be checked for truncation"),
+        )
+    })?;
+    let head: Head = serde_json::from_str(&head_text)
+        .map_err(|e| bad(0, format!("the signed head is unreadable: {e}")))?;
+    check_signature(key, head.seq, &head.hash, &head.signature)
+        .map_err(|r| bad(0, format!("head: {r}")))?;
+    if head.seq > seq {
+        return Err(bad(
+            0,
+            format!(
+                "truncated: the log ends at record {seq}, its signed head says {}",
+                head.seq
+            ),
+        ));
+    }
+    if head.seq < seq || head.hash != last_hash {
+        return Err(bad(
+            0,
+            format!(
+                "the signed head (record {}) does not match the log's end (record {seq})",
+                head.seq
+            ),
+        ));
+    }
+    Ok(Verified {
+        records: seq,
+        checkpoints,
+        last_hash,
+    })
+}
+
+fn check_signature(
+    key: &VerifyingKey,
+    seq: u64,
+    hash: &str,
+    signature: &str,
+) -> Result<(), String> {
+    let bytes: [u8; 64] = hex::decode(signature)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or("signature is not 64 hex-encoded bytes")?;
+    key.verify(
+        &checkpoint_message(seq, hash),
+        &Signature::from_bytes(&bytes),
+    )
+    .map_err(|_| {
+        format!(
+            "signature over record {seq} does not verify with key {}",
+            key_id(key)
+        )
+    })
+}
+
+/// Read an Ed25519 signing key (32 bytes, hex) from a file, or create one (mode 0600).
+pub fn load_or_create_key(path: &Path) -> Result<SigningKey, AuditError> {
+    let io = |source| AuditError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if path.exists() {
+        let text = std::fs::read_to_string(path).map_err(io)?;
+        let bytes: [u8; 32] = hex::decode(text.trim())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| {
+                AuditError::Key(format!("{}: not 32 hex-encoded bytes", path.display()))
+            })?;
+        return Ok(SigningKey::from_bytes(&bytes));
+    }
+    let mut bytes = [0u8; 32];
+    rand::fill(&mut bytes);
+    let key = SigningKey::from_bytes(&bytes);
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    let mut opts = OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(io)?;
+    f.write_all(hex::encode(bytes).as_bytes()).map_err(io)?;
+    Ok(key)
+}
+
+/// The public half of a key file, hex (for `medfed audit verify --public-key`).
+pub fn public_key_hex(key: &SigningKey) -> String {
+    hex::encode(key.verifying_key().to_bytes())
+}
+
+/// Parse a hex public key.
+pub fn parse_public_key(hex_text: &str) -> Result<VerifyingKey, AuditError> {
+    let bytes: [u8; 32] = hex::decode(hex_text.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| AuditError::Key("a public key is 32 hex-encoded bytes".into()))?;
+    VerifyingKey::from_bytes(&bytes).map_err(|e| AuditError::Key(e.to_string()))
+}
+
+/// `unix_ms` as RFC 3339 UTC with milliseconds (civil-from-days, no time zone database needed).
+fn rfc3339(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60,
+        unix_ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_of_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        // 2026-11-26T18:37:42.5Z
+        assert_eq!(rfc3339(1_795_718_262_500), "2026-11-26T18:37:42.500Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+}

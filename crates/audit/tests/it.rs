@@ -1,0 +1,122 @@
+//! Tampering with an audit log in every way the hub must detect.
+
+use std::path::Path;
+
+use ed25519_dalek::SigningKey;
+use medfed_audit::{AuditLog, Event, head_path, verify};
+
+fn event(i: usize) -> Event {
+    Event {
+        actor: format!("user:{}", i % 3),
+        on_behalf_of: (i % 5 == 0).then(|| "site:7".to_string()),
+        action: if i % 2 == 0 {
+            "dataset.read".into()
+        } else {
+            "dataset.search".into()
+        },
+        resource: format!("study/1/dataset/{i}"),
+        outcome: if i % 7 == 0 {
+            "denied".into()
+        } else {
+            "allowed".into()
+        },
+    }
+}
+
+fn key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+fn write_log(path: &Path, n: usize) {
+    let log = AuditLog::open(path, key(1), 4).unwrap();
+    for i in 0..n {
+        log.append(event(i)).unwrap();
+    }
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+fn write_lines(path: &Path, lines: &[String]) {
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn an_intact_log_verifies_and_reopens_where_it_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    write_log(&path, 10);
+    let v = verify(&path, &key(1).verifying_key()).unwrap();
+    assert_eq!((v.records, v.checkpoints), (10, 2));
+    // Reopening continues the chain.
+    let log = AuditLog::open(&path, key(1), 4).unwrap();
+    assert_eq!(log.len(), 10);
+    log.append(event(10)).unwrap();
+    assert_eq!(verify(&path, &key(1).verifying_key()).unwrap().records, 11);
+    // Another key does not verify it.
+    let e = verify(&path, &key(2).verifying_key()).unwrap_err();
+    assert!(e.reason.contains("does not verify"), "{e}");
+}
+
+#[test]
+fn changed_removed_reordered_and_truncated_records_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    write_log(&path, 10);
+    let original = lines(&path);
+    let head = std::fs::read(head_path(&path)).unwrap();
+    let vk = key(1).verifying_key();
+
+    // Changed: an outcome flipped in the third line (record 3).
+    let mut l = original.clone();
+    l[2] = l[2].replace("\"allowed\"", "\"denied\"");
+    assert_ne!(l[2], original[2]);
+    write_lines(&path, &l);
+    let e = verify(&path, &vk).unwrap_err();
+    assert_eq!(e.line, 3, "{e}");
+    assert!(e.reason.contains("changed"), "{e}");
+
+    // Removed: record 2 (line 2) dropped.
+    let mut l = original.clone();
+    l.remove(1);
+    write_lines(&path, &l);
+    let e = verify(&path, &vk).unwrap_err();
+    assert_eq!(e.line, 2, "{e}");
+    assert!(e.reason.contains("removed"), "{e}");
+
+    // Reordered: lines 2 and 3 swapped.
+    let mut l = original.clone();
+    l.swap(1, 2);
+    write_lines(&path, &l);
+    let e = verify(&path, &vk).unwrap_err();
+    assert_eq!(e.line, 2, "{e}");
+
+    // Truncated: the last two records gone (the head still says 10).
+    let mut l = original.clone();
+    l.truncate(l.len() - 2);
+    write_lines(&path, &l);
+    let e = verify(&path, &vk).unwrap_err();
+    assert!(e.reason.contains("truncated"), "{e}");
+
+    // A forged head does not help: its signature fails.
+    write_lines(&path, &original);
+    let forged = String::from_utf8(head.clone())
+        .unwrap()
+        .replace("\"seq\":10", "\"seq\":9");
+    std::fs::write(head_path(&path), forged).unwrap();
+    assert!(verify(&path, &vk).is_err());
+
+    // Restored, it verifies again, and a broken log refuses further appends.
+    std::fs::write(head_path(&path), &head).unwrap();
+    verify(&path, &vk).unwrap();
+    let mut l = original.clone();
+    l[5] = l[5].replace("dataset/4", "dataset/5");
+    assert_ne!(l[5], original[5]);
+    write_lines(&path, &l);
+    assert!(AuditLog::open(&path, key(1), 4).is_err());
+}
