@@ -208,14 +208,14 @@ impl AuditLog {
         };
         let mut line = serde_json::to_string(&Line::Record(record.clone())).unwrap_or_default();
         line.push('\n');
-        if seq % self.checkpoint_every == 0 {
+        if seq.is_multiple_of(self.checkpoint_every) {
             let cp = self.checkpoint(seq, &hash);
             line.push_str(&serde_json::to_string(&Line::Checkpoint(cp)).unwrap_or_default());
             line.push('\n');
         }
         st.file.write_all(line.as_bytes()).map_err(io)?;
         st.file.flush().map_err(io)?;
-        if seq % self.checkpoint_every == 0 {
+        if seq.is_multiple_of(self.checkpoint_every) {
             st.file.sync_data().map_err(io)?;
         }
         st.seq = seq;

@@ -8,14 +8,14 @@ use medfed_audit::{AuditLog, Event, head_path, verify};
 fn event(i: usize) -> Event {
     Event {
         actor: format!("user:{}", i % 3),
-        on_behalf_of: (i % 5 == 0).then(|| "site:7".to_string()),
-        action: if i % 2 == 0 {
+        on_behalf_of: i.is_multiple_of(5).then(|| "site:7".to_string()),
+        action: if i.is_multiple_of(2) {
             "dataset.read".into()
         } else {
             "dataset.search".into()
         },
         resource: format!("study/1/dataset/{i}"),
-        outcome: if i % 7 == 0 {
+        outcome: if i.is_multiple_of(7) {
             "denied".into()
         } else {
             "allowed".into()
