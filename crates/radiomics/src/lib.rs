@@ -85,6 +85,10 @@ impl FeatureSink {
     }
 }
 
+/// Texture matrices are dense in the grey levels (a GLCM is Ng x Ng); beyond this a setting is
+/// surely a mistake (a bin width far below the intensity range) and would exhaust memory.
+pub const MAX_TEXTURE_LEVELS: u32 = 2048;
+
 /// Compute every feature family the settings ask for, for the voxels of `mask` equal to `label`.
 pub fn extract(
     image: &Volume<f32>,
@@ -104,6 +108,20 @@ pub fn features_of(
 ) -> Result<FeatureSink, RadiomicsError> {
     let t0 = std::time::Instant::now();
     let texture_levels = region.discretise(settings.texture_discretisation, settings)?;
+    let texture = [
+        Family::Glcm,
+        Family::Glrlm,
+        Family::Glszm,
+        Family::Gldzm,
+        Family::Ngtdm,
+        Family::Ngldm,
+    ];
+    if texture_levels.n_levels > MAX_TEXTURE_LEVELS && texture.iter().any(|&f| settings.wants(f)) {
+        return Err(RadiomicsError::Settings(format!(
+            "{} grey levels is too many for texture matrices (at most {MAX_TEXTURE_LEVELS}): use a wider bin or fewer bins",
+            texture_levels.n_levels
+        )));
+    }
     let hist_levels = if settings.histogram_discretisation() == settings.texture_discretisation {
         None
     } else {

@@ -138,7 +138,13 @@ impl Region {
 
     fn resegment(&mut self, settings: &RadiomicsSettings) {
         let r = &settings.resegmentation;
-        self.intensity = self.morph.clone();
+        // A voxel without a finite intensity (NaN in a float image) has nothing to measure.
+        self.intensity = self
+            .morph
+            .iter()
+            .zip(&self.image)
+            .map(|(&m, v)| m && v.is_finite())
+            .collect();
         if let Some([lo, hi]) = r.range {
             for (m, &v) in self.intensity.iter_mut().zip(&self.image) {
                 *m = *m && (v as f64) >= lo && (v as f64) <= hi;
@@ -741,5 +747,33 @@ mod chain_tests {
             .discretise(Discretisation::FixedBinNumber { bins: 8 }, &s)
             .unwrap();
         assert!(d.levels.iter().filter(|&&l| l > 0).all(|&l| l == 1));
+    }
+}
+
+#[cfg(test)]
+mod input_tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_intensities_leave_the_intensity_mask_and_huge_level_counts_are_refused() {
+        let g = Geometry::new([4, 1, 1], [1.0; 3]);
+        let img = Volume {
+            geometry: g,
+            data: vec![1.0, f32::NAN, 3.0, 1e6],
+        };
+        let mask = img.map(|_| 1u16);
+        let s = RadiomicsSettings::default();
+        let r = Region::extract(&img, &mask, 1, &s).unwrap();
+        assert_eq!(r.intensities(), vec![1.0, 3.0, 1e6]);
+        assert_eq!(r.morph.iter().filter(|&&m| m).count(), 4);
+        let fine = RadiomicsSettings {
+            texture_discretisation: Discretisation::FixedBinSize {
+                width: 1.0,
+                lower: None,
+            },
+            ..Default::default()
+        };
+        let e = crate::features_of(&r, &fine).unwrap_err().to_string();
+        assert!(e.contains("too many for texture"), "{e}");
     }
 }

@@ -135,7 +135,8 @@ pub fn read_series(dir: &Path) -> Result<Volume<f32>, VolumeError> {
     for r in 0..3 {
         geometry.direction[r] = [row_dir[r], col_dir[r], normal[r]];
     }
-    let mut data = Vec::with_capacity(geometry.len());
+    // Bounded: headers can claim any size; each slice's pixels are checked as they are read.
+    let mut data = Vec::with_capacity(geometry.len().min(1 << 28));
     for s in &slices {
         data.extend(s.pixels()?);
     }

@@ -149,8 +149,9 @@ fn read_voxels<T>(
         Some((lo, hi)) => (0..3).map(|k| hi[k].saturating_sub(lo[k])).product(),
         None => read_geometry(path)?.len(),
     };
-    // Reserved up front: growing a large vector copies it and faults fresh pages each time.
-    let mut data = Vec::with_capacity(n);
+    // Reserved up front: growing a large vector copies it and faults fresh pages each time. A
+    // header can claim anything, so the reservation is bounded; truncation shows when reading.
+    let mut data = Vec::with_capacity(n.min(1 << 28));
     let geometry = read_voxels_with(path, bbox, convert, |v| data.push(v))?;
     Ok(Volume { geometry, data })
 }
@@ -464,6 +465,12 @@ fn finish(f: Fields) -> Result<Header, String> {
         ));
     }
     let mut dims = [0usize; 3];
+    let voxels: i64 = (1..=3).map(extent).product();
+    if !(1..=1i64 << 34).contains(&voxels) {
+        return Err(format!(
+            "the header announces {voxels} voxels: not a plausible image"
+        ));
+    }
     for (k, d) in dims.iter_mut().enumerate() {
         let e = extent(k + 1);
         if !(1..=1 << 20).contains(&e) {
@@ -761,6 +768,24 @@ mod tests {
                 .to_string()
                 .contains("sizeof_hdr")
         );
+    }
+
+    #[test]
+    fn an_absurd_header_is_an_error_not_an_allocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big.nii");
+        write(
+            &p,
+            &Volume::filled(Geometry::new([2, 2, 2], [1.0; 3]), 1.0f32),
+        )
+        .unwrap();
+        let mut bytes = std::fs::read(&p).unwrap();
+        for k in 0..3 {
+            bytes[42 + 2 * k..44 + 2 * k].copy_from_slice(&30000i16.to_le_bytes());
+        }
+        std::fs::write(&p, &bytes).unwrap();
+        let e = read_image(&p).unwrap_err().to_string();
+        assert!(e.contains("not a plausible image"), "{e}");
     }
 
     #[test]
