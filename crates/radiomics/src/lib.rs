@@ -108,15 +108,11 @@ pub fn features_of(
 ) -> Result<FeatureSink, RadiomicsError> {
     let t0 = std::time::Instant::now();
     let texture_levels = region.discretise(settings.texture_discretisation, settings)?;
-    let texture = [
-        Family::Glcm,
-        Family::Glrlm,
-        Family::Glszm,
-        Family::Gldzm,
-        Family::Ngtdm,
-        Family::Ngldm,
-    ];
-    if texture_levels.n_levels > MAX_TEXTURE_LEVELS && texture.iter().any(|&f| settings.wants(f)) {
+    if texture_levels.n_levels > MAX_TEXTURE_LEVELS
+        && Family::ALL
+            .iter()
+            .any(|&f| f.is_texture() && settings.wants(f))
+    {
         return Err(RadiomicsError::Settings(format!(
             "{} grey levels is too many for texture matrices (at most {MAX_TEXTURE_LEVELS}): use a wider bin or fewer bins",
             texture_levels.n_levels

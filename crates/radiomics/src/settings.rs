@@ -238,6 +238,19 @@ impl Family {
         Family::Ngtdm,
         Family::Ngldm,
     ];
+
+    /// The families computed from texture matrices of discretised grey levels.
+    pub fn is_texture(self) -> bool {
+        matches!(
+            self,
+            Family::Glcm
+                | Family::Glrlm
+                | Family::Glszm
+                | Family::Gldzm
+                | Family::Ngtdm
+                | Family::Ngldm
+        )
+    }
 }
 
 #[cfg(test)]
