@@ -140,22 +140,8 @@ impl MeshMeasure {
     }
 }
 
-/// Bounding box `[lo, hi)` of a mask.
 fn mask_box(mask: &[bool], dims: [usize; 3]) -> Option<([usize; 3], [usize; 3])> {
-    let mut lo = [usize::MAX; 3];
-    let mut hi = [0usize; 3];
-    for (i, _) in mask.iter().enumerate().filter(|(_, m)| **m) {
-        let c = [
-            i % dims[0],
-            (i / dims[0]) % dims[1],
-            i / (dims[0] * dims[1]),
-        ];
-        for k in 0..3 {
-            lo[k] = lo[k].min(c[k]);
-            hi[k] = hi[k].max(c[k] + 1);
-        }
-    }
-    (lo[0] != usize::MAX).then_some((lo, hi))
+    medfed_volume::bounding_box_of(mask, dims, |m| m)
 }
 
 /// The only mesh vertices that can be convex-hull vertices, in doubled voxel units: the first and
@@ -246,16 +232,7 @@ fn fullest_fan_start(poly: &[[i64; 3]]) -> usize {
 pub(crate) fn sub(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
     [a[0] - b[0], a[1] - b[1], a[2] - b[2]]
 }
-pub(crate) fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
-    [
-        a[1] * b[2] - a[2] * b[1],
-        a[2] * b[0] - a[0] * b[2],
-        a[0] * b[1] - a[1] * b[0],
-    ]
-}
-pub(crate) fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
-    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
-}
+pub(crate) use medfed_volume::{cross, dot};
 pub(crate) fn norm(a: [f64; 3]) -> f64 {
     dot(a, a).sqrt()
 }

@@ -93,22 +93,12 @@ fn fast_size(min: usize) -> usize {
 pub(crate) fn by_fft(region: &Region) -> (f64, f64) {
     let d = region.geometry.dims;
     let sp = region.geometry.spacing;
-    let mut lo = [usize::MAX; 3];
-    let mut hi = [0usize; 3];
-    let mut sum = 0.0;
-    let mut n = 0usize;
-    for i in 0..region.intensity.len() {
-        if region.intensity[i] {
-            let c = [i % d[0], (i / d[0]) % d[1], i / (d[0] * d[1])];
-            for k in 0..3 {
-                lo[k] = lo[k].min(c[k]);
-                hi[k] = hi[k].max(c[k] + 1);
-            }
-            sum += region.image[i] as f64;
-            n += 1;
-        }
-    }
-    let mean = sum / n as f64;
+    let Some((lo, hi)) = medfed_volume::bounding_box_of(&region.intensity, d, |m| m) else {
+        return (f64::NAN, f64::NAN);
+    };
+    let values = region.intensities();
+    let n = values.len();
+    let mean = values.iter().sum::<f64>() / n as f64;
     let b: [usize; 3] = std::array::from_fn(|k| hi[k] - lo[k]);
     let p: [usize; 3] = std::array::from_fn(|k| fast_size(2 * b[k] - 1));
     let spectrum = KernelSpectrum::new(b, p, sp);

@@ -179,10 +179,19 @@ pub fn bounding_box<T: Copy>(
     vol: &Volume<T>,
     inside: impl Fn(T) -> bool,
 ) -> Option<([usize; 3], [usize; 3])> {
-    let [nx, ny, _] = vol.dims();
+    bounding_box_of(&vol.data, vol.dims(), inside)
+}
+
+/// [`bounding_box`] of voxels held in a plain slice on a grid of `dims` (x fastest).
+pub fn bounding_box_of<T: Copy>(
+    data: &[T],
+    dims: [usize; 3],
+    inside: impl Fn(T) -> bool,
+) -> Option<([usize; 3], [usize; 3])> {
+    let [nx, ny, _] = dims;
     let mut lo = [usize::MAX; 3];
     let mut hi = [0usize; 3];
-    for (i, &v) in vol.data.iter().enumerate() {
+    for (i, &v) in data.iter().enumerate() {
         if inside(v) {
             let c = [i % nx, (i / nx) % ny, i / (nx * ny)];
             for k in 0..3 {
@@ -198,7 +207,8 @@ pub(crate) fn distance(a: [f64; 3], b: [f64; 3]) -> f64 {
     ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt()
 }
 
-pub(crate) fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
+/// Cross product of two 3-vectors.
+pub fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
     [
         a[1] * b[2] - a[2] * b[1],
         a[2] * b[0] - a[0] * b[2],
@@ -206,7 +216,8 @@ pub(crate) fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
     ]
 }
 
-pub(crate) fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
+/// Dot product of two 3-vectors.
+pub fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
     a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 }
 
