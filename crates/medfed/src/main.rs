@@ -4,6 +4,7 @@
 mod audit_cmd;
 mod deid_cmd;
 mod demo;
+mod hub_cmd;
 mod radiomics_cmd;
 
 use std::path::PathBuf;
@@ -39,6 +40,11 @@ enum Command {
     Audit(AuditCommand),
     /// IBSI 1 radiomic features of image regions, as a CSV or Parquet table.
     Radiomics(radiomics_cmd::RadiomicsArgs),
+    /// Run or administer the hub (HTTPS API, catalogue, encrypted storage, audit).
+    #[command(subcommand)]
+    Hub(hub_cmd::HubCommand),
+    /// Upload files to a dataset on the hub (chunked, resumable, checked by SHA-256).
+    Upload(hub_cmd::UploadArgs),
     /// Write a synthetic DICOM set with planted identifying values (for tests and benchmarks).
     Synth(demo::SynthArgs),
 }
@@ -94,6 +100,8 @@ fn main() -> ExitCode {
         Command::Synth(args) => demo::synth(&args),
         Command::Radiomics(args) => radiomics_cmd::run(&args),
         Command::Audit(AuditCommand::Verify(args)) => audit_cmd::verify(&args),
+        Command::Hub(cmd) => hub_cmd::run(cmd),
+        Command::Upload(args) => hub_cmd::upload(&args),
     };
     match result {
         Ok(code) => code,

@@ -17,6 +17,10 @@ use std::fs::File;
 use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
+mod s3;
+
+pub use s3::{S3Config, S3Store};
+
 use medfed_crypto::{DataKey, decrypt_object, encrypt_object};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -111,6 +115,8 @@ pub trait BlobStore: Send + Sync {
     fn list(&self, dataset: &Id) -> Result<Vec<Id>, StoreError>;
     /// Remove scratch files left by a crash; returns how many.
     fn clean_scratch(&self) -> Result<usize, StoreError>;
+    /// Datasets that have at least one stored object (to find orphans after a crash).
+    fn datasets(&self) -> Result<Vec<Id>, StoreError>;
 }
 
 /// Blobs in a local directory: `<root>/datasets/<dataset>/<object>`.
@@ -118,7 +124,7 @@ pub struct LocalStore {
     root: PathBuf,
 }
 
-const SCRATCH_PREFIX: &str = ".partial-";
+pub(crate) const SCRATCH_PREFIX: &str = ".partial-";
 
 impl LocalStore {
     pub fn open(root: &Path) -> Result<LocalStore, StoreError> {
@@ -209,6 +215,21 @@ impl BlobStore for LocalStore {
                 e.file_name()
                     .to_str()
                     .and_then(|n| Id::parse("object", n).ok())
+            })
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    fn datasets(&self) -> Result<Vec<Id>, StoreError> {
+        let top = self.root.join("datasets");
+        let mut ids: Vec<Id> = std::fs::read_dir(&top)
+            .map_err(io(&top))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| Id::parse("dataset", n).ok())
             })
             .collect();
         ids.sort();
@@ -396,14 +417,7 @@ impl Uploads {
             )));
         }
         let dir = self.dir(id);
-        let reader = ChunkReader {
-            dir: dir.clone(),
-            next: 0,
-            chunks: plan.chunks(),
-            current: None,
-            hasher: Sha256::new(),
-            digest: None,
-        };
+        let reader = self.chunk_reader(id, &plan);
         let mut scratch = store.scratch(key)?;
         let mut hashing = reader;
         encrypt_object(
@@ -424,6 +438,23 @@ impl Uploads {
         let n = store.publish(key, scratch)?;
         std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
         Ok(n)
+    }
+
+    /// The received chunks in order, as one stream (to inspect an object before completing it).
+    pub fn assembled(&self, id: &Id) -> Result<impl Read + use<>, StoreError> {
+        let plan = self.plan(id)?;
+        Ok(self.chunk_reader(id, &plan))
+    }
+
+    fn chunk_reader(&self, id: &Id, plan: &UploadPlan) -> ChunkReader {
+        ChunkReader {
+            dir: self.dir(id),
+            next: 0,
+            chunks: plan.chunks(),
+            current: None,
+            hasher: Sha256::new(),
+            digest: None,
+        }
     }
 
     pub fn abort(&self, id: &Id) -> Result<(), StoreError> {

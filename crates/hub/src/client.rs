@@ -1,0 +1,225 @@
+//! A client of the hub's API over HTTPS (the CLI, the demo, site nodes, tests and the
+//! benchmark use it): JSON calls, chunked resumable uploads with retries, STOW-RS.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Http(#[from] reqwest::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the hub answered {status}: {detail}")]
+    Status { status: StatusCode, detail: String },
+    #[error("{0}")]
+    Tls(String),
+}
+
+#[derive(Clone)]
+pub struct HubClient {
+    base: String,
+    http: reqwest::Client,
+    token: Option<String>,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> ClientError + '_ {
+    move |source| ClientError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Default chunk size of uploads.
+pub const CHUNK: u64 = 8 << 20;
+
+impl HubClient {
+    /// `base` like `https://127.0.0.1:8443`; `ca_pem`: the CA to trust besides the system's.
+    pub fn new(base: &str, ca_pem: Option<&Path>) -> Result<HubClient, ClientError> {
+        let mut b = reqwest::Client::builder()
+            .https_only(true)
+            .timeout(Duration::from_secs(300))
+            .pool_max_idle_per_host(64);
+        if let Some(p) = ca_pem {
+            let pem = std::fs::read(p).map_err(io(p))?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| ClientError::Tls(e.to_string()))?;
+            b = b.add_root_certificate(cert);
+        }
+        Ok(HubClient {
+            base: base.trim_end_matches('/').to_string(),
+            http: b.build()?,
+            token: None,
+        })
+    }
+
+    pub fn with_token(&self, token: &str) -> HubClient {
+        HubClient {
+            token: Some(token.to_string()),
+            ..self.clone()
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, self.url(path));
+        match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+
+    /// Send and return status and JSON body (`null` when the body is empty or not JSON).
+    pub async fn send(&self, rb: reqwest::RequestBuilder) -> Result<(StatusCode, Value), ClientError> {
+        let resp = rb.send().await?;
+        let status = resp.status();
+        let bytes = resp.bytes().await?;
+        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+    }
+
+    /// A call that must succeed (2xx); its JSON body.
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
+        let mut rb = self.request(method, path);
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let (status, v) = self.send(rb).await?;
+        if !status.is_success() {
+            return Err(ClientError::Status {
+                status,
+                detail: v.get("detail").and_then(|d| d.as_str()).unwrap_or("").to_string(),
+            });
+        }
+        Ok(v)
+    }
+
+    /// Upload a file into a dataset in chunks; resumes `resume` (an upload id) when given.
+    /// Each chunk is retried with backoff; `progress` receives bytes sent.
+    pub async fn upload_file(
+        &self,
+        dataset: &str,
+        path: &Path,
+        media_type: &str,
+        resume: Option<&str>,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Value, ClientError> {
+        let (size, sha) = hash_file(path)?;
+        let upload = match resume {
+            Some(u) => u.to_string(),
+            None => {
+                let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "object".into());
+                let v = self
+                    .call(
+                        reqwest::Method::POST,
+                        &format!("/api/v1/datasets/{dataset}/uploads"),
+                        Some(json!({"name": name, "media_type": media_type, "size": size, "sha256": sha, "chunk_size": CHUNK})),
+                    )
+                    .await?;
+                v["upload"].as_str().unwrap_or_default().to_string()
+            }
+        };
+        self.send_missing_chunks(&upload, path, progress).await?;
+        self.call(reqwest::Method::POST, &format!("/api/v1/uploads/{upload}/complete"), None).await
+    }
+
+    /// Send the chunks the hub does not have yet.
+    pub async fn send_missing_chunks(&self, upload: &str, path: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<(), ClientError> {
+        let state = self.call(reqwest::Method::GET, &format!("/api/v1/uploads/{upload}"), None).await?;
+        let chunk = state["chunk_size"].as_u64().unwrap_or(CHUNK);
+        let missing: Vec<u64> = state["missing"].as_array().map(|a| a.iter().filter_map(|v| v.as_u64()).collect()).unwrap_or_default();
+        let mut f = std::fs::File::open(path).map_err(io(path))?;
+        let mut buf = vec![0u8; chunk as usize];
+        for i in missing {
+            f.seek(SeekFrom::Start(i * chunk)).map_err(io(path))?;
+            let n = read_full(&mut f, &mut buf).map_err(io(path))?;
+            let body = bytes::Bytes::copy_from_slice(&buf[..n]);
+            let sha = hex::encode(Sha256::digest(&body));
+            let mut attempt = 0;
+            loop {
+                let rb = self
+                    .request(reqwest::Method::PUT, &format!("/api/v1/uploads/{upload}/chunks/{i}"))
+                    .header(crate::api::CHUNK_SHA256_HEADER, &sha)
+                    .body(body.clone());
+                match self.send(rb).await {
+                    Ok((s, _)) if s.is_success() => break,
+                    Ok((s, v)) if s.is_client_error() => {
+                        return Err(ClientError::Status {
+                            status: s,
+                            detail: v.get("detail").and_then(|d| d.as_str()).unwrap_or("").to_string(),
+                        });
+                    }
+                    r if attempt >= 5 => {
+                        return match r {
+                            Err(e) => Err(e),
+                            Ok((status, _)) => Err(ClientError::Status { status, detail: "chunk refused".into() }),
+                        };
+                    }
+                    _ => {
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                    }
+                }
+            }
+            progress(n as u64);
+        }
+        Ok(())
+    }
+
+    /// STOW-RS: store DICOM instances into a dataset; the hub's DICOM JSON answer.
+    pub async fn stow(&self, dataset: &str, instances: &[Vec<u8>]) -> Result<(StatusCode, Value), ClientError> {
+        let boundary = format!("medfed-{}", uuid::Uuid::new_v4().simple());
+        let mut body = Vec::new();
+        for i in instances {
+            body.extend_from_slice(format!("--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes());
+            body.extend_from_slice(i);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        let rb = self
+            .request(reqwest::Method::POST, &format!("/api/v1/dicomweb/studies?dataset={dataset}"))
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                format!("multipart/related; type=\"application/dicom\"; boundary={boundary}"),
+            )
+            .body(body);
+        self.send(rb).await
+    }
+}
+
+fn read_full(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Size and SHA-256 (hex) of a file.
+pub fn hash_file(path: &Path) -> Result<(u64, String), ClientError> {
+    let mut f = std::fs::File::open(path).map_err(io(path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(io(path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((size, hex::encode(h.finalize())))
+}

@@ -1,0 +1,12 @@
+//! End-to-end tests of the hub: the router in-process for the authorisation matrix and the
+//! catalogue behaviour, real HTTPS servers on 127.0.0.1 for TLS, limits and OIDC, a real S3
+//! server when one can be started. Every test runs on SQLite, and on PostgreSQL as well when
+//! `MEDFED_TEST_DATABASE_URL` is set.
+
+mod dicomweb;
+mod matrix;
+mod oidc;
+mod s3;
+mod storage;
+mod support;
+mod transport;
