@@ -339,18 +339,23 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
 /// once). Refused when an administrator exists already.
 pub async fn bootstrap(config: &HubConfig, subject: &str, organisation: Option<&str>) -> Result<(String, String), HubError> {
     let hub = Hub::open(config.clone()).await?;
-    if hub.catalogue.count_platform_admins().await? > 0 {
-        return Err(HubError::Invalid(
-            "a platform administrator exists already; bootstrap runs once".into(),
-        ));
-    }
     if let Some(org) = organisation {
         if !hub.catalogue.organisation_exists(org).await? {
             hub.catalogue.create_organisation(org, org).await?;
         }
     }
+    bootstrap_on(&hub, subject, organisation).await
+}
+
+/// [`bootstrap`] on an open hub.
+pub async fn bootstrap_on(hub: &Hub, subject: &str, organisation: Option<&str>) -> Result<(String, String), HubError> {
+    if hub.catalogue.count_platform_admins().await? > 0 {
+        return Err(HubError::Invalid(
+            "a platform administrator exists already; bootstrap runs once".into(),
+        ));
+    }
     let user = hub.catalogue.create_user(subject, organisation, true).await?;
-    let token = issue_token(&hub, &user.id, 90).await?;
+    let token = issue_token(hub, &user.id, 90).await?;
     hub.audit.append(Event {
         actor: "hub-cli".into(),
         on_behalf_of: None,

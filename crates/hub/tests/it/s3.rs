@@ -1,1 +1,1 @@
-//! placeholder
+//! S3 (below)
