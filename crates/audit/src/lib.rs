@@ -27,6 +27,8 @@ pub enum AuditError {
     },
     #[error("{0}")]
     Key(String),
+    #[error("{0}: the audit log is open in another process (is the hub running?)")]
+    InUse(PathBuf),
     #[error("{path}: the log does not verify, so nothing more is appended: {problem}")]
     Broken { path: PathBuf, problem: Problem },
 }
@@ -172,6 +174,8 @@ impl AuditLog {
             .append(true)
             .open(path)
             .map_err(io)?;
+        // One writer per log: a second process appending would fork the chain.
+        file.try_lock().map_err(|_| AuditError::InUse(path.to_path_buf()))?;
         Ok(AuditLog {
             path: path.to_path_buf(),
             key,

@@ -125,6 +125,10 @@ impl Hub {
         let uploads = Uploads::open(&config.uploads_dir())?;
         let keys = MasterKeys::load(&config.keys_dir())?;
         let audit_key = medfed_audit::load_or_create_key(&config.keys_dir().join("audit.key"))?;
+        // The verifying key, for `medfed audit verify --public-key <keys>/audit.pub`.
+        let pub_file = config.keys_dir().join("audit.pub");
+        std::fs::write(&pub_file, medfed_audit::public_key_hex(&audit_key))
+            .map_err(|e| HubError::io(&pub_file, e))?;
         let audit = AuditLog::open(&config.audit_log(), audit_key, config.audit.checkpoint_every)?;
         let oidc = config
             .oidc
