@@ -259,6 +259,10 @@ impl AuditLog {
         Ok(())
     }
 
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.key.verifying_key()
+    }
+
     /// Records appended so far.
     pub fn len(&self) -> u64 {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).seq

@@ -161,6 +161,11 @@ impl Hub {
         }
     }
 
+    /// The key that verifies this hub's audit log.
+    pub fn audit_public_key(&self) -> ed25519_dalek::VerifyingKey {
+        self.audit.verifying_key()
+    }
+
     /// Append a record that the hub itself (not a request) produced.
     pub fn audit_system(&self, action: &str, resource: &str, outcome: &str) -> Result<(), HubError> {
         self.audit.append(Event {
