@@ -77,8 +77,10 @@ CREATE TABLE instances (
     instance_number TEXT NOT NULL,
     PRIMARY KEY (dataset, sop_uid)
 );
-CREATE INDEX instances_study ON instances (study_uid);
-CREATE INDEX instances_series ON instances (series_uid);
+-- QIDO groups and orders by these, so a page reads only its own rows in index order.
+CREATE INDEX instances_study ON instances (study_uid, dataset);
+CREATE INDEX instances_series ON instances (series_uid, dataset);
+CREATE INDEX instances_sop ON instances (sop_uid, dataset);
 CREATE TABLE uploads (
     id TEXT PRIMARY KEY,
     dataset TEXT NOT NULL REFERENCES datasets(id),

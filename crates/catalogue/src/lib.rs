@@ -865,20 +865,22 @@ impl Catalogue {
         let (select, group) = match level {
             Level::Study => (
                 "i.dataset, i.study_uid, MIN(i.patient_id) AS patient_id, MIN(i.patient_name) AS patient_name, MIN(i.study_date) AS study_date, MIN(i.modality) AS modality, COUNT(*) AS n",
-                "GROUP BY i.dataset, i.study_uid ORDER BY i.study_uid, i.dataset",
+                "GROUP BY i.study_uid, i.dataset ORDER BY i.study_uid, i.dataset",
             ),
             Level::Series => (
                 "i.dataset, i.study_uid, i.series_uid, MIN(i.patient_id) AS patient_id, MIN(i.patient_name) AS patient_name, MIN(i.study_date) AS study_date, MIN(i.modality) AS modality, MIN(i.series_number) AS series_number, COUNT(*) AS n",
-                "GROUP BY i.dataset, i.study_uid, i.series_uid ORDER BY i.series_uid, i.dataset",
+                "GROUP BY i.series_uid, i.dataset, i.study_uid ORDER BY i.series_uid, i.dataset",
             ),
             Level::Instance => (
                 "i.dataset, i.study_uid, i.series_uid, i.sop_uid, i.sop_class_uid, i.object, i.patient_id, i.patient_name, i.study_date, i.modality, i.series_number, i.instance_number, 1 AS n",
                 "ORDER BY i.sop_uid, i.dataset",
             ),
         };
+        // CROSS JOIN keeps instances as the outer loop in SQLite (PostgreSQL plans it as an
+        // inner join), so a page walks the (uid, dataset) index in order and stops at its limit.
         let sql = format!(
-            "SELECT {select} FROM instances i JOIN datasets d ON d.id = i.dataset \
-             WHERE EXISTS (SELECT 1 FROM grants g WHERE g.study = d.study AND g.user_id = $1) \
+            "SELECT {select} FROM instances i CROSS JOIN datasets d \
+             WHERE d.id = i.dataset AND d.study IN (SELECT g.study FROM grants g WHERE g.user_id = $1) \
              AND ($2 = '' OR i.study_uid = $2) AND ($3 = '' OR i.series_uid = $3) AND ($4 = '' OR i.sop_uid = $4) \
              AND ($5 = '' OR i.patient_id LIKE $5 ESCAPE '\\') AND ($6 = '' OR i.patient_name LIKE $6 ESCAPE '\\') \
              AND ($7 = '' OR i.modality = $7) AND ($8 = '' OR i.study_date >= $8) AND ($9 = '' OR i.study_date <= $9) \

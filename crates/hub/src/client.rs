@@ -1,7 +1,7 @@
 //! A client of the hub's API over HTTPS (the CLI, the demo, site nodes, tests and the
 //! benchmark use it): JSON calls, chunked resumable uploads with retries, STOW-RS.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
@@ -132,47 +132,63 @@ impl HubClient {
         self.call(reqwest::Method::POST, &format!("/api/v1/uploads/{upload}/complete"), None).await
     }
 
-    /// Send the chunks the hub does not have yet.
+    /// Send the chunks the hub does not have yet, [`IN_FLIGHT`] at a time (so reading, hashing,
+    /// the network and the hub's fsync of each chunk overlap).
     pub async fn send_missing_chunks(&self, upload: &str, path: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<(), ClientError> {
+        use futures_util::StreamExt;
         let state = self.call(reqwest::Method::GET, &format!("/api/v1/uploads/{upload}"), None).await?;
         let chunk = state["chunk_size"].as_u64().unwrap_or(CHUNK);
         let missing: Vec<u64> = state["missing"].as_array().map(|a| a.iter().filter_map(|v| v.as_u64()).collect()).unwrap_or_default();
-        let mut f = std::fs::File::open(path).map_err(io(path))?;
-        let mut buf = vec![0u8; chunk as usize];
-        for i in missing {
-            f.seek(SeekFrom::Start(i * chunk)).map_err(io(path))?;
-            let n = read_full(&mut f, &mut buf).map_err(io(path))?;
-            let body = bytes::Bytes::copy_from_slice(&buf[..n]);
-            let sha = hex::encode(Sha256::digest(&body));
-            let mut attempt = 0;
-            loop {
-                let rb = self
-                    .request(reqwest::Method::PUT, &format!("/api/v1/uploads/{upload}/chunks/{i}"))
-                    .header(crate::api::CHUNK_SHA256_HEADER, &sha)
-                    .body(body.clone());
-                match self.send(rb).await {
-                    Ok((s, _)) if s.is_success() => break,
-                    Ok((s, v)) if s.is_client_error() => {
-                        return Err(ClientError::Status {
-                            status: s,
-                            detail: v.get("detail").and_then(|d| d.as_str()).unwrap_or("").to_string(),
-                        });
-                    }
-                    r if attempt >= 5 => {
-                        return match r {
-                            Err(e) => Err(e),
-                            Ok((status, _)) => Err(ClientError::Status { status, detail: "chunk refused".into() }),
-                        };
-                    }
-                    _ => {
-                        attempt += 1;
-                        tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-                    }
+        let file = std::sync::Arc::new(std::fs::File::open(path).map_err(io(path))?);
+        let mut sends = futures_util::stream::iter(missing)
+            .map(|i| {
+                let file = file.clone();
+                async move {
+                    let body = tokio::task::spawn_blocking(move || read_chunk(&file, i * chunk, chunk as usize))
+                        .await
+                        .map_err(|e| std::io::Error::other(e.to_string()))
+                        .and_then(|r| r)
+                        .map_err(io(path))?;
+                    let n = body.len() as u64;
+                    self.send_chunk(upload, i, body).await.map(|()| n)
                 }
-            }
-            progress(n as u64);
+            })
+            .buffer_unordered(IN_FLIGHT);
+        while let Some(r) = sends.next().await {
+            progress(r?);
         }
         Ok(())
+    }
+
+    /// One chunk, retried with backoff on network errors and server errors (not on refusals).
+    async fn send_chunk(&self, upload: &str, index: u64, body: bytes::Bytes) -> Result<(), ClientError> {
+        let sha = hex::encode(Sha256::digest(&body));
+        let mut attempt = 0;
+        loop {
+            let rb = self
+                .request(reqwest::Method::PUT, &format!("/api/v1/uploads/{upload}/chunks/{index}"))
+                .header(crate::api::CHUNK_SHA256_HEADER, &sha)
+                .body(body.clone());
+            match self.send(rb).await {
+                Ok((s, _)) if s.is_success() => return Ok(()),
+                Ok((s, v)) if s.is_client_error() => {
+                    return Err(ClientError::Status {
+                        status: s,
+                        detail: v.get("detail").and_then(|d| d.as_str()).unwrap_or("").to_string(),
+                    });
+                }
+                r if attempt >= 5 => {
+                    return match r {
+                        Err(e) => Err(e),
+                        Ok((status, _)) => Err(ClientError::Status { status, detail: "chunk refused".into() }),
+                    };
+                }
+                _ => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+            }
+        }
     }
 
     /// STOW-RS: store DICOM instances into a dataset; the hub's DICOM JSON answer.
@@ -196,15 +212,22 @@ impl HubClient {
     }
 }
 
-fn read_full(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+/// Chunks sent concurrently by one upload.
+pub const IN_FLIGHT: usize = 4;
+
+/// Up to `len` bytes of `file` from `offset`.
+fn read_chunk(file: &std::fs::File, offset: u64, len: usize) -> std::io::Result<bytes::Bytes> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len];
     let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..])? {
+    while n < len {
+        match file.read_at(&mut buf[n..], offset + n as u64)? {
             0 => break,
             k => n += k,
         }
     }
-    Ok(n)
+    buf.truncate(n);
+    Ok(bytes::Bytes::from(buf))
 }
 
 /// Size and SHA-256 (hex) of a file.
