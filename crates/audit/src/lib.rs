@@ -175,7 +175,8 @@ impl AuditLog {
             .open(path)
             .map_err(io)?;
         // One writer per log: a second process appending would fork the chain.
-        file.try_lock().map_err(|_| AuditError::InUse(path.to_path_buf()))?;
+        file.try_lock()
+            .map_err(|_| AuditError::InUse(path.to_path_buf()))?;
         Ok(AuditLog {
             path: path.to_path_buf(),
             key,

@@ -269,7 +269,10 @@ fn exists_or(what: String) -> impl FnOnce(sqlx::Error) -> CatalogueError {
 
 /// `x LIKE pattern` for a QIDO value with an optional trailing `*`.
 fn like_pattern(v: &str) -> String {
-    let escaped = v.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+    let escaped = v
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
     match escaped.strip_suffix('*') {
         Some(prefix) => format!("{prefix}%"),
         None => escaped,
@@ -451,10 +454,11 @@ impl Catalogue {
 
     /// The user as the policy module sees them: organisation, admin flag and study roles.
     pub async fn principal(&self, user: &User) -> Result<Principal> {
-        let rows = sqlx::query("SELECT study, role FROM grants WHERE user_id = $1 ORDER BY study, role")
-            .bind(&user.id)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT study, role FROM grants WHERE user_id = $1 ORDER BY study, role")
+                .bind(&user.id)
+                .fetch_all(&self.pool)
+                .await?;
         let mut grants = Vec::with_capacity(rows.len());
         for r in &rows {
             let role: String = r.try_get("role")?;
@@ -524,7 +528,12 @@ impl Catalogue {
 
     // ---- studies and grants ----
 
-    pub async fn create_study(&self, id: &str, title: &str, organisations: &[String]) -> Result<()> {
+    pub async fn create_study(
+        &self,
+        id: &str,
+        title: &str,
+        organisations: &[String],
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("INSERT INTO studies (id, title, created_ms) VALUES ($1, $2, $3)")
             .bind(id)
@@ -622,7 +631,12 @@ impl Catalogue {
 
     // ---- datasets ----
 
-    pub async fn create_dataset(&self, d: &Dataset, key: &WrappedDataKey, created_by: &str) -> Result<()> {
+    pub async fn create_dataset(
+        &self,
+        d: &Dataset,
+        key: &WrappedDataKey,
+        created_by: &str,
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO datasets (id, pid, study, owner_organisation, title, licence, provenance, retention_until_ms, legal_hold, wrapped_key, master_version, created_by, created_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
@@ -716,7 +730,10 @@ impl Catalogue {
         .bind(user_id)
         .bind(study.unwrap_or(""))
         .bind(text.unwrap_or(""))
-        .bind(format!("%{}%", like_pattern(&text.unwrap_or("").to_lowercase())))
+        .bind(format!(
+            "%{}%",
+            like_pattern(&text.unwrap_or("").to_lowercase())
+        ))
         .bind(page.limit)
         .bind(page.offset)
         .fetch_all(&self.pool)
@@ -769,7 +786,11 @@ impl Catalogue {
     // ---- objects and the DICOM index ----
 
     /// Make an object visible: its row and, for DICOM, its index row, in one transaction.
-    pub async fn add_object(&self, o: &ObjectEntry, instance: Option<&InstanceEntry>) -> Result<()> {
+    pub async fn add_object(
+        &self,
+        o: &ObjectEntry,
+        instance: Option<&InstanceEntry>,
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO objects (dataset, id, name, media_type, size, sha256, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -831,10 +852,12 @@ impl Catalogue {
     }
 
     pub async fn object_ids(&self, dataset: &str) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT id FROM objects WHERE dataset = $1")
-            .bind(dataset)
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT id FROM objects WHERE dataset = $1")
+                .bind(dataset)
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     pub async fn delete_object(&self, dataset: &str, id: &str) -> Result<()> {
@@ -904,7 +927,8 @@ impl Catalogue {
             .fetch_all(&self.pool)
             .await?;
         let opt = |r: &AnyRow, c: &str| -> Option<String> {
-            (level != Level::Study && (level == Level::Instance || c == "series_uid" || c == "series_number"))
+            (level != Level::Study
+                && (level == Level::Instance || c == "series_uid" || c == "series_number"))
                 .then(|| r.try_get::<String, _>(c).ok())
                 .flatten()
         };

@@ -126,13 +126,25 @@ async fn main() -> Res<()> {
     let plain = loopback_copy(&payload, &dir.join("plain-copy.bin")).await?;
     std::fs::remove_file(dir.join("plain-copy.bin"))?;
     let t = Instant::now();
-    opc.upload_file(&ds, &payload, "application/octet-stream", None, &|_| {}).await?;
+    opc.upload_file(&ds, &payload, "application/octet-stream", None, &|_| {})
+        .await?;
     let through_hub = t.elapsed();
     let mb = bytes as f64 / 1e6;
     println!("upload of {:.0} MB:", mb);
-    println!("  plain loopback TCP copy into a file: {:.2} s ({:.0} MB/s)", plain.as_secs_f64(), mb / plain.as_secs_f64());
-    println!("  through the hub (HTTPS, chunked, SHA-256, AES-256-GCM, fsync): {:.2} s ({:.0} MB/s)", through_hub.as_secs_f64(), mb / through_hub.as_secs_f64());
-    println!("  ratio hub / plain throughput: {:.2}", plain.as_secs_f64() / through_hub.as_secs_f64());
+    println!(
+        "  plain loopback TCP copy into a file: {:.2} s ({:.0} MB/s)",
+        plain.as_secs_f64(),
+        mb / plain.as_secs_f64()
+    );
+    println!(
+        "  through the hub (HTTPS, chunked, SHA-256, AES-256-GCM, fsync): {:.2} s ({:.0} MB/s)",
+        through_hub.as_secs_f64(),
+        mb / through_hub.as_secs_f64()
+    );
+    println!(
+        "  ratio hub / plain throughput: {:.2}",
+        plain.as_secs_f64() / through_hub.as_secs_f64()
+    );
     std::fs::remove_file(&payload)?;
 
     // 2. Query latency. A catalogue of 200 datasets and 20,000 indexed instances.
@@ -154,7 +166,15 @@ async fn main() -> Res<()> {
         cat.create_dataset(&dataset, &w, &op.id).await?;
         for i in 0..100 {
             let object = format!("{d:04}{i:04}");
-            let o = ObjectEntry { dataset: id.clone(), id: object.clone(), name: "x.dcm".into(), media_type: "application/dicom".into(), size: 1, sha256: String::new(), created_ms: now_ms() };
+            let o = ObjectEntry {
+                dataset: id.clone(),
+                id: object.clone(),
+                name: "x.dcm".into(),
+                media_type: "application/dicom".into(),
+                size: 1,
+                sha256: String::new(),
+                created_ms: now_ms(),
+            };
             let inst = InstanceEntry {
                 dataset: id.clone(),
                 object,
@@ -174,19 +194,24 @@ async fn main() -> Res<()> {
     }
     let mut tokens = Vec::new();
     for r in 0..20 {
-        let u = cat.create_user(&format!("local:researcher-{r}"), Some("org1"), false).await?;
+        let u = cat
+            .create_user(&format!("local:researcher-{r}"), Some("org1"), false)
+            .await?;
         cat.grant(&u.id, "bench", StudyRole::Researcher).await?;
         tokens.push(medfed_hub::issue_token(&hub, &u.id, 1).await?);
     }
     let mut handles = Vec::new();
     let start = std::sync::Arc::new(tokio::sync::Barrier::new(clients + 1));
     for c in 0..clients {
-        let client = HubClient::new(&base, running.ca_pem.as_deref())?.with_token(&tokens[c % tokens.len()]);
+        let client =
+            HubClient::new(&base, running.ca_pem.as_deref())?.with_token(&tokens[c % tokens.len()]);
         let start = start.clone();
         let only = std::env::var("HUB_BENCH_PATH").ok();
         handles.push(tokio::spawn(async move {
             // Connect (TLS handshake) before the clock starts.
-            let _ = client.call(reqwest::Method::GET, "/api/v1/health", None).await;
+            let _ = client
+                .call(reqwest::Method::GET, "/api/v1/health", None)
+                .await;
             start.wait().await;
             let mut lat = Vec::with_capacity(per_client);
             let mut errors = 0usize;
@@ -216,7 +241,9 @@ async fn main() -> Res<()> {
     }
     let wall = t.elapsed();
     all.sort();
-    println!("catalogue queries: {clients} concurrent clients x {per_client} (dataset search and QIDO-RS studies, 50 per page; 200 datasets, 20,000 instances):");
+    println!(
+        "catalogue queries: {clients} concurrent clients x {per_client} (dataset search and QIDO-RS studies, 50 per page; 200 datasets, 20,000 instances):"
+    );
     println!(
         "  {} ok, {errors} failed in {:.2} s ({:.0} requests/s); latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         all.len(),

@@ -10,7 +10,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Query, Request, State};
+use axum::extract::{
+    DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Query, Request, State,
+};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -18,7 +20,9 @@ use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
 use medfed_audit::Event;
-use medfed_catalogue::{CatalogueError, Dataset, ObjectEntry, Page, Provenance, UploadEntry, User, now_ms};
+use medfed_catalogue::{
+    CatalogueError, Dataset, ObjectEntry, Page, Provenance, UploadEntry, User, now_ms,
+};
 use medfed_policy::{Action, Decision, Principal, Resource, StudyRole, decide};
 use medfed_store::{Id, ObjectKey, StoreError, UploadPlan};
 use serde::de::DeserializeOwned;
@@ -54,7 +58,10 @@ impl ApiError {
     }
 
     fn unauthorized() -> ApiError {
-        ApiError::new(StatusCode::UNAUTHORIZED, "authentication required or credentials refused")
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication required or credentials refused",
+        )
     }
 
     fn invalid(detail: impl Into<String>) -> ApiError {
@@ -76,7 +83,8 @@ impl IntoResponse for ApiError {
             HeaderValue::from_static("application/problem+json"),
         );
         if let Some(s) = self.retry_after {
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         if self.status == StatusCode::UNAUTHORIZED {
             r.headers_mut()
@@ -158,12 +166,16 @@ impl AuditNote {
 pub fn safe_token(s: &str) -> &str {
     let id_like = !s.is_empty()
         && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
     if id_like { s } else { "invalid" }
 }
 
 async fn record_route(req: Request, next: Next) -> Response {
-    if let (Some(note), Some(m)) = (req.extensions().get::<AuditNote>(), req.extensions().get::<MatchedPath>()) {
+    if let (Some(note), Some(m)) = (
+        req.extensions().get::<AuditNote>(),
+        req.extensions().get::<MatchedPath>(),
+    ) {
         let route = m.as_str().to_string();
         note.with(|n| n.route = Some(route));
     }
@@ -247,7 +259,9 @@ impl FailureLimiter {
             let window = self.window;
             seen.retain(|_, q| q.back().is_some_and(|t| t.elapsed() < window));
         }
-        seen.entry(key.to_string()).or_default().push_back(Instant::now());
+        seen.entry(key.to_string())
+            .or_default()
+            .push_back(Instant::now());
     }
 }
 
@@ -276,7 +290,12 @@ fn claimed_identity(token: &str) -> String {
     } else {
         jsonwebtoken::dangerous::insecure_decode::<Value>(token)
             .ok()
-            .and_then(|d| d.claims.get("sub").and_then(|s| s.as_str()).map(|s| format!("sub:{s}")))
+            .and_then(|d| {
+                d.claims
+                    .get("sub")
+                    .and_then(|s| s.as_str())
+                    .map(|s| format!("sub:{s}"))
+            })
             .unwrap_or_else(|| "malformed".into())
     };
     hex::encode(&sha2::Sha256::digest(claim.as_bytes())[..8])
@@ -300,10 +319,17 @@ async fn authenticate(hub: &Arc<Hub>, token: &str) -> Result<(User, Option<Strin
         };
         let ident = medfed_auth::ApiTokens::verify(token, &st, (now_ms() / 1000) as u64)
             .map_err(|e| e.to_string())?;
-        let user = hub.catalogue.user(&ident.subject).await.map_err(|e| e.to_string())?;
+        let user = hub
+            .catalogue
+            .user(&ident.subject)
+            .await
+            .map_err(|e| e.to_string())?;
         return Ok((user, Some(format!("token:{}", stored.id))));
     }
-    let oidc = hub.oidc.clone().ok_or("OIDC is not configured on this hub")?;
+    let oidc = hub
+        .oidc
+        .clone()
+        .ok_or("OIDC is not configured on this hub")?;
     let token = token.to_string();
     let ident = tokio::task::spawn_blocking(move || oidc.validate(&token))
         .await
@@ -322,7 +348,11 @@ impl FromRequestParts<Arc<Hub>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, hub: &Arc<Hub>) -> Result<Self, ApiError> {
-        let note = parts.extensions.get::<AuditNote>().cloned().unwrap_or_default();
+        let note = parts
+            .extensions
+            .get::<AuditNote>()
+            .cloned()
+            .unwrap_or_default();
         let Some(token) = bearer(&parts.headers) else {
             return Err(ApiError::unauthorized());
         };
@@ -335,7 +365,10 @@ impl FromRequestParts<Arc<Hub>> for Caller {
         let key = format!("{peer}|{claimed}");
         if let Some(wait) = hub.failures.blocked(&key) {
             note.with(|n| n.actor = Some(format!("unauthenticated:{claimed}")));
-            let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too many failed authentications");
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many failed authentications",
+            );
             e.retry_after = Some(wait);
             return Err(e);
         }
@@ -346,7 +379,11 @@ impl FromRequestParts<Arc<Hub>> for Caller {
                     n.actor = Some(via.clone().unwrap_or_else(|| format!("user:{}", user.id)));
                     n.on_behalf_of = via.map(|_| format!("user:{}", user.id));
                 });
-                Ok(Caller { user, principal, note })
+                Ok(Caller {
+                    user,
+                    principal,
+                    note,
+                })
             }
             Err(why) => {
                 hub.failures.record(&key);
@@ -400,13 +437,19 @@ impl<T: DeserializeOwned> FromRequest<Arc<Hub>> for JsonBody<T> {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/json"));
         if !is_json {
-            return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "expected application/json"));
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "expected application/json",
+            ));
         }
         let bytes = Bytes::from_request(req, hub)
             .await
             .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
         if !json_depth_within(&bytes, hub.config.limits.max_json_depth) {
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, "JSON nested too deeply"));
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "JSON nested too deeply",
+            ));
         }
         serde_json::from_slice(&bytes)
             .map(JsonBody)
@@ -427,10 +470,12 @@ impl PageQuery {
         let num = |v: &Option<String>, what: &str| -> ApiResult<Option<i64>> {
             v.as_deref()
                 .map(|s| {
-                    s.parse::<i64>()
-                        .ok()
-                        .filter(|n| *n >= 0)
-                        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, format!("{what} must be a non-negative integer")))
+                    s.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                        ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            format!("{what} must be a non-negative integer"),
+                        )
+                    })
                 })
                 .transpose()
         };
@@ -475,22 +520,40 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/api/v1/me", get(me))
         .route("/api/v1/tokens", post(create_token))
         .route("/api/v1/tokens/{token}", delete(revoke_token))
-        .route("/api/v1/organisations", get(list_organisations).post(create_organisation))
+        .route(
+            "/api/v1/organisations",
+            get(list_organisations).post(create_organisation),
+        )
         .route("/api/v1/users", get(list_users).post(create_user))
         .route("/api/v1/admin/studies", get(admin_list_studies))
         .route("/api/v1/studies", get(list_studies).post(create_study))
         .route("/api/v1/studies/{study}", get(get_study))
         .route("/api/v1/studies/{study}/grants", post(grant_role))
-        .route("/api/v1/studies/{study}/grants/{user}/{role}", delete(revoke_role))
-        .route("/api/v1/studies/{study}/datasets", get(list_study_datasets).post(create_dataset))
+        .route(
+            "/api/v1/studies/{study}/grants/{user}/{role}",
+            delete(revoke_role),
+        )
+        .route(
+            "/api/v1/studies/{study}/datasets",
+            get(list_study_datasets).post(create_dataset),
+        )
         .route("/api/v1/studies/{study}/audit", get(study_audit))
         .route("/api/v1/datasets", get(search_datasets))
-        .route("/api/v1/datasets/{dataset}", get(get_dataset).delete(delete_dataset))
+        .route(
+            "/api/v1/datasets/{dataset}",
+            get(get_dataset).delete(delete_dataset),
+        )
         .route("/api/v1/datasets/{dataset}/legal-hold", put(set_legal_hold))
         .route("/api/v1/datasets/{dataset}/objects", get(list_objects))
-        .route("/api/v1/datasets/{dataset}/objects/{object}", get(read_object))
+        .route(
+            "/api/v1/datasets/{dataset}/objects/{object}",
+            get(read_object),
+        )
         .route("/api/v1/datasets/{dataset}/uploads", post(start_upload))
-        .route("/api/v1/uploads/{upload}", get(upload_status).delete(abort_upload))
+        .route(
+            "/api/v1/uploads/{upload}",
+            get(upload_status).delete(abort_upload),
+        )
         .route(
             "/api/v1/uploads/{upload}/chunks/{index}",
             put(put_chunk).layer(DefaultBodyLimit::max(l.max_chunk_bytes)),
@@ -531,19 +594,36 @@ fn default_token_days() -> u64 {
 
 /// A token for the caller themself: nobody can mint a token for someone else (an
 /// administrator could otherwise act as a researcher).
-async fn create_token(State(hub): State<Arc<Hub>>, c: Caller, JsonBody(b): JsonBody<NewToken>) -> ApiResult<impl IntoResponse> {
+async fn create_token(
+    State(hub): State<Arc<Hub>>,
+    c: Caller,
+    JsonBody(b): JsonBody<NewToken>,
+) -> ApiResult<impl IntoResponse> {
     if b.days == 0 || b.days > 365 {
         return Err(ApiError::invalid("days must be between 1 and 365"));
     }
     c.note.resource(format!("user/{}", c.user.id));
     let token = crate::issue_token(&hub, &c.user.id, b.days).await?;
-    let id = medfed_auth::ApiTokens::id_of(&token).unwrap_or_default().to_string();
-    Ok((StatusCode::CREATED, Json(json!({"id": id, "token": token, "note": "shown once; store it now"}))))
+    let id = medfed_auth::ApiTokens::id_of(&token)
+        .unwrap_or_default()
+        .to_string();
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": id, "token": token, "note": "shown once; store it now"})),
+    ))
 }
 
-async fn revoke_token(State(hub): State<Arc<Hub>>, c: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
+async fn revoke_token(
+    State(hub): State<Arc<Hub>>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     c.note.resource(format!("token/{}", safe_token(&id)));
-    let t = hub.catalogue.token(&id).await?.ok_or_else(ApiError::not_found)?;
+    let t = hub
+        .catalogue
+        .token(&id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
     if t.user_id != c.user.id && !c.principal.platform_admin {
         return Err(ApiError::not_found());
     }
@@ -558,18 +638,39 @@ struct NewOrganisation {
     name: String,
 }
 
-async fn create_organisation(State(hub): State<Arc<Hub>>, c: Caller, JsonBody(b): JsonBody<NewOrganisation>) -> ApiResult<impl IntoResponse> {
-    require(&c.principal, Action::AdministerPlatform, &Resource::Platform)?;
+async fn create_organisation(
+    State(hub): State<Arc<Hub>>,
+    c: Caller,
+    JsonBody(b): JsonBody<NewOrganisation>,
+) -> ApiResult<impl IntoResponse> {
+    require(
+        &c.principal,
+        Action::AdministerPlatform,
+        &Resource::Platform,
+    )?;
     let id = Id::parse("organisation", &b.id).map_err(|e| ApiError::invalid(e.to_string()))?;
     c.note.resource(format!("organisation/{}", id.as_str()));
-    hub.catalogue.create_organisation(id.as_str(), &b.name).await?;
+    hub.catalogue
+        .create_organisation(id.as_str(), &b.name)
+        .await?;
     Ok((StatusCode::CREATED, Json(json!({"id": id.as_str()}))))
 }
 
-async fn list_organisations(State(hub): State<Arc<Hub>>, c: Caller, Query(p): Query<PageQuery>) -> ApiResult<Json<Value>> {
-    require(&c.principal, Action::AdministerPlatform, &Resource::Platform)?;
+async fn list_organisations(
+    State(hub): State<Arc<Hub>>,
+    c: Caller,
+    Query(p): Query<PageQuery>,
+) -> ApiResult<Json<Value>> {
+    require(
+        &c.principal,
+        Action::AdministerPlatform,
+        &Resource::Platform,
+    )?;
     let page = p.page(&hub.config.limits)?;
-    Ok(paged(hub.catalogue.list_organisations(peek(page)).await?, page))
+    Ok(paged(
+        hub.catalogue.list_organisations(peek(page)).await?,
+        page,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -581,15 +682,23 @@ struct NewUser {
     platform_admin: bool,
 }
 
-async fn create_user(State(hub): State<Arc<Hub>>, c: Caller, JsonBody(b): JsonBody<NewUser>) -> ApiResult<impl IntoResponse> {
-    require(&c.principal, Action::AdministerPlatform, &Resource::Platform)?;
+async fn create_user(
+    State(hub): State<Arc<Hub>>,
+    c: Caller,
+    JsonBody(b): JsonBody<NewUser>,
+) -> ApiResult<impl IntoResponse> {
+    require(
+        &c.principal,
+        Action::AdministerPlatform,
+        &Resource::Platform,
+    )?;
     if b.subject.is_empty() || b.subject.len() > 256 {
         return Err(ApiError::invalid("subject must be 1-256 characters"));
     }
-    if let Some(o) = &b.organisation {
-        if !hub.catalogue.organisation_exists(o).await? {
-            return Err(ApiError::invalid("unknown organisation"));
-        }
+    if let Some(o) = &b.organisation
+        && !hub.catalogue.organisation_exists(o).await?
+    {
+        return Err(ApiError::invalid("unknown organisation"));
     }
     let u = hub
         .catalogue
@@ -599,8 +708,16 @@ async fn create_user(State(hub): State<Arc<Hub>>, c: Caller, JsonBody(b): JsonBo
     Ok((StatusCode::CREATED, Json(json!(u))))
 }
 
-async fn list_users(State(hub): State<Arc<Hub>>, c: Caller, Query(p): Query<PageQuery>) -> ApiResult<Json<Value>> {
-    require(&c.principal, Action::AdministerPlatform, &Resource::Platform)?;
+async fn list_users(
+    State(hub): State<Arc<Hub>>,
+    c: Caller,
+    Query(p): Query<PageQuery>,
+) -> ApiResult<Json<Value>> {
+    require(
+        &c.principal,
+        Action::AdministerPlatform,
+        &Resource::Platform,
+    )?;
     let page = p.page(&hub.config.limits)?;
     Ok(paged(hub.catalogue.list_users(peek(page)).await?, page))
 }
@@ -617,7 +734,11 @@ struct NewStudy {
     coordinator: String,
 }
 
-async fn create_study(State(hub): State<Arc<Hub>>, c: Caller, JsonBody(b): JsonBody<NewStudy>) -> ApiResult<impl IntoResponse> {
+async fn create_study(
+    State(hub): State<Arc<Hub>>,
+    c: Caller,
+    JsonBody(b): JsonBody<NewStudy>,
+) -> ApiResult<impl IntoResponse> {
     require(&c.principal, Action::CreateStudy, &Resource::Platform)?;
     let id = Id::parse("study", &b.id).map_err(|e| ApiError::invalid(e.to_string()))?;
     c.note.resource(format!("study/{}", id.as_str()));
@@ -631,7 +752,9 @@ async fn create_study(State(hub): State<Arc<Hub>>, c: Caller, JsonBody(b): JsonB
         .user(&b.coordinator)
         .await
         .map_err(|_| ApiError::invalid("unknown coordinator"))?;
-    hub.catalogue.create_study(id.as_str(), &b.title, &b.organisations).await?;
+    hub.catalogue
+        .create_study(id.as_str(), &b.title, &b.organisations)
+        .await?;
     hub.catalogue
         .grant(&coordinator.id, id.as_str(), StudyRole::StudyCoordinator)
         .await?;
@@ -639,34 +762,71 @@ async fn create_study(State(hub): State<Arc<Hub>>, c: Caller, JsonBody(b): JsonB
 }
 
 /// Studies the caller has a role in.
-async fn list_studies(State(hub): State<Arc<Hub>>, c: Caller, Query(p): Query<PageQuery>) -> ApiResult<Json<Value>> {
+async fn list_studies(
+    State(hub): State<Arc<Hub>>,
+    c: Caller,
+    Query(p): Query<PageQuery>,
+) -> ApiResult<Json<Value>> {
     let page = p.page(&hub.config.limits)?;
     let studies: Vec<_> = hub
         .catalogue
         .list_studies(Some(&c.user.id), peek(page))
         .await?
         .into_iter()
-        .filter(|s| decide(&c.principal, Action::ReadStudy, &Resource::Study { study: s.id.clone() }) == Decision::Allow)
+        .filter(|s| {
+            decide(
+                &c.principal,
+                Action::ReadStudy,
+                &Resource::Study {
+                    study: s.id.clone(),
+                },
+            ) == Decision::Allow
+        })
         .collect();
     Ok(paged(studies, page))
 }
 
 /// Platform administration sees every study's id, title and organisations (to manage them),
 /// nothing of their data.
-async fn admin_list_studies(State(hub): State<Arc<Hub>>, c: Caller, Query(p): Query<PageQuery>) -> ApiResult<Json<Value>> {
-    require(&c.principal, Action::AdministerPlatform, &Resource::Platform)?;
+async fn admin_list_studies(
+    State(hub): State<Arc<Hub>>,
+    c: Caller,
+    Query(p): Query<PageQuery>,
+) -> ApiResult<Json<Value>> {
+    require(
+        &c.principal,
+        Action::AdministerPlatform,
+        &Resource::Platform,
+    )?;
     let page = p.page(&hub.config.limits)?;
-    Ok(paged(hub.catalogue.list_studies(None, peek(page)).await?, page))
+    Ok(paged(
+        hub.catalogue.list_studies(None, peek(page)).await?,
+        page,
+    ))
 }
 
 async fn study_resource(c: &Caller, study: &str) -> Resource {
     c.note.resource(format!("study/{}", safe_token(study)));
-    Resource::Study { study: study.to_string() }
+    Resource::Study {
+        study: study.to_string(),
+    }
 }
 
-async fn get_study(State(hub): State<Arc<Hub>>, c: Caller, Path(study): Path<String>) -> ApiResult<Json<Value>> {
-    require(&c.principal, Action::ReadStudy, &study_resource(&c, &study).await)?;
-    let s = hub.catalogue.study(&study).await?.ok_or_else(ApiError::not_found)?;
+async fn get_study(
+    State(hub): State<Arc<Hub>>,
+    c: Caller,
+    Path(study): Path<String>,
+) -> ApiResult<Json<Value>> {
+    require(
+        &c.principal,
+        Action::ReadStudy,
+        &study_resource(&c, &study).await,
+    )?;
+    let s = hub
+        .catalogue
+        .study(&study)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
     Ok(Json(json!(s)))
 }
 
@@ -677,15 +837,35 @@ struct NewGrant {
     role: StudyRole,
 }
 
-async fn grant_role(State(hub): State<Arc<Hub>>, c: Caller, Path(study): Path<String>, JsonBody(b): JsonBody<NewGrant>) -> ApiResult<StatusCode> {
-    require(&c.principal, Action::ManageStudy, &study_resource(&c, &study).await)?;
-    hub.catalogue.user(&b.user).await.map_err(|_| ApiError::invalid("unknown user"))?;
+async fn grant_role(
+    State(hub): State<Arc<Hub>>,
+    c: Caller,
+    Path(study): Path<String>,
+    JsonBody(b): JsonBody<NewGrant>,
+) -> ApiResult<StatusCode> {
+    require(
+        &c.principal,
+        Action::ManageStudy,
+        &study_resource(&c, &study).await,
+    )?;
+    hub.catalogue
+        .user(&b.user)
+        .await
+        .map_err(|_| ApiError::invalid("unknown user"))?;
     hub.catalogue.grant(&b.user, &study, b.role).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn revoke_role(State(hub): State<Arc<Hub>>, c: Caller, Path((study, user, role)): Path<(String, String, String)>) -> ApiResult<StatusCode> {
-    require(&c.principal, Action::ManageStudy, &study_resource(&c, &study).await)?;
+async fn revoke_role(
+    State(hub): State<Arc<Hub>>,
+    c: Caller,
+    Path((study, user, role)): Path<(String, String, String)>,
+) -> ApiResult<StatusCode> {
+    require(
+        &c.principal,
+        Action::ManageStudy,
+        &study_resource(&c, &study).await,
+    )?;
     let role = medfed_catalogue::parse_role(&role).ok_or_else(ApiError::not_found)?;
     if hub.catalogue.revoke_grant(&user, &study, role).await? {
         Ok(StatusCode::NO_CONTENT)
@@ -706,12 +886,17 @@ pub fn dataset_resource(d: &Dataset) -> Resource {
 /// Load a dataset and check `action` on it; missing and hidden both answer 404.
 pub async fn dataset_for(hub: &Hub, c: &Caller, id: &str, action: Action) -> ApiResult<Dataset> {
     c.note.resource(format!("dataset/{}", safe_token(id)));
-    let d = hub.catalogue.dataset(id).await?.ok_or_else(ApiError::not_found)?;
+    let d = hub
+        .catalogue
+        .dataset(id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
     let r = dataset_resource(&d);
     if decide(&c.principal, Action::SearchDatasets, &r) == Decision::Hidden {
         return Err(ApiError::not_found());
     }
-    c.note.resource(format!("study/{}/dataset/{}", d.study, d.id));
+    c.note
+        .resource(format!("study/{}/dataset/{}", d.study, d.id));
     require(&c.principal, action, &r)?;
     Ok(d)
 }
@@ -752,16 +937,35 @@ pub fn parse_day_end_ms(s: &str) -> Option<i64> {
     Some((days_from_civil(y, m, d) + 1) * 86_400_000)
 }
 
-async fn create_dataset(State(hub): State<Arc<Hub>>, c: Caller, Path(study): Path<String>, JsonBody(b): JsonBody<NewDataset>) -> ApiResult<impl IntoResponse> {
-    require(&c.principal, Action::ReadStudy, &study_resource(&c, &study).await)?;
-    let s = hub.catalogue.study(&study).await?.ok_or_else(ApiError::not_found)?;
+async fn create_dataset(
+    State(hub): State<Arc<Hub>>,
+    c: Caller,
+    Path(study): Path<String>,
+    JsonBody(b): JsonBody<NewDataset>,
+) -> ApiResult<impl IntoResponse> {
+    require(
+        &c.principal,
+        Action::ReadStudy,
+        &study_resource(&c, &study).await,
+    )?;
+    let s = hub
+        .catalogue
+        .study(&study)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
     let Some(org) = c.user.organisation.clone() else {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "not permitted"));
     };
-    let resource = Resource::Dataset { study: study.clone(), owner_organisation: org.clone() };
+    let resource = Resource::Dataset {
+        study: study.clone(),
+        owner_organisation: org.clone(),
+    };
     require(&c.principal, Action::Upload, &resource)?;
     if !s.organisations.contains(&org) {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "your organisation does not take part in this study"));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "your organisation does not take part in this study",
+        ));
     }
     let retention = parse_day_end_ms(&b.retention_until)
         .ok_or_else(|| ApiError::invalid("retention_until must be a date YYYY-MM-DD"))?;
@@ -782,7 +986,9 @@ async fn create_dataset(State(hub): State<Arc<Hub>>, c: Caller, Path(study): Pat
         created_ms: now_ms(),
     };
     let (_, wrapped) = hub.keys.new_data_key(&id);
-    hub.catalogue.create_dataset(&d, &wrapped, &c.user.id).await?;
+    hub.catalogue
+        .create_dataset(&d, &wrapped, &c.user.id)
+        .await?;
     c.note.resource(format!("study/{study}/dataset/{id}"));
     Ok((StatusCode::CREATED, Json(json!(d))))
 }
@@ -795,22 +1001,46 @@ struct DatasetSearch {
     offset: Option<String>,
 }
 
-async fn list_study_datasets(State(hub): State<Arc<Hub>>, c: Caller, Path(study): Path<String>, Query(p): Query<PageQuery>) -> ApiResult<Json<Value>> {
-    require(&c.principal, Action::SearchDatasets, &study_resource(&c, &study).await)?;
+async fn list_study_datasets(
+    State(hub): State<Arc<Hub>>,
+    c: Caller,
+    Path(study): Path<String>,
+    Query(p): Query<PageQuery>,
+) -> ApiResult<Json<Value>> {
+    require(
+        &c.principal,
+        Action::SearchDatasets,
+        &study_resource(&c, &study).await,
+    )?;
     let page = p.page(&hub.config.limits)?;
-    let items = visible_datasets(&c, hub.catalogue.list_datasets(&c.user.id, Some(&study), None, peek(page)).await?);
+    let items = visible_datasets(
+        &c,
+        hub.catalogue
+            .list_datasets(&c.user.id, Some(&study), None, peek(page))
+            .await?,
+    );
     Ok(paged(items, page))
 }
 
 fn visible_datasets(c: &Caller, ds: Vec<Dataset>) -> Vec<Dataset> {
     ds.into_iter()
-        .filter(|d| decide(&c.principal, Action::SearchDatasets, &dataset_resource(d)) == Decision::Allow)
+        .filter(|d| {
+            decide(&c.principal, Action::SearchDatasets, &dataset_resource(d)) == Decision::Allow
+        })
         .collect()
 }
 
 /// Search the catalogue: only datasets of studies the caller has a role in exist here.
-async fn search_datasets(State(hub): State<Arc<Hub>>, c: Caller, Query(s): Query<DatasetSearch>) -> ApiResult<Json<Value>> {
-    let page = PageQuery { limit: s.limit.clone(), offset: s.offset.clone() }.page(&hub.config.limits)?;
+async fn search_datasets(
+    State(hub): State<Arc<Hub>>,
+    c: Caller,
+    Query(s): Query<DatasetSearch>,
+) -> ApiResult<Json<Value>> {
+    let page = PageQuery {
+        limit: s.limit.clone(),
+        offset: s.offset.clone(),
+    }
+    .page(&hub.config.limits)?;
     c.note.resource("datasets");
     let found = hub
         .catalogue
@@ -819,18 +1049,38 @@ async fn search_datasets(State(hub): State<Arc<Hub>>, c: Caller, Query(s): Query
     Ok(paged(visible_datasets(&c, found), page))
 }
 
-async fn get_dataset(State(hub): State<Arc<Hub>>, c: Caller, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn get_dataset(
+    State(hub): State<Arc<Hub>>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let d = dataset_for(&hub, &c, &id, Action::SearchDatasets).await?;
-    let objects = hub.catalogue.list_objects(&d.id, Page { limit: 1, offset: 0 }).await?;
+    let objects = hub
+        .catalogue
+        .list_objects(
+            &d.id,
+            Page {
+                limit: 1,
+                offset: 0,
+            },
+        )
+        .await?;
     let mut v = json!(d);
     v["has_objects"] = json!(!objects.is_empty());
     Ok(Json(v))
 }
 
-async fn delete_dataset(State(hub): State<Arc<Hub>>, c: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
+async fn delete_dataset(
+    State(hub): State<Arc<Hub>>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     let d = dataset_for(&hub, &c, &id, Action::DeleteDataset).await?;
     if d.legal_hold {
-        return Err(ApiError::new(StatusCode::CONFLICT, "the dataset is on legal hold"));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "the dataset is on legal hold",
+        ));
     }
     hub.remove_dataset(&d).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -842,21 +1092,38 @@ struct Hold {
     hold: bool,
 }
 
-async fn set_legal_hold(State(hub): State<Arc<Hub>>, c: Caller, Path(id): Path<String>, JsonBody(b): JsonBody<Hold>) -> ApiResult<StatusCode> {
+async fn set_legal_hold(
+    State(hub): State<Arc<Hub>>,
+    c: Caller,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<Hold>,
+) -> ApiResult<StatusCode> {
     let d = dataset_for(&hub, &c, &id, Action::LegalHold).await?;
     hub.catalogue.set_legal_hold(&d.id, b.hold).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_objects(State(hub): State<Arc<Hub>>, c: Caller, Path(id): Path<String>, Query(p): Query<PageQuery>) -> ApiResult<Json<Value>> {
+async fn list_objects(
+    State(hub): State<Arc<Hub>>,
+    c: Caller,
+    Path(id): Path<String>,
+    Query(p): Query<PageQuery>,
+) -> ApiResult<Json<Value>> {
     let d = dataset_for(&hub, &c, &id, Action::SearchDatasets).await?;
     let page = p.page(&hub.config.limits)?;
-    Ok(paged(hub.catalogue.list_objects(&d.id, peek(page)).await?, page))
+    Ok(paged(
+        hub.catalogue.list_objects(&d.id, peek(page)).await?,
+        page,
+    ))
 }
 
 /// Stream an object's plaintext. Each 1 MiB segment is authenticated before it is sent; a
 /// failure aborts the response, so a client never receives an unverified or silently cut object.
-pub async fn stream_object(hub: &Arc<Hub>, d: &Dataset, o: &ObjectEntry) -> ApiResult<axum::body::Body> {
+pub async fn stream_object(
+    hub: &Arc<Hub>,
+    d: &Dataset,
+    o: &ObjectEntry,
+) -> ApiResult<axum::body::Body> {
     let key = ObjectKey::parse(&d.id, &o.id)?;
     let dk = hub.keys.unwrap(&hub.catalogue.wrapped_key(&d.id).await?)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
@@ -879,20 +1146,34 @@ pub async fn stream_object(hub: &Arc<Hub>, d: &Dataset, o: &ObjectEntry) -> ApiR
             let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
         }
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
     Ok(axum::body::Body::from_stream(stream))
 }
 
-async fn read_object(State(hub): State<Arc<Hub>>, c: Caller, Path((id, object)): Path<(String, String)>) -> ApiResult<Response> {
+async fn read_object(
+    State(hub): State<Arc<Hub>>,
+    c: Caller,
+    Path((id, object)): Path<(String, String)>,
+) -> ApiResult<Response> {
     let d = dataset_for(&hub, &c, &id, Action::ReadData).await?;
-    let o = hub.catalogue.object(&d.id, &object).await?.ok_or_else(ApiError::not_found)?;
-    c.note.resource(format!("study/{}/dataset/{}/object/{}", d.study, d.id, o.id));
+    let o = hub
+        .catalogue
+        .object(&d.id, &object)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    c.note.resource(format!(
+        "study/{}/dataset/{}/object/{}",
+        d.study, d.id, o.id
+    ));
     let body = stream_object(&hub, &d, &o).await?;
     let mut r = Response::new(body);
     if let Ok(v) = HeaderValue::from_str(&o.media_type) {
         r.headers_mut().insert(header::CONTENT_TYPE, v);
     }
-    r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(o.size as u64));
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(o.size as u64));
     if let Ok(v) = HeaderValue::from_str(&format!("sha-256=:{}:", base64_of_hex(&o.sha256))) {
         r.headers_mut().insert("repr-digest", v);
     }
@@ -916,7 +1197,12 @@ struct NewUpload {
     chunk_size: u64,
 }
 
-async fn start_upload(State(hub): State<Arc<Hub>>, c: Caller, Path(id): Path<String>, JsonBody(b): JsonBody<NewUpload>) -> ApiResult<impl IntoResponse> {
+async fn start_upload(
+    State(hub): State<Arc<Hub>>,
+    c: Caller,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<NewUpload>,
+) -> ApiResult<impl IntoResponse> {
     let d = dataset_for(&hub, &c, &id, Action::Upload).await?;
     if b.chunk_size == 0 || b.chunk_size > hub.config.limits.max_chunk_bytes as u64 {
         return Err(ApiError::invalid(format!(
@@ -924,11 +1210,24 @@ async fn start_upload(State(hub): State<Arc<Hub>>, c: Caller, Path(id): Path<Str
             hub.config.limits.max_chunk_bytes
         )));
     }
-    if b.name.is_empty() || b.name.len() > 255 || b.media_type.is_empty() || b.media_type.len() > 128 {
-        return Err(ApiError::invalid("name (1-255) and media_type (1-128) are required"));
+    if b.name.is_empty()
+        || b.name.len() > 255
+        || b.media_type.is_empty()
+        || b.media_type.len() > 128
+    {
+        return Err(ApiError::invalid(
+            "name (1-255) and media_type (1-128) are required",
+        ));
     }
-    let plan = UploadPlan { size: b.size, sha256: b.sha256.to_ascii_lowercase(), chunk_size: b.chunk_size };
-    let upload = hub.uploads.start(&plan).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let plan = UploadPlan {
+        size: b.size,
+        sha256: b.sha256.to_ascii_lowercase(),
+        chunk_size: b.chunk_size,
+    };
+    let upload = hub
+        .uploads
+        .start(&plan)
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
     let entry = UploadEntry {
         id: upload.as_str().to_string(),
         dataset: d.id.clone(),
@@ -938,23 +1237,41 @@ async fn start_upload(State(hub): State<Arc<Hub>>, c: Caller, Path(id): Path<Str
         started_by: c.user.id.clone(),
     };
     hub.catalogue.create_upload(&entry).await?;
-    c.note.resource(format!("study/{}/dataset/{}/upload/{}", d.study, d.id, entry.id));
+    c.note.resource(format!(
+        "study/{}/dataset/{}/upload/{}",
+        d.study, d.id, entry.id
+    ));
     Ok((
         StatusCode::CREATED,
         Json(json!({"upload": entry.id, "chunks": plan.chunks(), "chunk_size": plan.chunk_size})),
     ))
 }
 
-async fn upload_for(hub: &Arc<Hub>, c: &Caller, upload: &str) -> ApiResult<(UploadEntry, Dataset, Id)> {
+async fn upload_for(
+    hub: &Arc<Hub>,
+    c: &Caller,
+    upload: &str,
+) -> ApiResult<(UploadEntry, Dataset, Id)> {
     c.note.resource(format!("upload/{}", safe_token(upload)));
-    let u = hub.catalogue.upload(upload).await?.ok_or_else(ApiError::not_found)?;
+    let u = hub
+        .catalogue
+        .upload(upload)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
     let d = dataset_for(hub, c, &u.dataset, Action::Upload).await?;
-    c.note.resource(format!("study/{}/dataset/{}/upload/{}", d.study, d.id, u.id));
+    c.note.resource(format!(
+        "study/{}/dataset/{}/upload/{}",
+        d.study, d.id, u.id
+    ));
     let id = Id::parse("upload", &u.id)?;
     Ok((u, d, id))
 }
 
-async fn upload_status(State(hub): State<Arc<Hub>>, c: Caller, Path(upload): Path<String>) -> ApiResult<Json<Value>> {
+async fn upload_status(
+    State(hub): State<Arc<Hub>>,
+    c: Caller,
+    Path(upload): Path<String>,
+) -> ApiResult<Json<Value>> {
     let (u, _, id) = upload_for(&hub, &c, &upload).await?;
     let plan = hub.uploads.plan(&id)?;
     let missing = hub.uploads.missing(&id)?;
@@ -964,7 +1281,11 @@ async fn upload_status(State(hub): State<Arc<Hub>>, c: Caller, Path(upload): Pat
     })))
 }
 
-async fn abort_upload(State(hub): State<Arc<Hub>>, c: Caller, Path(upload): Path<String>) -> ApiResult<StatusCode> {
+async fn abort_upload(
+    State(hub): State<Arc<Hub>>,
+    c: Caller,
+    Path(upload): Path<String>,
+) -> ApiResult<StatusCode> {
     let (u, _, id) = upload_for(&hub, &c, &upload).await?;
     hub.uploads.abort(&id)?;
     hub.catalogue.delete_upload(&u.id).await?;
@@ -984,7 +1305,12 @@ async fn put_chunk(
     let sha = headers
         .get(CHUNK_SHA256_HEADER)
         .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, format!("{CHUNK_SHA256_HEADER} header required")))?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("{CHUNK_SHA256_HEADER} header required"),
+            )
+        })?
         .to_string();
     let hub2 = hub.clone();
     tokio::task::spawn_blocking(move || hub2.uploads.put_chunk(&id, index, &body, &sha))
@@ -993,14 +1319,21 @@ async fn put_chunk(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn complete_upload(State(hub): State<Arc<Hub>>, c: Caller, Path(upload): Path<String>) -> ApiResult<impl IntoResponse> {
+async fn complete_upload(
+    State(hub): State<Arc<Hub>>,
+    c: Caller,
+    Path(upload): Path<String>,
+) -> ApiResult<impl IntoResponse> {
     let (u, d, id) = upload_for(&hub, &c, &upload).await?;
     let plan = hub.uploads.plan(&id)?;
     let missing = hub.uploads.missing(&id)?;
     if !missing.is_empty() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            format!("{} chunks missing; GET the upload for the list", missing.len()),
+            format!(
+                "{} chunks missing; GET the upload for the list",
+                missing.len()
+            ),
         ));
     }
     let instance = if u.media_type == "application/dicom" {
@@ -1015,9 +1348,11 @@ async fn complete_upload(State(hub): State<Arc<Hub>>, c: Caller, Path(upload): P
     let dk = hub.keys.unwrap(&hub.catalogue.wrapped_key(&d.id).await?)?;
     let hub2 = hub.clone();
     let id2 = id.clone();
-    tokio::task::spawn_blocking(move || hub2.uploads.complete(&id2, hub2.blobs.as_ref(), &key, &dk))
-        .await
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))??;
+    tokio::task::spawn_blocking(move || {
+        hub2.uploads.complete(&id2, hub2.blobs.as_ref(), &key, &dk)
+    })
+    .await
+    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))??;
     hub.failpoint(Failpoint::AfterBlobPublish);
     let entry = ObjectEntry {
         dataset: d.id.clone(),
@@ -1036,15 +1371,30 @@ async fn complete_upload(State(hub): State<Arc<Hub>>, c: Caller, Path(upload): P
     }
     hub.failpoint(Failpoint::AfterIndexCommit);
     hub.catalogue.delete_upload(&u.id).await?;
-    c.note.resource(format!("study/{}/dataset/{}/object/{}", d.study, d.id, entry.id));
+    c.note.resource(format!(
+        "study/{}/dataset/{}/object/{}",
+        d.study, d.id, entry.id
+    ));
     Ok((StatusCode::CREATED, Json(json!(entry))))
 }
 
 // ---------------------------------------------------------------- handlers: audit
 
-async fn study_audit(State(hub): State<Arc<Hub>>, c: Caller, Path(study): Path<String>, Query(p): Query<PageQuery>) -> ApiResult<Json<Value>> {
-    c.note.resource(format!("study/{}/audit", safe_token(&study)));
-    require(&c.principal, Action::ReadAudit, &Resource::StudyAudit { study: study.clone() })?;
+async fn study_audit(
+    State(hub): State<Arc<Hub>>,
+    c: Caller,
+    Path(study): Path<String>,
+    Query(p): Query<PageQuery>,
+) -> ApiResult<Json<Value>> {
+    c.note
+        .resource(format!("study/{}/audit", safe_token(&study)));
+    require(
+        &c.principal,
+        Action::ReadAudit,
+        &Resource::StudyAudit {
+            study: study.clone(),
+        },
+    )?;
     let page = p.page(&hub.config.limits)?;
     let path = hub.config.audit_log();
     let prefix = format!("study/{study}/");
@@ -1057,7 +1407,9 @@ async fn study_audit(State(hub): State<Arc<Hub>>, c: Caller, Path(study): Path<S
             let line = line?;
             if let Ok(v) = serde_json::from_str::<Value>(&line) {
                 let r = v.get("resource").and_then(|r| r.as_str()).unwrap_or("");
-                if v.get("type").and_then(|t| t.as_str()) == Some("record") && (r == exact || r.starts_with(&prefix)) {
+                if v.get("type").and_then(|t| t.as_str()) == Some("record")
+                    && (r == exact || r.starts_with(&prefix))
+                {
                     out.push(v);
                 }
             }
@@ -1091,7 +1443,10 @@ mod tests {
     #[test]
     fn dates_parse_to_the_end_of_the_day() {
         assert_eq!(parse_day_end_ms("1970-01-01"), Some(86_400_000));
-        assert_eq!(parse_day_end_ms("2000-03-01"), Some((11_017 + 1) * 86_400_000));
+        assert_eq!(
+            parse_day_end_ms("2000-03-01"),
+            Some((11_017 + 1) * 86_400_000)
+        );
         assert_eq!(parse_day_end_ms("2000-13-01"), None);
         assert_eq!(parse_day_end_ms("20000301"), None);
     }

@@ -50,7 +50,8 @@ impl HubClient {
             .pool_max_idle_per_host(64);
         if let Some(p) = ca_pem {
             let pem = std::fs::read(p).map_err(io(p))?;
-            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| ClientError::Tls(e.to_string()))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| ClientError::Tls(e.to_string()))?;
             b = b.add_root_certificate(cert);
         }
         Ok(HubClient {
@@ -80,15 +81,26 @@ impl HubClient {
     }
 
     /// Send and return status and JSON body (`null` when the body is empty or not JSON).
-    pub async fn send(&self, rb: reqwest::RequestBuilder) -> Result<(StatusCode, Value), ClientError> {
+    pub async fn send(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<(StatusCode, Value), ClientError> {
         let resp = rb.send().await?;
         let status = resp.status();
         let bytes = resp.bytes().await?;
-        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+        Ok((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
     }
 
     /// A call that must succeed (2xx); its JSON body.
-    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, ClientError> {
         let mut rb = self.request(method, path);
         if let Some(b) = body {
             rb = rb.json(&b);
@@ -97,7 +109,11 @@ impl HubClient {
         if !status.is_success() {
             return Err(ClientError::Status {
                 status,
-                detail: v.get("detail").and_then(|d| d.as_str()).unwrap_or("").to_string(),
+                detail: v
+                    .get("detail")
+                    .and_then(|d| d.as_str())
+                    .unwrap_or("")
+                    .to_string(),
             });
         }
         Ok(v)
@@ -117,7 +133,10 @@ impl HubClient {
         let upload = match resume {
             Some(u) => u.to_string(),
             None => {
-                let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "object".into());
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_else(|| "object".into());
                 let v = self
                     .call(
                         reqwest::Method::POST,
@@ -129,26 +148,47 @@ impl HubClient {
             }
         };
         self.send_missing_chunks(&upload, path, progress).await?;
-        self.call(reqwest::Method::POST, &format!("/api/v1/uploads/{upload}/complete"), None).await
+        self.call(
+            reqwest::Method::POST,
+            &format!("/api/v1/uploads/{upload}/complete"),
+            None,
+        )
+        .await
     }
 
     /// Send the chunks the hub does not have yet, [`IN_FLIGHT`] at a time (so reading, hashing,
     /// the network and the hub's fsync of each chunk overlap).
-    pub async fn send_missing_chunks(&self, upload: &str, path: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<(), ClientError> {
+    pub async fn send_missing_chunks(
+        &self,
+        upload: &str,
+        path: &Path,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<(), ClientError> {
         use futures_util::StreamExt;
-        let state = self.call(reqwest::Method::GET, &format!("/api/v1/uploads/{upload}"), None).await?;
+        let state = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v1/uploads/{upload}"),
+                None,
+            )
+            .await?;
         let chunk = state["chunk_size"].as_u64().unwrap_or(CHUNK);
-        let missing: Vec<u64> = state["missing"].as_array().map(|a| a.iter().filter_map(|v| v.as_u64()).collect()).unwrap_or_default();
+        let missing: Vec<u64> = state["missing"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
+            .unwrap_or_default();
         let file = std::sync::Arc::new(std::fs::File::open(path).map_err(io(path))?);
         let mut sends = futures_util::stream::iter(missing)
             .map(|i| {
                 let file = file.clone();
                 async move {
-                    let body = tokio::task::spawn_blocking(move || read_chunk(&file, i * chunk, chunk as usize))
-                        .await
-                        .map_err(|e| std::io::Error::other(e.to_string()))
-                        .and_then(|r| r)
-                        .map_err(io(path))?;
+                    let body = tokio::task::spawn_blocking(move || {
+                        read_chunk(&file, i * chunk, chunk as usize)
+                    })
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+                    .and_then(|r| r)
+                    .map_err(io(path))?;
                     let n = body.len() as u64;
                     self.send_chunk(upload, i, body).await.map(|()| n)
                 }
@@ -161,12 +201,20 @@ impl HubClient {
     }
 
     /// One chunk, retried with backoff on network errors and server errors (not on refusals).
-    async fn send_chunk(&self, upload: &str, index: u64, body: bytes::Bytes) -> Result<(), ClientError> {
+    async fn send_chunk(
+        &self,
+        upload: &str,
+        index: u64,
+        body: bytes::Bytes,
+    ) -> Result<(), ClientError> {
         let sha = hex::encode(Sha256::digest(&body));
         let mut attempt = 0;
         loop {
             let rb = self
-                .request(reqwest::Method::PUT, &format!("/api/v1/uploads/{upload}/chunks/{index}"))
+                .request(
+                    reqwest::Method::PUT,
+                    &format!("/api/v1/uploads/{upload}/chunks/{index}"),
+                )
                 .header(crate::api::CHUNK_SHA256_HEADER, &sha)
                 .body(body.clone());
             match self.send(rb).await {
@@ -174,13 +222,20 @@ impl HubClient {
                 Ok((s, v)) if s.is_client_error() => {
                     return Err(ClientError::Status {
                         status: s,
-                        detail: v.get("detail").and_then(|d| d.as_str()).unwrap_or("").to_string(),
+                        detail: v
+                            .get("detail")
+                            .and_then(|d| d.as_str())
+                            .unwrap_or("")
+                            .to_string(),
                     });
                 }
                 r if attempt >= 5 => {
                     return match r {
                         Err(e) => Err(e),
-                        Ok((status, _)) => Err(ClientError::Status { status, detail: "chunk refused".into() }),
+                        Ok((status, _)) => Err(ClientError::Status {
+                            status,
+                            detail: "chunk refused".into(),
+                        }),
                     };
                 }
                 _ => {
@@ -192,17 +247,26 @@ impl HubClient {
     }
 
     /// STOW-RS: store DICOM instances into a dataset; the hub's DICOM JSON answer.
-    pub async fn stow(&self, dataset: &str, instances: &[Vec<u8>]) -> Result<(StatusCode, Value), ClientError> {
+    pub async fn stow(
+        &self,
+        dataset: &str,
+        instances: &[Vec<u8>],
+    ) -> Result<(StatusCode, Value), ClientError> {
         let boundary = format!("medfed-{}", uuid::Uuid::new_v4().simple());
         let mut body = Vec::new();
         for i in instances {
-            body.extend_from_slice(format!("--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes());
+            body.extend_from_slice(
+                format!("--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes(),
+            );
             body.extend_from_slice(i);
             body.extend_from_slice(b"\r\n");
         }
         body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
         let rb = self
-            .request(reqwest::Method::POST, &format!("/api/v1/dicomweb/studies?dataset={dataset}"))
+            .request(
+                reqwest::Method::POST,
+                &format!("/api/v1/dicomweb/studies?dataset={dataset}"),
+            )
             .header(
                 reqwest::header::CONTENT_TYPE,
                 format!("multipart/related; type=\"application/dicom\"; boundary={boundary}"),

@@ -46,7 +46,9 @@ impl Default for HubConfig {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum StorageConfig {
     /// Objects in a local directory, `<data_dir>/objects` unless `path` is given.
-    Local { path: Option<PathBuf> },
+    Local {
+        path: Option<PathBuf>,
+    },
     S3(S3Config),
 }
 
@@ -196,22 +198,25 @@ impl HubConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        if let Some(base) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if cfg.data_dir.is_relative() {
-                cfg.data_dir = base.join(&cfg.data_dir);
-            }
+        if let Some(base) = path.parent().filter(|p| !p.as_os_str().is_empty())
+            && cfg.data_dir.is_relative()
+        {
+            cfg.data_dir = base.join(&cfg.data_dir);
         }
         Ok(cfg)
     }
 
     pub fn database_url(&self) -> String {
-        self.database_url.clone().unwrap_or_else(|| {
-            format!("sqlite://{}", self.data_dir.join("catalogue.db").display())
-        })
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("catalogue.db").display()))
     }
 
     pub fn keys_dir(&self) -> PathBuf {
-        self.keys.dir.clone().unwrap_or_else(|| self.data_dir.join("keys"))
+        self.keys
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("keys"))
     }
 
     pub fn audit_log(&self) -> PathBuf {

@@ -24,7 +24,7 @@ pub fn index_entry(bytes: &[u8], dataset: &str, object: &str) -> Result<Instance
     let obj = OpenFileOptions::new()
         .from_reader(bytes)
         .map_err(|e| format!("not a readable DICOM instance: {e}"))?;
-    if text(&obj, tags::PATIENT_IDENTITY_REMOVED).to_ascii_uppercase() != "YES" {
+    if !text(&obj, tags::PATIENT_IDENTITY_REMOVED).eq_ignore_ascii_case("YES") {
         return Err(
             "not de-identified: Patient Identity Removed (0012,0062) is not YES; the hub stores de-identified data only"
                 .into(),

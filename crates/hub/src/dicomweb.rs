@@ -19,7 +19,10 @@ use medfed_policy::{Action, Decision, decide};
 use medfed_store::{Id, ObjectKey};
 use serde_json::{Map, Value, json};
 
-use crate::api::{ApiError, ApiResult, Caller, PageQuery, dataset_for, dataset_resource, peek, safe_token, stream_object};
+use crate::api::{
+    ApiError, ApiResult, Caller, PageQuery, dataset_for, dataset_resource, peek, safe_token,
+    stream_object,
+};
 use crate::config::Limits;
 use crate::{Failpoint, Hub};
 
@@ -73,13 +76,17 @@ fn dicom_query(params: &HashMap<String, String>) -> ApiResult<DicomQuery> {
         ..Default::default()
     };
     if let Some(d) = get(&["StudyDate", "00080020"]) {
-        let valid = |s: &str| s.is_empty() || (s.len() == 8 && s.bytes().all(|b| b.is_ascii_digit()));
+        let valid =
+            |s: &str| s.is_empty() || (s.len() == 8 && s.bytes().all(|b| b.is_ascii_digit()));
         let (from, to) = match d.split_once('-') {
             Some((a, b)) => (a.to_string(), b.to_string()),
             None => (d.clone(), d.clone()),
         };
         if !valid(&from) || !valid(&to) {
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, "StudyDate must be YYYYMMDD or a range YYYYMMDD-YYYYMMDD"));
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "StudyDate must be YYYYMMDD or a range YYYYMMDD-YYYYMMDD",
+            ));
         }
         q.study_date_from = (!from.is_empty()).then_some(from);
         q.study_date_to = (!to.is_empty()).then_some(to);
@@ -96,40 +103,76 @@ fn to_json(m: &DicomMatch, level: Level) -> Value {
     match level {
         Level::Study => {
             o.insert("00080061".into(), attr("CS", &m.modality));
-            o.insert("00201208".into(), json!({"vr": "IS", "Value": [m.instances]}));
+            o.insert(
+                "00201208".into(),
+                json!({"vr": "IS", "Value": [m.instances]}),
+            );
         }
         Level::Series => {
-            o.insert("0020000E".into(), attr("UI", m.series_uid.as_deref().unwrap_or("")));
+            o.insert(
+                "0020000E".into(),
+                attr("UI", m.series_uid.as_deref().unwrap_or("")),
+            );
             o.insert("00080060".into(), attr("CS", &m.modality));
-            o.insert("00200011".into(), attr("IS", m.series_number.as_deref().unwrap_or("")));
-            o.insert("00201209".into(), json!({"vr": "IS", "Value": [m.instances]}));
+            o.insert(
+                "00200011".into(),
+                attr("IS", m.series_number.as_deref().unwrap_or("")),
+            );
+            o.insert(
+                "00201209".into(),
+                json!({"vr": "IS", "Value": [m.instances]}),
+            );
         }
         Level::Instance => {
-            o.insert("0020000E".into(), attr("UI", m.series_uid.as_deref().unwrap_or("")));
-            o.insert("00080018".into(), attr("UI", m.sop_uid.as_deref().unwrap_or("")));
-            o.insert("00080016".into(), attr("UI", m.sop_class_uid.as_deref().unwrap_or("")));
+            o.insert(
+                "0020000E".into(),
+                attr("UI", m.series_uid.as_deref().unwrap_or("")),
+            );
+            o.insert(
+                "00080018".into(),
+                attr("UI", m.sop_uid.as_deref().unwrap_or("")),
+            );
+            o.insert(
+                "00080016".into(),
+                attr("UI", m.sop_class_uid.as_deref().unwrap_or("")),
+            );
             o.insert("00080060".into(), attr("CS", &m.modality));
-            o.insert("00200013".into(), attr("IS", m.instance_number.as_deref().unwrap_or("")));
+            o.insert(
+                "00200013".into(),
+                attr("IS", m.instance_number.as_deref().unwrap_or("")),
+            );
         }
     }
     Value::Object(o)
 }
 
 /// Run a QIDO query and keep only rows of datasets the caller may search.
-async fn qido(hub: &Arc<Hub>, c: &Caller, level: Level, q: DicomQuery, params: &HashMap<String, String>) -> ApiResult<Response> {
+async fn qido(
+    hub: &Arc<Hub>,
+    c: &Caller,
+    level: Level,
+    q: DicomQuery,
+    params: &HashMap<String, String>,
+) -> ApiResult<Response> {
     let page = PageQuery {
         limit: params.get("limit").cloned(),
         offset: params.get("offset").cloned(),
     }
     .page(&hub.config.limits)?;
-    let rows = hub.catalogue.query_dicom(&c.user.id, level, &q, peek(page)).await?;
+    let rows = hub
+        .catalogue
+        .query_dicom(&c.user.id, level, &q, peek(page))
+        .await?;
     let more = rows.len() as i64 > page.limit;
     let mut allowed: HashMap<String, bool> = HashMap::new();
     let mut out = Vec::new();
     for m in rows.iter().take(page.limit as usize) {
         if !allowed.contains_key(&m.dataset) {
             let ok = match hub.catalogue.dataset(&m.dataset).await? {
-                Some(d) => decide(&c.principal, Action::SearchDatasets, &dataset_resource(&d)) == Decision::Allow,
+                Some(d) => {
+                    decide(&c.principal, Action::SearchDatasets, &dataset_resource(&d))
+                        == Decision::Allow
+                }
                 None => false,
             };
             allowed.insert(m.dataset.clone(), ok);
@@ -139,24 +182,37 @@ async fn qido(hub: &Arc<Hub>, c: &Caller, level: Level, q: DicomQuery, params: &
         }
     }
     let mut r = (StatusCode::OK, serde_json::to_vec(&out).unwrap_or_default()).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(DICOM_JSON));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(DICOM_JSON));
     if more {
         r.headers_mut().insert(
             header::WARNING,
-            HeaderValue::from_static("299 medfed: \"There are additional results that can be requested\""),
+            HeaderValue::from_static(
+                "299 medfed: \"There are additional results that can be requested\"",
+            ),
         );
     }
     Ok(r)
 }
 
-async fn qido_studies(State(hub): State<Arc<Hub>>, c: Caller, Query(p): Query<HashMap<String, String>>) -> ApiResult<Response> {
+async fn qido_studies(
+    State(hub): State<Arc<Hub>>,
+    c: Caller,
+    Query(p): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
     c.note.resource("dicomweb/studies");
     let q = dicom_query(&p)?;
     qido(&hub, &c, Level::Study, q, &p).await
 }
 
-async fn qido_series(State(hub): State<Arc<Hub>>, c: Caller, Path(study): Path<String>, Query(p): Query<HashMap<String, String>>) -> ApiResult<Response> {
-    c.note.resource(format!("dicomweb/studies/{}", safe_token(&study)));
+async fn qido_series(
+    State(hub): State<Arc<Hub>>,
+    c: Caller,
+    Path(study): Path<String>,
+    Query(p): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    c.note
+        .resource(format!("dicomweb/studies/{}", safe_token(&study)));
     let mut q = dicom_query(&p)?;
     q.study_uid = Some(study);
     qido(&hub, &c, Level::Series, q, &p).await
@@ -168,7 +224,11 @@ async fn qido_instances(
     Path((study, series)): Path<(String, String)>,
     Query(p): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
-    c.note.resource(format!("dicomweb/studies/{}/series/{}", safe_token(&study), safe_token(&series)));
+    c.note.resource(format!(
+        "dicomweb/studies/{}/series/{}",
+        safe_token(&study),
+        safe_token(&series)
+    ));
     let mut q = dicom_query(&p)?;
     q.study_uid = Some(study);
     q.series_uid = Some(series);
@@ -196,17 +256,32 @@ async fn wado_instance(
         sop_uid: Some(instance),
         ..Default::default()
     };
-    let page = medfed_catalogue::Page { limit: 16, offset: 0 };
-    let rows = hub.catalogue.query_dicom(&c.user.id, Level::Instance, &q, page).await?;
+    let page = medfed_catalogue::Page {
+        limit: 16,
+        offset: 0,
+    };
+    let rows = hub
+        .catalogue
+        .query_dicom(&c.user.id, Level::Instance, &q, page)
+        .await?;
     // The first copy the caller may read; a hidden one answers like a missing one.
     let mut found: Option<(Dataset, ObjectEntry)> = None;
     let mut forbidden = false;
     for m in rows {
-        let Some(d) = hub.catalogue.dataset(&m.dataset).await? else { continue };
+        let Some(d) = hub.catalogue.dataset(&m.dataset).await? else {
+            continue;
+        };
         match decide(&c.principal, Action::ReadData, &dataset_resource(&d)) {
             Decision::Allow => {
-                if let Some(o) = hub.catalogue.object(&d.id, m.object.as_deref().unwrap_or("")).await? {
-                    c.note.resource(format!("study/{}/dataset/{}/object/{}", d.study, d.id, o.id));
+                if let Some(o) = hub
+                    .catalogue
+                    .object(&d.id, m.object.as_deref().unwrap_or(""))
+                    .await?
+                {
+                    c.note.resource(format!(
+                        "study/{}/dataset/{}/object/{}",
+                        d.study, d.id, o.id
+                    ));
                     found = Some((d, o));
                     break;
                 }
@@ -223,14 +298,19 @@ async fn wado_instance(
         });
     };
     let b = boundary();
-    let head = Bytes::from(format!("--{b}\r\nContent-Type: application/dicom\r\nContent-Length: {}\r\n\r\n", o.size));
+    let head = Bytes::from(format!(
+        "--{b}\r\nContent-Type: application/dicom\r\nContent-Length: {}\r\n\r\n",
+        o.size
+    ));
     let tail = Bytes::from(format!("\r\n--{b}--\r\n"));
     let body = stream_object(&hub, &d, &o).await?.into_data_stream();
     let stream = futures_util::stream::once(async move { Ok::<Bytes, axum::Error>(head) })
         .chain(body)
         .chain(futures_util::stream::once(async move { Ok(tail) }));
     let mut r = Response::new(Body::from_stream(stream));
-    if let Ok(v) = HeaderValue::from_str(&format!("multipart/related; type=\"application/dicom\"; boundary={b}")) {
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "multipart/related; type=\"application/dicom\"; boundary={b}"
+    )) {
         r.headers_mut().insert(header::CONTENT_TYPE, v);
     }
     Ok(r)
@@ -287,14 +367,24 @@ async fn stow(
 ) -> ApiResult<Response> {
     let Some(dataset) = p.get("dataset") else {
         c.note.resource("dicomweb/studies");
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "name the target dataset: ?dataset=<id>"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "name the target dataset: ?dataset=<id>",
+        ));
     };
     let d = dataset_for(&hub, &c, dataset, Action::Upload).await?;
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if !ct.starts_with("multipart/related") {
-        return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "multipart/related; type=\"application/dicom\" expected"));
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "multipart/related; type=\"application/dicom\" expected",
+        ));
     }
-    let parts = multipart_parts(ct, &body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let parts =
+        multipart_parts(ct, &body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
     let dk = Arc::new(hub.keys.unwrap(&hub.catalogue.wrapped_key(&d.id).await?)?);
     let mut stored = Vec::new();
     let mut failed = Vec::new();
@@ -317,7 +407,10 @@ async fn stow(
             use sha2::Digest;
             hex::encode(sha2::Sha256::digest(&bytes))
         };
-        if let Err(e) = hub.blocking(move |b| medfed_store::put_encrypted(b, &k2, &dk2, &bytes[..])).await {
+        if let Err(e) = hub
+            .blocking(move |b| medfed_store::put_encrypted(b, &k2, &dk2, &bytes[..]))
+            .await
+        {
             tracing::error!(error = %e, "STOW blob write failed");
             failed.push(failure(&entry, PROCESSING_FAILURE));
             continue;
@@ -364,8 +457,13 @@ async fn stow(
     if !failed.is_empty() {
         resp.insert("00081198".into(), json!({"vr": "SQ", "Value": failed}));
     }
-    let mut r = (status, serde_json::to_vec(&Value::Object(resp)).unwrap_or_default()).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(DICOM_JSON));
+    let mut r = (
+        status,
+        serde_json::to_vec(&Value::Object(resp)).unwrap_or_default(),
+    )
+        .into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(DICOM_JSON));
     Ok(r)
 }
 

@@ -86,8 +86,9 @@ impl MasterKeys {
                 w.dataset, w.master_version
             )))
         })?;
-        let blob = hex::decode(&w.wrapped_hex)
-            .map_err(|_| CryptoError::Integrity(format!("wrapped key of {} is not hex", w.dataset)))?;
+        let blob = hex::decode(&w.wrapped_hex).map_err(|_| {
+            CryptoError::Integrity(format!("wrapped key of {} is not hex", w.dataset))
+        })?;
         Ok(key.unwrap(
             &WrappedKey {
                 master_version: w.master_version,
@@ -100,7 +101,11 @@ impl MasterKeys {
     /// Rotation: make master key version N+1 and re-wrap every data key with it, in one
     /// transaction. Blobs are not touched. With `retire`, older key files are deleted after the
     /// commit. Returns the new version and how many data keys were re-wrapped.
-    pub async fn rotate(&mut self, cat: &Catalogue, retire: bool) -> Result<(u32, usize), HubError> {
+    pub async fn rotate(
+        &mut self,
+        cat: &Catalogue,
+        retire: bool,
+    ) -> Result<(u32, usize), HubError> {
         let Some(dir) = self.dir.clone() else {
             return Err(HubError::Invalid(format!(
                 "rotation needs a key directory; {MASTER_KEY_ENV} holds a single key"

@@ -118,7 +118,9 @@ impl Hub {
         let catalogue = Catalogue::open(&config.database_url()).await?;
         let blobs: Arc<dyn BlobStore> = match &config.storage {
             StorageConfig::Local { path } => Arc::new(LocalStore::open(
-                &path.clone().unwrap_or_else(|| config.data_dir.join("objects")),
+                &path
+                    .clone()
+                    .unwrap_or_else(|| config.data_dir.join("objects")),
             )?),
             StorageConfig::S3(s3) => Arc::new(S3Store::open(s3, &config.data_dir.join("scratch"))?),
         };
@@ -129,7 +131,11 @@ impl Hub {
         let pub_file = config.keys_dir().join("audit.pub");
         std::fs::write(&pub_file, medfed_audit::public_key_hex(&audit_key))
             .map_err(|e| HubError::io(&pub_file, e))?;
-        let audit = AuditLog::open(&config.audit_log(), audit_key, config.audit.checkpoint_every)?;
+        let audit = AuditLog::open(
+            &config.audit_log(),
+            audit_key,
+            config.audit.checkpoint_every,
+        )?;
         let oidc = config
             .oidc
             .as_ref()
@@ -167,7 +173,12 @@ impl Hub {
     }
 
     /// Append a record that the hub itself (not a request) produced.
-    pub fn audit_system(&self, action: &str, resource: &str, outcome: &str) -> Result<(), HubError> {
+    pub fn audit_system(
+        &self,
+        action: &str,
+        resource: &str,
+        outcome: &str,
+    ) -> Result<(), HubError> {
         self.audit.append(Event {
             actor: "hub".into(),
             on_behalf_of: None,
@@ -197,17 +208,29 @@ impl Hub {
             scratch_files_removed: self.blocking(|b| b.clean_scratch()).await?,
             ..Default::default()
         };
-        let known: std::collections::HashSet<String> =
-            self.catalogue.all_dataset_ids().await?.into_iter().collect();
+        let known: std::collections::HashSet<String> = self
+            .catalogue
+            .all_dataset_ids()
+            .await?
+            .into_iter()
+            .collect();
         for ds in self.blocking(|b| b.datasets()).await? {
             if !known.contains(ds.as_str()) {
                 let d = ds.clone();
                 h.orphan_blobs_removed += self.blocking(move |b| b.delete_dataset(&d)).await?;
-                self.audit_system("recovery.remove-orphans", &format!("dataset/{}", ds.as_str()), "done")?;
+                self.audit_system(
+                    "recovery.remove-orphans",
+                    &format!("dataset/{}", ds.as_str()),
+                    "done",
+                )?;
                 continue;
             }
-            let rows: std::collections::HashSet<String> =
-                self.catalogue.object_ids(ds.as_str()).await?.into_iter().collect();
+            let rows: std::collections::HashSet<String> = self
+                .catalogue
+                .object_ids(ds.as_str())
+                .await?
+                .into_iter()
+                .collect();
             let d = ds.clone();
             let stored = self.blocking(move |b| b.list(&d)).await?;
             for o in &stored {
@@ -246,7 +269,10 @@ impl Hub {
     /// then on the blobs are unreadable), then the blobs. Refused while on legal hold.
     pub async fn remove_dataset(&self, d: &Dataset) -> Result<usize, HubError> {
         if d.legal_hold {
-            return Err(HubError::Invalid(format!("dataset {} is on legal hold", d.id)));
+            return Err(HubError::Invalid(format!(
+                "dataset {} is on legal hold",
+                d.id
+            )));
         }
         self.catalogue.delete_dataset(&d.id).await?;
         let id = Id::parse("dataset", &d.id)?;
@@ -308,7 +334,9 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| HubError::io(Path::new(&config.listen.to_string()), e))?;
-    let addr = listener.local_addr().map_err(|e| HubError::io(Path::new("listener"), e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| HubError::io(Path::new("listener"), e))?;
     let hub = Hub::open(config).await?;
     let app = router(hub.clone());
     let (tx, rx) = watch::channel(false);
@@ -317,7 +345,8 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     let mut sweep_stop = rx.clone();
     let task = tokio::spawn(async move {
         let lifecycle = tokio::spawn(async move {
-            let every = std::time::Duration::from_secs(sweeper.config.lifecycle.sweep_interval_s.max(1));
+            let every =
+                std::time::Duration::from_secs(sweeper.config.lifecycle.sweep_interval_s.max(1));
             loop {
                 match sweeper.sweep_expired(now_ms()).await {
                     Ok(h) if h.datasets_removed > 0 => {
@@ -346,24 +375,35 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
 
 /// `medfed hub bootstrap`: the first platform administrator and an API token for them (shown
 /// once). Refused when an administrator exists already.
-pub async fn bootstrap(config: &HubConfig, subject: &str, organisation: Option<&str>) -> Result<(String, String), HubError> {
+pub async fn bootstrap(
+    config: &HubConfig,
+    subject: &str,
+    organisation: Option<&str>,
+) -> Result<(String, String), HubError> {
     let hub = Hub::open(config.clone()).await?;
-    if let Some(org) = organisation {
-        if !hub.catalogue.organisation_exists(org).await? {
-            hub.catalogue.create_organisation(org, org).await?;
-        }
+    if let Some(org) = organisation
+        && !hub.catalogue.organisation_exists(org).await?
+    {
+        hub.catalogue.create_organisation(org, org).await?;
     }
     bootstrap_on(&hub, subject, organisation).await
 }
 
 /// [`bootstrap`] on an open hub.
-pub async fn bootstrap_on(hub: &Hub, subject: &str, organisation: Option<&str>) -> Result<(String, String), HubError> {
+pub async fn bootstrap_on(
+    hub: &Hub,
+    subject: &str,
+    organisation: Option<&str>,
+) -> Result<(String, String), HubError> {
     if hub.catalogue.count_platform_admins().await? > 0 {
         return Err(HubError::Invalid(
             "a platform administrator exists already; bootstrap runs once".into(),
         ));
     }
-    let user = hub.catalogue.create_user(subject, organisation, true).await?;
+    let user = hub
+        .catalogue
+        .create_user(subject, organisation, true)
+        .await?;
     let token = issue_token(hub, &user.id, 90).await?;
     hub.audit.append(Event {
         actor: "hub-cli".into(),

@@ -16,47 +16,220 @@ pub struct Route {
     pub body: Option<&'static str>,
 }
 
-const fn r(method: &'static str, path: &'static str, summary: &'static str, body: Option<&'static str>) -> Route {
-    Route { method, path, summary, authenticated: true, body }
+const fn r(
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    body: Option<&'static str>,
+) -> Route {
+    Route {
+        method,
+        path,
+        summary,
+        authenticated: true,
+        body,
+    }
 }
 
 const JSON: Option<&str> = Some("application/json");
 
 pub const ROUTES: &[Route] = &[
-    Route { method: "GET", path: "/api/v1/health", summary: "Liveness and version", authenticated: false, body: None },
-    Route { method: "GET", path: "/api/v1/openapi.json", summary: "This document", authenticated: false, body: None },
-    r("GET", "/api/v1/me", "The caller's account and study roles", None),
-    r("POST", "/api/v1/tokens", "Issue an API token for the caller (shown once)", JSON),
-    r("DELETE", "/api/v1/tokens/{token}", "Revoke an API token (own, or any as platform admin)", None),
-    r("GET", "/api/v1/organisations", "List organisations (platform admin)", None),
-    r("POST", "/api/v1/organisations", "Create an organisation (platform admin)", JSON),
+    Route {
+        method: "GET",
+        path: "/api/v1/health",
+        summary: "Liveness and version",
+        authenticated: false,
+        body: None,
+    },
+    Route {
+        method: "GET",
+        path: "/api/v1/openapi.json",
+        summary: "This document",
+        authenticated: false,
+        body: None,
+    },
+    r(
+        "GET",
+        "/api/v1/me",
+        "The caller's account and study roles",
+        None,
+    ),
+    r(
+        "POST",
+        "/api/v1/tokens",
+        "Issue an API token for the caller (shown once)",
+        JSON,
+    ),
+    r(
+        "DELETE",
+        "/api/v1/tokens/{token}",
+        "Revoke an API token (own, or any as platform admin)",
+        None,
+    ),
+    r(
+        "GET",
+        "/api/v1/organisations",
+        "List organisations (platform admin)",
+        None,
+    ),
+    r(
+        "POST",
+        "/api/v1/organisations",
+        "Create an organisation (platform admin)",
+        JSON,
+    ),
     r("GET", "/api/v1/users", "List users (platform admin)", None),
-    r("POST", "/api/v1/users", "Create a user for an OIDC subject (platform admin)", JSON),
-    r("GET", "/api/v1/admin/studies", "All studies' ids and titles (platform admin; no study data)", None),
-    r("GET", "/api/v1/studies", "Studies the caller has a role in", None),
-    r("POST", "/api/v1/studies", "Create a study with its organisations and coordinator (platform admin)", JSON),
+    r(
+        "POST",
+        "/api/v1/users",
+        "Create a user for an OIDC subject (platform admin)",
+        JSON,
+    ),
+    r(
+        "GET",
+        "/api/v1/admin/studies",
+        "All studies' ids and titles (platform admin; no study data)",
+        None,
+    ),
+    r(
+        "GET",
+        "/api/v1/studies",
+        "Studies the caller has a role in",
+        None,
+    ),
+    r(
+        "POST",
+        "/api/v1/studies",
+        "Create a study with its organisations and coordinator (platform admin)",
+        JSON,
+    ),
     r("GET", "/api/v1/studies/{study}", "A study", None),
-    r("POST", "/api/v1/studies/{study}/grants", "Grant a study role (study coordinator)", JSON),
-    r("DELETE", "/api/v1/studies/{study}/grants/{user}/{role}", "Revoke a study role (study coordinator)", None),
-    r("GET", "/api/v1/studies/{study}/datasets", "Datasets of a study", None),
-    r("POST", "/api/v1/studies/{study}/datasets", "Register a dataset of the caller's organisation (site operator)", JSON),
-    r("GET", "/api/v1/studies/{study}/audit", "Audit records of a study (auditor, study coordinator)", None),
-    r("GET", "/api/v1/datasets", "Search the catalogue (?study, ?q; paged)", None),
-    r("GET", "/api/v1/datasets/{dataset}", "A dataset's catalogue entry", None),
-    r("DELETE", "/api/v1/datasets/{dataset}", "Delete a dataset with its objects and key (data owner)", None),
-    r("PUT", "/api/v1/datasets/{dataset}/legal-hold", "Place or lift a legal hold (data owner)", JSON),
-    r("GET", "/api/v1/datasets/{dataset}/objects", "Objects of a dataset", None),
-    r("GET", "/api/v1/datasets/{dataset}/objects/{object}", "An object's content (researcher)", None),
-    r("POST", "/api/v1/datasets/{dataset}/uploads", "Start a chunked, resumable upload (site operator)", JSON),
-    r("GET", "/api/v1/uploads/{upload}", "An upload's state and missing chunks", None),
-    r("DELETE", "/api/v1/uploads/{upload}", "Abandon an upload", None),
-    r("PUT", "/api/v1/uploads/{upload}/chunks/{index}", "Send one chunk (header x-medfed-chunk-sha256)", Some("application/octet-stream")),
-    r("POST", "/api/v1/uploads/{upload}/complete", "Verify the whole object, encrypt and publish it", None),
-    r("GET", "/api/v1/dicomweb/studies", "QIDO-RS: search studies", None),
-    r("POST", "/api/v1/dicomweb/studies", "STOW-RS: store instances into ?dataset=<id>", Some("multipart/related")),
-    r("GET", "/api/v1/dicomweb/studies/{study}/series", "QIDO-RS: search series of a study", None),
-    r("GET", "/api/v1/dicomweb/studies/{study}/series/{series}/instances", "QIDO-RS: search instances of a series", None),
-    r("GET", "/api/v1/dicomweb/studies/{study}/series/{series}/instances/{instance}", "WADO-RS: retrieve an instance", None),
+    r(
+        "POST",
+        "/api/v1/studies/{study}/grants",
+        "Grant a study role (study coordinator)",
+        JSON,
+    ),
+    r(
+        "DELETE",
+        "/api/v1/studies/{study}/grants/{user}/{role}",
+        "Revoke a study role (study coordinator)",
+        None,
+    ),
+    r(
+        "GET",
+        "/api/v1/studies/{study}/datasets",
+        "Datasets of a study",
+        None,
+    ),
+    r(
+        "POST",
+        "/api/v1/studies/{study}/datasets",
+        "Register a dataset of the caller's organisation (site operator)",
+        JSON,
+    ),
+    r(
+        "GET",
+        "/api/v1/studies/{study}/audit",
+        "Audit records of a study (auditor, study coordinator)",
+        None,
+    ),
+    r(
+        "GET",
+        "/api/v1/datasets",
+        "Search the catalogue (?study, ?q; paged)",
+        None,
+    ),
+    r(
+        "GET",
+        "/api/v1/datasets/{dataset}",
+        "A dataset's catalogue entry",
+        None,
+    ),
+    r(
+        "DELETE",
+        "/api/v1/datasets/{dataset}",
+        "Delete a dataset with its objects and key (data owner)",
+        None,
+    ),
+    r(
+        "PUT",
+        "/api/v1/datasets/{dataset}/legal-hold",
+        "Place or lift a legal hold (data owner)",
+        JSON,
+    ),
+    r(
+        "GET",
+        "/api/v1/datasets/{dataset}/objects",
+        "Objects of a dataset",
+        None,
+    ),
+    r(
+        "GET",
+        "/api/v1/datasets/{dataset}/objects/{object}",
+        "An object's content (researcher)",
+        None,
+    ),
+    r(
+        "POST",
+        "/api/v1/datasets/{dataset}/uploads",
+        "Start a chunked, resumable upload (site operator)",
+        JSON,
+    ),
+    r(
+        "GET",
+        "/api/v1/uploads/{upload}",
+        "An upload's state and missing chunks",
+        None,
+    ),
+    r(
+        "DELETE",
+        "/api/v1/uploads/{upload}",
+        "Abandon an upload",
+        None,
+    ),
+    r(
+        "PUT",
+        "/api/v1/uploads/{upload}/chunks/{index}",
+        "Send one chunk (header x-medfed-chunk-sha256)",
+        Some("application/octet-stream"),
+    ),
+    r(
+        "POST",
+        "/api/v1/uploads/{upload}/complete",
+        "Verify the whole object, encrypt and publish it",
+        None,
+    ),
+    r(
+        "GET",
+        "/api/v1/dicomweb/studies",
+        "QIDO-RS: search studies",
+        None,
+    ),
+    r(
+        "POST",
+        "/api/v1/dicomweb/studies",
+        "STOW-RS: store instances into ?dataset=<id>",
+        Some("multipart/related"),
+    ),
+    r(
+        "GET",
+        "/api/v1/dicomweb/studies/{study}/series",
+        "QIDO-RS: search series of a study",
+        None,
+    ),
+    r(
+        "GET",
+        "/api/v1/dicomweb/studies/{study}/series/{series}/instances",
+        "QIDO-RS: search instances of a series",
+        None,
+    ),
+    r(
+        "GET",
+        "/api/v1/dicomweb/studies/{study}/series/{series}/instances/{instance}",
+        "WADO-RS: retrieve an instance",
+        None,
+    ),
 ];
 
 fn parameters(path: &str) -> Vec<Value> {
@@ -93,7 +266,9 @@ pub fn build() -> Value {
         } else {
             op["security"] = json!([]);
         }
-        let entry = paths.entry(route.path.to_string()).or_insert_with(|| json!({}));
+        let entry = paths
+            .entry(route.path.to_string())
+            .or_insert_with(|| json!({}));
         entry[route.method.to_ascii_lowercase()] = op;
     }
     json!({

@@ -48,7 +48,10 @@ pub fn server_config(
     Ok(Arc::new(cfg))
 }
 
-pub fn load_pem(cert: &Path, key: &Path) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), HubError> {
+pub fn load_pem(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), HubError> {
     let chain = CertificateDer::pem_file_iter(cert)
         .map_err(|e| tls_err(format!("{}: {e}", cert.display())))?
         .collect::<Result<Vec<_>, _>>()
@@ -56,7 +59,8 @@ pub fn load_pem(cert: &Path, key: &Path) -> Result<(Vec<CertificateDer<'static>>
     if chain.is_empty() {
         return Err(tls_err(format!("{}: no certificate in it", cert.display())));
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| tls_err(format!("{}: {e}", key.display())))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| tls_err(format!("{}: {e}", key.display())))?;
     Ok((chain, key))
 }
 
@@ -77,7 +81,8 @@ fn write_private(path: &Path, text: &str) -> Result<(), HubError> {
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o600))
             .map_err(|e| HubError::io(path, e))?;
     }
-    tmp.write_all(text.as_bytes()).map_err(|e| HubError::io(path, e))?;
+    tmp.write_all(text.as_bytes())
+        .map_err(|e| HubError::io(path, e))?;
     tmp.persist(path).map_err(|e| HubError::io(path, e.error))?;
     Ok(())
 }
@@ -150,18 +155,21 @@ pub async fn serve(
         let app = app.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake refused");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(PeerAddr(peer));
-                tower::ServiceExt::oneshot(app.clone(), req)
-            });
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake refused");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(PeerAddr(peer));
+                    tower::ServiceExt::oneshot(app.clone(), req)
+                },
+            );
             let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             b.http1()
                 .max_buf_size(max_header_bytes.max(8192))

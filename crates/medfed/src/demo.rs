@@ -161,7 +161,11 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         hub.stored,
         hub.studies_stored,
         hub.studies_found,
-        if hub.retrieved_identical { "byte-identical" } else { "DIFFERENT" },
+        if hub.retrieved_identical {
+            "byte-identical"
+        } else {
+            "DIFFERENT"
+        },
         hub.audit_records,
         t.elapsed().as_secs_f64()
     );
@@ -269,7 +273,10 @@ struct HubDemo {
 
 impl HubDemo {
     fn ok(&self) -> bool {
-        self.stored > 0 && self.failed == 0 && self.studies_found == self.studies_stored && self.retrieved_identical
+        self.stored > 0
+            && self.failed == 0
+            && self.studies_found == self.studies_stored
+            && self.retrieved_identical
     }
 }
 
@@ -287,7 +294,9 @@ fn demo_hub(data_dir: &std::path::Path, deidentified: &std::path::Path) -> anyho
         .map(|e| e.into_path())
         .collect();
     files.sort();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let cfg = medfed_hub::HubConfig {
             data_dir: data_dir.to_path_buf(),

@@ -62,7 +62,9 @@ impl ConfigArg {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 pub fn run(cmd: HubCommand) -> anyhow::Result<ExitCode> {
@@ -153,7 +155,11 @@ pub fn upload(args: &UploadArgs) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     rt.block_on(async {
         let client = HubClient::new(&args.hub, args.ca.as_deref())?.with_token(&args.token);
-        let total: u64 = args.files.iter().map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)).sum();
+        let total: u64 = args
+            .files
+            .iter()
+            .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+            .sum();
         let bar = ProgressBar::new(total).with_style(
             ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -161,10 +167,20 @@ pub fn upload(args: &UploadArgs) -> anyhow::Result<ExitCode> {
         for f in &args.files {
             bar.set_message(display_name(f));
             let v = client
-                .upload_file(&args.dataset, f, &args.media_type, args.resume.as_deref(), &|n| bar.inc(n))
+                .upload_file(
+                    &args.dataset,
+                    f,
+                    &args.media_type,
+                    args.resume.as_deref(),
+                    &|n| bar.inc(n),
+                )
                 .await
                 .with_context(|| format!("uploading {}", f.display()))?;
-            bar.println(format!("{} -> object {}", f.display(), v["id"].as_str().unwrap_or("?")));
+            bar.println(format!(
+                "{} -> object {}",
+                f.display(),
+                v["id"].as_str().unwrap_or("?")
+            ));
         }
         bar.finish_and_clear();
         Ok(ExitCode::SUCCESS)
@@ -172,5 +188,7 @@ pub fn upload(args: &UploadArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn display_name(p: &Path) -> String {
-    p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()
+    p.file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default()
 }

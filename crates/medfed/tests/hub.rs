@@ -27,12 +27,20 @@ impl Drop for Server {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Start `medfed hub serve`, logging at debug level into `log` (appended).
 fn serve(dir: &Path, port: u16, log: &Path, failpoint: Option<&str>) -> Server {
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
     let mut cmd = medfed();
     cmd.args(["hub", "serve", "--config"])
         .arg(dir.join("hub.toml"))
@@ -42,20 +50,30 @@ fn serve(dir: &Path, port: u16, log: &Path, failpoint: Option<&str>) -> Server {
     if let Some(f) = failpoint {
         cmd.env("MEDFED_HUB_FAILPOINT", f);
     }
-    let child = cmd.spawn().unwrap();
+    let server = Server {
+        child: cmd.spawn().unwrap(),
+        port,
+    };
     for _ in 0..200 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Server { child, port };
+            return server;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("hub did not start: {}", std::fs::read_to_string(log).unwrap_or_default());
+    drop(server);
+    panic!(
+        "hub did not start: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
 }
 
 fn client(dir: &Path, s: &Server, token: &str) -> HubClient {
-    HubClient::new(&format!("https://127.0.0.1:{}", s.port), Some(&dir.join("data/tls/ca.pem")))
-        .unwrap()
-        .with_token(token)
+    HubClient::new(
+        &format!("https://127.0.0.1:{}", s.port),
+        Some(&dir.join("data/tls/ca.pem")),
+    )
+    .unwrap()
+    .with_token(token)
 }
 
 fn blobs(dir: &Path, dataset: &str) -> Vec<PathBuf> {
@@ -69,24 +87,52 @@ fn a_hub_killed_mid_upload_recovers_consistently_and_never_logs_identifying_valu
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let port = free_port();
-    std::fs::write(d.join("hub.toml"), format!("listen = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\n[audit]\ncheckpoint_every = 5\n")).unwrap();
+    std::fs::write(
+        d.join("hub.toml"),
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\n[audit]\ncheckpoint_every = 5\n"
+        ),
+    )
+    .unwrap();
     let log = d.join("hub.log");
     let boot = medfed()
         .args(["hub", "bootstrap", "--organisation", "org1", "--config"])
         .arg(d.join("hub.toml"))
         .output()
         .unwrap();
-    assert!(boot.status.success(), "{}", String::from_utf8_lossy(&boot.stderr));
+    assert!(
+        boot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&boot.stderr)
+    );
     let stdout = String::from_utf8(boot.stdout).unwrap();
     let token = stdout.lines().last().unwrap().trim().to_string();
     assert!(token.starts_with("mf_"), "{stdout}");
     // A second bootstrap is refused.
-    let again = medfed().args(["hub", "bootstrap", "--config"]).arg(d.join("hub.toml")).output().unwrap();
+    let again = medfed()
+        .args(["hub", "bootstrap", "--config"])
+        .arg(d.join("hub.toml"))
+        .output()
+        .unwrap();
     assert!(!again.status.success());
 
     // A synthetic study with planted identifying values, not de-identified.
     let synth_dir = d.join("synth");
-    let s = medfed().args(["synth", "--patients", "1", "--studies", "1", "--series", "1", "--slices", "2"]).arg(&synth_dir).output().unwrap();
+    let s = medfed()
+        .args([
+            "synth",
+            "--patients",
+            "1",
+            "--studies",
+            "1",
+            "--series",
+            "1",
+            "--slices",
+            "2",
+        ])
+        .arg(&synth_dir)
+        .output()
+        .unwrap();
     assert!(s.status.success());
     let raw: Vec<PathBuf> = walkdir::WalkDir::new(&synth_dir)
         .into_iter()
@@ -141,23 +187,50 @@ fn a_hub_killed_mid_upload_recovers_consistently_and_never_logs_identifying_valu
     std::fs::write(&payload, vec![42u8; 300_000]).unwrap();
     let mut server = serve(d, port, &log, Some("after-blob-publish"));
     let before = blobs(d, &dataset).len();
-    let r = rt.block_on(client(d, &server, &token).upload_file(&dataset, &payload, "application/octet-stream", None, &|_| {}));
+    let r = rt.block_on(client(d, &server, &token).upload_file(
+        &dataset,
+        &payload,
+        "application/octet-stream",
+        None,
+        &|_| {},
+    ));
     assert!(r.is_err(), "the hub died during the upload");
     assert!(!server.child.wait().unwrap().success());
-    assert_eq!(blobs(d, &dataset).len(), before + 1, "an orphan blob was left behind");
+    assert_eq!(
+        blobs(d, &dataset).len(),
+        before + 1,
+        "an orphan blob was left behind"
+    );
     drop(server);
 
     // Restart: the orphan is removed; every catalogue entry has an intact object.
     let server = serve(d, port, &log, None);
-    assert_eq!(blobs(d, &dataset).len(), before, "recovery removed the orphan");
+    assert_eq!(
+        blobs(d, &dataset).len(),
+        before,
+        "recovery removed the orphan"
+    );
     let check = |server: &Server| {
         rt.block_on(async {
             let c = client(d, server, &token);
-            let list = c.call(reqwest::Method::GET, &format!("/api/v1/datasets/{dataset}/objects"), None).await.unwrap();
+            let list = c
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/api/v1/datasets/{dataset}/objects"),
+                    None,
+                )
+                .await
+                .unwrap();
             let items = list["items"].as_array().unwrap().clone();
             for o in &items {
                 let body = c
-                    .request(reqwest::Method::GET, &format!("/api/v1/datasets/{dataset}/objects/{}", o["id"].as_str().unwrap()))
+                    .request(
+                        reqwest::Method::GET,
+                        &format!(
+                            "/api/v1/datasets/{dataset}/objects/{}",
+                            o["id"].as_str().unwrap()
+                        ),
+                    )
                     .send()
                     .await
                     .unwrap()
@@ -165,7 +238,10 @@ fn a_hub_killed_mid_upload_recovers_consistently_and_never_logs_identifying_valu
                     .await
                     .unwrap();
                 use sha2::Digest;
-                assert_eq!(hex::encode(sha2::Sha256::digest(&body)), o["sha256"].as_str().unwrap());
+                assert_eq!(
+                    hex::encode(sha2::Sha256::digest(&body)),
+                    o["sha256"].as_str().unwrap()
+                );
             }
             items.len()
         })
@@ -175,12 +251,22 @@ fn a_hub_killed_mid_upload_recovers_consistently_and_never_logs_identifying_valu
 
     // Crash 2: the catalogue commit happened, the process dies before the audit record.
     let mut server = serve(d, port, &log, Some("after-index-commit"));
-    let r = rt.block_on(client(d, &server, &token).upload_file(&dataset, &payload, "application/octet-stream", None, &|_| {}));
+    let r = rt.block_on(client(d, &server, &token).upload_file(
+        &dataset,
+        &payload,
+        "application/octet-stream",
+        None,
+        &|_| {},
+    ));
     assert!(r.is_err());
     assert!(!server.child.wait().unwrap().success());
     drop(server);
     let server = serve(d, port, &log, None);
-    assert_eq!(check(&server), 2, "the committed object is listed and intact");
+    assert_eq!(
+        check(&server),
+        2,
+        "the committed object is listed and intact"
+    );
     drop(server);
 
     // The audit chain verifies after both crashes.
@@ -192,7 +278,12 @@ fn a_hub_killed_mid_upload_recovers_consistently_and_never_logs_identifying_valu
         .arg(d.join("data/keys/audit.pub"))
         .output()
         .unwrap();
-    assert!(v.status.success(), "{}{}", String::from_utf8_lossy(&v.stdout), String::from_utf8_lossy(&v.stderr));
+    assert!(
+        v.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
     let audit_text = std::fs::read_to_string(&audit).unwrap();
     assert!(audit_text.contains("recovery.remove-orphan"));
     assert!(audit_text.contains("\"outcome\":\"denied 401\""));
@@ -203,7 +294,11 @@ fn a_hub_killed_mid_upload_recovers_consistently_and_never_logs_identifying_valu
     values.extend(medfed_synth_planted(&raw));
     for p in &values {
         for (name, hay) in [("hub log", &logs[..]), ("audit log", audit_bytes)] {
-            assert!(memchr::memmem::find(hay, p).is_none(), "planted value {:?} in the {name}", String::from_utf8_lossy(p));
+            assert!(
+                memchr::memmem::find(hay, p).is_none(),
+                "planted value {:?} in the {name}",
+                String::from_utf8_lossy(p)
+            );
         }
     }
 }
@@ -213,7 +308,10 @@ fn medfed_synth_planted(files: &[PathBuf]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for f in files {
         let obj = dicom_object::open_file(f).unwrap();
-        for tag in [dicom_dictionary_std::tags::PATIENT_NAME, dicom_dictionary_std::tags::PATIENT_ID] {
+        for tag in [
+            dicom_dictionary_std::tags::PATIENT_NAME,
+            dicom_dictionary_std::tags::PATIENT_ID,
+        ] {
             if let Ok(e) = obj.element(tag) {
                 let v = e.to_str().unwrap().trim().to_string();
                 if v.len() >= 4 {

@@ -128,7 +128,11 @@ impl BlobStore for S3Store {
             })
     }
 
-    fn publish(&self, key: &ObjectKey, mut src: tempfile::NamedTempFile) -> Result<u64, StoreError> {
+    fn publish(
+        &self,
+        key: &ObjectKey,
+        mut src: tempfile::NamedTempFile,
+    ) -> Result<u64, StoreError> {
         if self.exists(key) {
             return Err(StoreError::Conflict(format!(
                 "object {} already exists",
@@ -152,7 +156,10 @@ impl BlobStore for S3Store {
                 .map_err(s3_err(path.as_ref()))?;
         } else {
             self.rt.block_on(async {
-                let upload = store.put_multipart(&path).await.map_err(s3_err(path.as_ref()))?;
+                let upload = store
+                    .put_multipart(&path)
+                    .await
+                    .map_err(s3_err(path.as_ref()))?;
                 let mut w = WriteMultipart::new_with_chunk_size(upload, 16 << 20);
                 let mut buf = vec![0u8; 8 << 20];
                 loop {
@@ -160,7 +167,9 @@ impl BlobStore for S3Store {
                     if n == 0 {
                         break;
                     }
-                    w.wait_for_capacity(4).await.map_err(s3_err(path.as_ref()))?;
+                    w.wait_for_capacity(4)
+                        .await
+                        .map_err(s3_err(path.as_ref()))?;
                     w.write(&buf[..n]);
                 }
                 w.finish().await.map_err(s3_err(path.as_ref()))?;

@@ -10,19 +10,52 @@ use crate::support::{Fixture, backends, dataset_body, instance};
 async fn stow_qido_and_wado_round_trip_under_the_access_rules() {
     for backend in backends() {
         let f = Fixture::new(backend).await;
-        f.hub.catalogue.create_organisation("org1", "One").await.unwrap();
-        f.hub.catalogue.create_study("study-a", "A", &["org1".into()]).await.unwrap();
-        let (_, op) = f.user("local:op", Some("org1"), false, &[("study-a", SiteOperator)]).await;
-        let (_, res) = f.user("local:res", Some("org1"), false, &[("study-a", Researcher)]).await;
-        let (_, v) = f.call("POST", "/api/v1/studies/study-a/datasets", Some(&op), Some(dataset_body())).await;
+        f.hub
+            .catalogue
+            .create_organisation("org1", "One")
+            .await
+            .unwrap();
+        f.hub
+            .catalogue
+            .create_study("study-a", "A", &["org1".into()])
+            .await
+            .unwrap();
+        let (_, op) = f
+            .user(
+                "local:op",
+                Some("org1"),
+                false,
+                &[("study-a", SiteOperator)],
+            )
+            .await;
+        let (_, res) = f
+            .user("local:res", Some("org1"), false, &[("study-a", Researcher)])
+            .await;
+        let (_, v) = f
+            .call(
+                "POST",
+                "/api/v1/studies/study-a/datasets",
+                Some(&op),
+                Some(dataset_body()),
+            )
+            .await;
         let ds = v["id"].as_str().unwrap().to_string();
         let mut instances = Vec::new();
         for s in 0..3 {
             for i in 0..4 {
-                instances.push(instance("2.25.500", &format!("2.25.50{s}"), &format!("2.25.5{s}{i}"), "PSEUDO-7", "PSEUDO^SEVEN", true));
+                instances.push(instance(
+                    "2.25.500",
+                    &format!("2.25.50{s}"),
+                    &format!("2.25.5{s}{i}"),
+                    "PSEUDO-7",
+                    "PSEUDO^SEVEN",
+                    true,
+                ));
             }
         }
-        let not_deidentified = instance("2.25.600", "2.25.601", "2.25.602", "MRN-123", "DOE^JANE", false);
+        let not_deidentified = instance(
+            "2.25.600", "2.25.601", "2.25.602", "MRN-123", "DOE^JANE", false,
+        );
         let mut batch = instances.clone();
         batch.push(not_deidentified);
         batch.push(b"not dicom at all".to_vec());
@@ -35,17 +68,55 @@ async fn stow_qido_and_wado_round_trip_under_the_access_rules() {
         assert_eq!(s, StatusCode::CONFLICT);
         assert_eq!(v["00081198"]["Value"][0]["00081197"]["Value"][0], 0x0111);
         // QIDO at each level.
-        let (s, v) = f.call("GET", "/api/v1/dicomweb/studies?PatientID=PSEUDO-7", Some(&res), None).await;
+        let (s, v) = f
+            .call(
+                "GET",
+                "/api/v1/dicomweb/studies?PatientID=PSEUDO-7",
+                Some(&res),
+                None,
+            )
+            .await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(v.as_array().unwrap().len(), 1);
         assert_eq!(v[0]["00201208"]["Value"][0], 12);
-        let (_, v) = f.call("GET", "/api/v1/dicomweb/studies?PatientID=MRN-123", Some(&res), None).await;
-        assert!(v.as_array().unwrap().is_empty(), "the refused instance was not indexed");
-        let (_, v) = f.call("GET", "/api/v1/dicomweb/studies?StudyDate=20240101-20241231&Modality=CT", Some(&res), None).await;
+        let (_, v) = f
+            .call(
+                "GET",
+                "/api/v1/dicomweb/studies?PatientID=MRN-123",
+                Some(&res),
+                None,
+            )
+            .await;
+        assert!(
+            v.as_array().unwrap().is_empty(),
+            "the refused instance was not indexed"
+        );
+        let (_, v) = f
+            .call(
+                "GET",
+                "/api/v1/dicomweb/studies?StudyDate=20240101-20241231&Modality=CT",
+                Some(&res),
+                None,
+            )
+            .await;
         assert_eq!(v.as_array().unwrap().len(), 1);
-        let (_, v) = f.call("GET", "/api/v1/dicomweb/studies?StudyDate=20250101-", Some(&res), None).await;
+        let (_, v) = f
+            .call(
+                "GET",
+                "/api/v1/dicomweb/studies?StudyDate=20250101-",
+                Some(&res),
+                None,
+            )
+            .await;
         assert!(v.as_array().unwrap().is_empty());
-        let (_, v) = f.call("GET", "/api/v1/dicomweb/studies/2.25.500/series", Some(&res), None).await;
+        let (_, v) = f
+            .call(
+                "GET",
+                "/api/v1/dicomweb/studies/2.25.500/series",
+                Some(&res),
+                None,
+            )
+            .await;
         assert_eq!(v.as_array().unwrap().len(), 3);
         let (st, h, body) = f
             .send_raw(
@@ -78,7 +149,14 @@ async fn stow_qido_and_wado_round_trip_under_the_access_rules() {
         let end = memchr::memmem::rfind(&body, format!("\r\n--{boundary}--").as_bytes()).unwrap();
         assert_eq!(&body[start..end], &instances[11][..], "{backend}");
         // The site operator may upload but not read data.
-        let (st, _) = f.call("GET", "/api/v1/dicomweb/studies/2.25.500/series/2.25.502/instances/2.25.523", Some(&op), None).await;
+        let (st, _) = f
+            .call(
+                "GET",
+                "/api/v1/dicomweb/studies/2.25.500/series/2.25.502/instances/2.25.523",
+                Some(&op),
+                None,
+            )
+            .await;
         assert_eq!(st, StatusCode::FORBIDDEN);
     }
 }

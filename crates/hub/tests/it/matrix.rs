@@ -10,7 +10,17 @@ use crate::support::{Fixture, backends, dataset_body, instance};
 
 /// Columns of the matrix.
 const PRINCIPALS: [&str; 11] = [
-    "anon", "admin", "admin+res", "coord", "res-a", "res-b", "op-a1", "op-a2", "owner-a1", "auditor", "outsider",
+    "anon",
+    "admin",
+    "admin+res",
+    "coord",
+    "res-a",
+    "res-b",
+    "op-a1",
+    "op-a2",
+    "owner-a1",
+    "auditor",
+    "outsider",
 ];
 
 /// The world every cell starts from: studies A and B (organisations org1 and org2), dataset DA
@@ -35,12 +45,22 @@ async fn world(backend: &str) -> World {
     let c = &f.hub.catalogue;
     c.create_organisation("org1", "Hospital One").await.unwrap();
     c.create_organisation("org2", "Hospital Two").await.unwrap();
-    c.create_study("study-a", "Study A", &["org1".into(), "org2".into()]).await.unwrap();
-    c.create_study("study-b", "Study B", &["org1".into(), "org2".into()]).await.unwrap();
-    let specs: [(&str, Option<&str>, bool, &[(&str, StudyRole)]); 10] = [
+    c.create_study("study-a", "Study A", &["org1".into(), "org2".into()])
+        .await
+        .unwrap();
+    c.create_study("study-b", "Study B", &["org1".into(), "org2".into()])
+        .await
+        .unwrap();
+    type Spec<'a> = (&'a str, Option<&'a str>, bool, &'a [(&'a str, StudyRole)]);
+    let specs: [Spec; 10] = [
         ("admin", None, true, &[]),
         ("admin-res", None, true, &[("study-a", Researcher)]),
-        ("coord", Some("org1"), false, &[("study-a", StudyCoordinator)]),
+        (
+            "coord",
+            Some("org1"),
+            false,
+            &[("study-a", StudyCoordinator)],
+        ),
         ("res-a", Some("org1"), false, &[("study-a", Researcher)]),
         ("res-b", Some("org2"), false, &[("study-b", Researcher)]),
         ("op-a1", Some("org1"), false, &[("study-a", SiteOperator)]),
@@ -58,26 +78,108 @@ async fn world(backend: &str) -> World {
         tokens.push(Some(t));
         user_ids.push(id);
     }
-    let (_, op_b) = f.user("local:op-b1", Some("org1"), false, &[("study-b", SiteOperator)]).await;
+    let (_, op_b) = f
+        .user(
+            "local:op-b1",
+            Some("org1"),
+            false,
+            &[("study-b", SiteOperator)],
+        )
+        .await;
     let op_a1 = tokens[6].clone().unwrap();
-    let (s, v) = f.call("POST", "/api/v1/studies/study-a/datasets", Some(&op_a1), Some(dataset_body())).await;
+    let (s, v) = f
+        .call(
+            "POST",
+            "/api/v1/studies/study-a/datasets",
+            Some(&op_a1),
+            Some(dataset_body()),
+        )
+        .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let da = v["id"].as_str().unwrap().to_string();
-    let (s, v) = f.call("POST", "/api/v1/studies/study-b/datasets", Some(&op_b), Some(dataset_body())).await;
+    let (s, v) = f
+        .call(
+            "POST",
+            "/api/v1/studies/study-b/datasets",
+            Some(&op_b),
+            Some(dataset_body()),
+        )
+        .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let db = v["id"].as_str().unwrap().to_string();
-    let da_object = f.upload(&op_a1, &da, "features.csv", "text/csv", b"case,volume\n1,2.5\n", 7).await;
-    let (study_uid, series_uid, sop_uid) = ("2.25.1001".to_string(), "2.25.1002".to_string(), "2.25.1003".to_string());
-    let (s, v) = f.stow(&op_a1, &da, &[instance(&study_uid, &series_uid, &sop_uid, "PSEUDO-A", "PSEUDO^A", true)]).await;
+    let da_object = f
+        .upload(
+            &op_a1,
+            &da,
+            "features.csv",
+            "text/csv",
+            b"case,volume\n1,2.5\n",
+            7,
+        )
+        .await;
+    let (study_uid, series_uid, sop_uid) = (
+        "2.25.1001".to_string(),
+        "2.25.1002".to_string(),
+        "2.25.1003".to_string(),
+    );
+    let (s, v) = f
+        .stow(
+            &op_a1,
+            &da,
+            &[instance(
+                &study_uid,
+                &series_uid,
+                &sop_uid,
+                "PSEUDO-A",
+                "PSEUDO^A",
+                true,
+            )],
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let db_study_uid = "2.25.2001".to_string();
-    let (s, _) = f.stow(&op_b, &db, &[instance(&db_study_uid, "2.25.2002", "2.25.2003", "PSEUDO-B", "PSEUDO^B", true)]).await;
+    let (s, _) = f
+        .stow(
+            &op_b,
+            &db,
+            &[instance(
+                &db_study_uid,
+                "2.25.2002",
+                "2.25.2003",
+                "PSEUDO-B",
+                "PSEUDO^B",
+                true,
+            )],
+        )
+        .await;
     assert_eq!(s, StatusCode::OK);
     let pending = b"0123456789";
-    let upload = f.start_upload(&op_a1, &da, "pending.bin", "application/octet-stream", pending, 10).await;
+    let upload = f
+        .start_upload(
+            &op_a1,
+            &da,
+            "pending.bin",
+            "application/octet-stream",
+            pending,
+            10,
+        )
+        .await;
     let (s, _) = f.put_chunk(&op_a1, &upload, 0, pending).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
-    World { f, tokens, user_ids, token_ids, da, db, da_object, upload, study_uid, series_uid, sop_uid, db_study_uid }
+    World {
+        f,
+        tokens,
+        user_ids,
+        token_ids,
+        da,
+        db,
+        da_object,
+        upload,
+        study_uid,
+        series_uid,
+        sop_uid,
+        db_study_uid,
+    }
 }
 
 /// One row: method, path (with placeholders), body, whether each cell needs a fresh world
@@ -90,8 +192,20 @@ struct Row {
     expect: [u16; 11],
 }
 
-const fn row(method: &'static str, path: &'static str, body: Option<&'static str>, fresh: bool, expect: [u16; 11]) -> Row {
-    Row { method, path, body, fresh, expect }
+const fn row(
+    method: &'static str,
+    path: &'static str,
+    body: Option<&'static str>,
+    fresh: bool,
+    expect: [u16; 11],
+) -> Row {
+    Row {
+        method,
+        path,
+        body,
+        fresh,
+        expect,
+    }
 }
 
 // anon, admin, admin+res, coord, res-a, res-b, op-a1, op-a2, owner-a1, auditor, outsider
@@ -110,38 +224,174 @@ const ROWS: &[Row] = &[
     row("GET", "/api/v1/health", None, false, [200; 11]),
     row("GET", "/api/v1/openapi.json", None, false, [200; 11]),
     row("GET", "/api/v1/me", None, false, ALL_AUTH),
-    row("POST", "/api/v1/tokens", Some(r#"{"days": 1}"#), false, [401, 201, 201, 201, 201, 201, 201, 201, 201, 201, 201]),
+    row(
+        "POST",
+        "/api/v1/tokens",
+        Some(r#"{"days": 1}"#),
+        false,
+        [401, 201, 201, 201, 201, 201, 201, 201, 201, 201, 201],
+    ),
     // res-a's token: its owner and platform admins may revoke it; to others it does not exist.
-    row("DELETE", "/api/v1/tokens/{res_a_token}", None, true, [401, 204, 204, 404, 204, 404, 404, 404, 404, 404, 404]),
+    row(
+        "DELETE",
+        "/api/v1/tokens/{res_a_token}",
+        None,
+        true,
+        [401, 204, 204, 404, 204, 404, 404, 404, 404, 404, 404],
+    ),
     row("GET", "/api/v1/organisations", None, false, ADMIN_ONLY),
-    row("POST", "/api/v1/organisations", Some(r#"{"id": "org-new-{n}", "name": "New"}"#), false, ADMIN_CREATE),
+    row(
+        "POST",
+        "/api/v1/organisations",
+        Some(r#"{"id": "org-new-{n}", "name": "New"}"#),
+        false,
+        ADMIN_CREATE,
+    ),
     row("GET", "/api/v1/users", None, false, ADMIN_ONLY),
-    row("POST", "/api/v1/users", Some(r#"{"subject": "local:new-{n}", "organisation": "org1"}"#), false, ADMIN_CREATE),
+    row(
+        "POST",
+        "/api/v1/users",
+        Some(r#"{"subject": "local:new-{n}", "organisation": "org1"}"#),
+        false,
+        ADMIN_CREATE,
+    ),
     row("GET", "/api/v1/admin/studies", None, false, ADMIN_ONLY),
     row("GET", "/api/v1/studies", None, false, ALL_AUTH),
-    row("POST", "/api/v1/studies", Some(r#"{"id": "study-new-{n}", "title": "T", "organisations": ["org1"], "coordinator": "{coord}"}"#), false, ADMIN_CREATE),
+    row(
+        "POST",
+        "/api/v1/studies",
+        Some(
+            r#"{"id": "study-new-{n}", "title": "T", "organisations": ["org1"], "coordinator": "{coord}"}"#,
+        ),
+        false,
+        ADMIN_CREATE,
+    ),
     row("GET", "/api/v1/studies/study-a", None, false, MEMBERS_OF_A),
-    row("POST", "/api/v1/studies/study-a/grants", Some(r#"{"user": "{outsider}", "role": "researcher"}"#), true, COORDINATOR_OF_A),
-    row("DELETE", "/api/v1/studies/study-a/grants/{res_a}/researcher", None, true, COORDINATOR_OF_A),
-    row("GET", "/api/v1/studies/study-a/datasets", None, false, MEMBERS_OF_A),
-    row("POST", "/api/v1/studies/study-a/datasets", Some("{dataset_body}"), false, [401, 404, 403, 403, 403, 404, 201, 201, 403, 403, 404]),
-    row("GET", "/api/v1/studies/study-a/audit", None, false, [401, 404, 403, 200, 403, 404, 403, 403, 403, 200, 404]),
+    row(
+        "POST",
+        "/api/v1/studies/study-a/grants",
+        Some(r#"{"user": "{outsider}", "role": "researcher"}"#),
+        true,
+        COORDINATOR_OF_A,
+    ),
+    row(
+        "DELETE",
+        "/api/v1/studies/study-a/grants/{res_a}/researcher",
+        None,
+        true,
+        COORDINATOR_OF_A,
+    ),
+    row(
+        "GET",
+        "/api/v1/studies/study-a/datasets",
+        None,
+        false,
+        MEMBERS_OF_A,
+    ),
+    row(
+        "POST",
+        "/api/v1/studies/study-a/datasets",
+        Some("{dataset_body}"),
+        false,
+        [401, 404, 403, 403, 403, 404, 201, 201, 403, 403, 404],
+    ),
+    row(
+        "GET",
+        "/api/v1/studies/study-a/audit",
+        None,
+        false,
+        [401, 404, 403, 200, 403, 404, 403, 403, 403, 200, 404],
+    ),
     row("GET", "/api/v1/datasets", None, false, ALL_AUTH),
     row("GET", "/api/v1/datasets/{da}", None, false, MEMBERS_OF_A),
     row("DELETE", "/api/v1/datasets/{da}", None, true, OWNER_A1),
-    row("PUT", "/api/v1/datasets/{da}/legal-hold", Some(r#"{"hold": false}"#), false, OWNER_A1),
-    row("GET", "/api/v1/datasets/{da}/objects", None, false, MEMBERS_OF_A),
-    row("GET", "/api/v1/datasets/{da}/objects/{da_object}", None, false, RESEARCHERS_OF_A),
-    row("POST", "/api/v1/datasets/{da}/uploads", Some(r#"{"name": "x.bin", "media_type": "application/octet-stream", "size": 3, "sha256": "039058c6f2c0cb492c533b0a4d14ef77cc0f78abccced5287d84a1a2011cfb81", "chunk_size": 3}"#), false, operator_a1(201)),
-    row("GET", "/api/v1/uploads/{upload}", None, false, operator_a1(200)),
-    row("DELETE", "/api/v1/uploads/{upload}", None, true, operator_a1(204)),
-    row("PUT", "/api/v1/uploads/{upload}/chunks/0", Some("0123456789"), false, operator_a1(204)),
-    row("POST", "/api/v1/uploads/{upload}/complete", None, true, operator_a1(201)),
+    row(
+        "PUT",
+        "/api/v1/datasets/{da}/legal-hold",
+        Some(r#"{"hold": false}"#),
+        false,
+        OWNER_A1,
+    ),
+    row(
+        "GET",
+        "/api/v1/datasets/{da}/objects",
+        None,
+        false,
+        MEMBERS_OF_A,
+    ),
+    row(
+        "GET",
+        "/api/v1/datasets/{da}/objects/{da_object}",
+        None,
+        false,
+        RESEARCHERS_OF_A,
+    ),
+    row(
+        "POST",
+        "/api/v1/datasets/{da}/uploads",
+        Some(
+            r#"{"name": "x.bin", "media_type": "application/octet-stream", "size": 3, "sha256": "039058c6f2c0cb492c533b0a4d14ef77cc0f78abccced5287d84a1a2011cfb81", "chunk_size": 3}"#,
+        ),
+        false,
+        operator_a1(201),
+    ),
+    row(
+        "GET",
+        "/api/v1/uploads/{upload}",
+        None,
+        false,
+        operator_a1(200),
+    ),
+    row(
+        "DELETE",
+        "/api/v1/uploads/{upload}",
+        None,
+        true,
+        operator_a1(204),
+    ),
+    row(
+        "PUT",
+        "/api/v1/uploads/{upload}/chunks/0",
+        Some("0123456789"),
+        false,
+        operator_a1(204),
+    ),
+    row(
+        "POST",
+        "/api/v1/uploads/{upload}/complete",
+        None,
+        true,
+        operator_a1(201),
+    ),
     row("GET", "/api/v1/dicomweb/studies", None, false, ALL_AUTH),
-    row("POST", "/api/v1/dicomweb/studies?dataset={da}", Some("{stow}"), true, operator_a1(200)),
-    row("GET", "/api/v1/dicomweb/studies/{study_uid}/series", None, false, ALL_AUTH),
-    row("GET", "/api/v1/dicomweb/studies/{study_uid}/series/{series_uid}/instances", None, false, ALL_AUTH),
-    row("GET", "/api/v1/dicomweb/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}", None, false, RESEARCHERS_OF_A),
+    row(
+        "POST",
+        "/api/v1/dicomweb/studies?dataset={da}",
+        Some("{stow}"),
+        true,
+        operator_a1(200),
+    ),
+    row(
+        "GET",
+        "/api/v1/dicomweb/studies/{study_uid}/series",
+        None,
+        false,
+        ALL_AUTH,
+    ),
+    row(
+        "GET",
+        "/api/v1/dicomweb/studies/{study_uid}/series/{series_uid}/instances",
+        None,
+        false,
+        ALL_AUTH,
+    ),
+    row(
+        "GET",
+        "/api/v1/dicomweb/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}",
+        None,
+        false,
+        RESEARCHERS_OF_A,
+    ),
 ];
 
 fn fill(s: &str, w: &World, n: usize) -> String {
@@ -170,17 +420,35 @@ async fn cell(w: &World, r: &Row, p: usize) -> StatusCode {
         None => b.body(Body::empty()),
         Some("{stow}") => {
             let sop = format!("2.25.9{p}");
-            let inst = instance(&w.study_uid, &w.series_uid, &sop, "PSEUDO-A", "PSEUDO^A", true);
+            let inst = instance(
+                &w.study_uid,
+                &w.series_uid,
+                &sop,
+                "PSEUDO-A",
+                "PSEUDO^A",
+                true,
+            );
             let mut body = b"--bb\r\nContent-Type: application/dicom\r\n\r\n".to_vec();
             body.extend_from_slice(&inst);
             body.extend_from_slice(b"\r\n--bb--\r\n");
-            b.header("content-type", "multipart/related; type=\"application/dicom\"; boundary=bb").body(Body::from(body))
+            b.header(
+                "content-type",
+                "multipart/related; type=\"application/dicom\"; boundary=bb",
+            )
+            .body(Body::from(body))
         }
         Some("0123456789") => b
-            .header("x-medfed-chunk-sha256", crate::support::sha256(b"0123456789"))
+            .header(
+                "x-medfed-chunk-sha256",
+                crate::support::sha256(b"0123456789"),
+            )
             .body(Body::from("0123456789")),
-        Some("{dataset_body}") => b.header("content-type", "application/json").body(Body::from(dataset_body().to_string())),
-        Some(json) => b.header("content-type", "application/json").body(Body::from(fill(json, w, p))),
+        Some("{dataset_body}") => b
+            .header("content-type", "application/json")
+            .body(Body::from(dataset_body().to_string())),
+        Some(json) => b
+            .header("content-type", "application/json")
+            .body(Body::from(fill(json, w, p))),
     }
     .unwrap();
     w.f.send(req).await.0
@@ -190,12 +458,16 @@ async fn cell(w: &World, r: &Row, p: usize) -> StatusCode {
 async fn every_route_answers_every_principal_as_the_policy_says() {
     // Every route of the API is in the matrix.
     let fits = |template: &str, path: &str| {
-        let (a, b): (Vec<&str>, Vec<&str>) = (template.split('/').collect(), path.split('?').next().unwrap_or("").split('/').collect());
+        let (a, b): (Vec<&str>, Vec<&str>) = (
+            template.split('/').collect(),
+            path.split('?').next().unwrap_or("").split('/').collect(),
+        );
         a.len() == b.len() && a.iter().zip(&b).all(|(x, y)| x.starts_with('{') || x == y)
     };
     for route in medfed_hub::openapi::ROUTES {
         assert!(
-            ROWS.iter().any(|r| r.method == route.method && fits(route.path, r.path)),
+            ROWS.iter()
+                .any(|r| r.method == route.method && fits(route.path, r.path)),
             "route {} {} is not in the matrix",
             route.method,
             route.path
@@ -205,7 +477,7 @@ async fn every_route_answers_every_principal_as_the_policy_says() {
         let shared = world(backend).await;
         let mut wrong = Vec::new();
         for r in ROWS {
-            for p in 0..PRINCIPALS.len() {
+            for (p, principal) in PRINCIPALS.iter().enumerate() {
                 let got = if r.fresh {
                     let w = world(backend).await;
                     cell(&w, r, p).await
@@ -213,16 +485,33 @@ async fn every_route_answers_every_principal_as_the_policy_says() {
                     cell(&shared, r, p).await
                 };
                 if got.as_u16() != r.expect[p] {
-                    wrong.push(format!("{backend}: {} {} as {}: {} (expected {})", r.method, r.path, PRINCIPALS[p], got.as_u16(), r.expect[p]));
+                    wrong.push(format!(
+                        "{backend}: {} {} as {}: {} (expected {})",
+                        r.method,
+                        r.path,
+                        principal,
+                        got.as_u16(),
+                        r.expect[p]
+                    ));
                 }
             }
         }
-        assert!(wrong.is_empty(), "{} cells differ:\n{}", wrong.len(), wrong.join("\n"));
+        assert!(
+            wrong.is_empty(),
+            "{} cells differ:\n{}",
+            wrong.len(),
+            wrong.join("\n")
+        );
     }
 }
 
 fn ids(v: &Value) -> Vec<String> {
-    v["items"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap().to_string()).collect()
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,29 +524,72 @@ async fn searches_only_find_what_the_caller_may_know_and_hidden_equals_missing()
         assert_eq!(ids(&v), vec![w.da.clone()], "{backend}: researcher of A");
         let (_, v) = w.f.call("GET", "/api/v1/datasets", t(5), None).await;
         assert_eq!(ids(&v), vec![w.db.clone()], "{backend}: researcher of B");
-        let (_, v) = w.f.call("GET", &format!("/api/v1/datasets?study=study-a"), t(5), None).await;
-        assert!(ids(&v).is_empty(), "{backend}: naming another study finds nothing");
+        let (_, v) =
+            w.f.call("GET", "/api/v1/datasets?study=study-a", t(5), None)
+                .await;
+        assert!(
+            ids(&v).is_empty(),
+            "{backend}: naming another study finds nothing"
+        );
         let (_, v) = w.f.call("GET", "/api/v1/datasets", t(1), None).await;
-        assert!(ids(&v).is_empty(), "{backend}: platform admin without a study role sees no datasets");
+        assert!(
+            ids(&v).is_empty(),
+            "{backend}: platform admin without a study role sees no datasets"
+        );
         let (_, v) = w.f.call("GET", "/api/v1/studies", t(5), None).await;
         assert_eq!(ids(&v), vec!["study-b".to_string()]);
         // QIDO-RS.
         let uids = |v: &Value| -> Vec<String> {
-            v.as_array().unwrap().iter().map(|s| s["0020000D"]["Value"][0].as_str().unwrap().to_string()).collect()
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["0020000D"]["Value"][0].as_str().unwrap().to_string())
+                .collect()
         };
-        let (_, v) = w.f.call("GET", "/api/v1/dicomweb/studies", t(5), None).await;
+        let (_, v) =
+            w.f.call("GET", "/api/v1/dicomweb/studies", t(5), None)
+                .await;
         assert_eq!(uids(&v), vec![w.db_study_uid.clone()], "{backend}");
-        let (_, v) = w.f.call("GET", &format!("/api/v1/dicomweb/studies?StudyInstanceUID={}", w.study_uid), t(5), None).await;
-        assert!(uids(&v).is_empty(), "{backend}: a UID of another study is not found");
-        let (_, v) = w.f.call("GET", "/api/v1/dicomweb/studies?PatientID=PSEUDO-*", t(4), None).await;
+        let (_, v) =
+            w.f.call(
+                "GET",
+                &format!("/api/v1/dicomweb/studies?StudyInstanceUID={}", w.study_uid),
+                t(5),
+                None,
+            )
+            .await;
+        assert!(
+            uids(&v).is_empty(),
+            "{backend}: a UID of another study is not found"
+        );
+        let (_, v) =
+            w.f.call(
+                "GET",
+                "/api/v1/dicomweb/studies?PatientID=PSEUDO-*",
+                t(4),
+                None,
+            )
+            .await;
         assert_eq!(uids(&v), vec![w.study_uid.clone()]);
         // Hidden answers byte-for-byte like missing.
         for (hidden, missing) in [
-            (format!("/api/v1/datasets/{}", w.da), "/api/v1/datasets/00000000-0000-4000-8000-000000000000".to_string()),
-            ("/api/v1/studies/study-a".to_string(), "/api/v1/studies/study-zz".to_string()),
-            (format!("/api/v1/datasets/{}/objects/{}", w.da, w.da_object), format!("/api/v1/datasets/{}/objects/ffff", w.db)),
             (
-                format!("/api/v1/dicomweb/studies/{}/series/{}/instances/{}", w.study_uid, w.series_uid, w.sop_uid),
+                format!("/api/v1/datasets/{}", w.da),
+                "/api/v1/datasets/00000000-0000-4000-8000-000000000000".to_string(),
+            ),
+            (
+                "/api/v1/studies/study-a".to_string(),
+                "/api/v1/studies/study-zz".to_string(),
+            ),
+            (
+                format!("/api/v1/datasets/{}/objects/{}", w.da, w.da_object),
+                format!("/api/v1/datasets/{}/objects/ffff", w.db),
+            ),
+            (
+                format!(
+                    "/api/v1/dicomweb/studies/{}/series/{}/instances/{}",
+                    w.study_uid, w.series_uid, w.sop_uid
+                ),
                 "/api/v1/dicomweb/studies/1.2/series/1.3/instances/1.4".to_string(),
             ),
         ] {
@@ -267,9 +599,13 @@ async fn searches_only_find_what_the_caller_may_know_and_hidden_equals_missing()
             assert_eq!(a, b, "{backend}: {hidden} vs {missing}");
         }
         // Paging is mandatory: a page too large is refused; the default page says what comes next.
-        let (s, _) = w.f.call("GET", "/api/v1/datasets?limit=100000", t(4), None).await;
+        let (s, _) =
+            w.f.call("GET", "/api/v1/datasets?limit=100000", t(4), None)
+                .await;
         assert_eq!(s, StatusCode::BAD_REQUEST);
-        let (s, _) = w.f.call("GET", "/api/v1/dicomweb/studies?limit=100000", t(4), None).await;
+        let (s, _) =
+            w.f.call("GET", "/api/v1/dicomweb/studies?limit=100000", t(4), None)
+                .await;
         assert_eq!(s, StatusCode::BAD_REQUEST);
         let (_, v) = w.f.call("GET", "/api/v1/users?limit=3", t(1), None).await;
         assert_eq!(v["items"].as_array().unwrap().len(), 3);

@@ -22,7 +22,11 @@ impl Drop for Server {
 }
 
 fn start_moto() -> Option<(Server, u16)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
     let child = Command::new("moto_server")
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(Stdio::null())
@@ -42,14 +46,21 @@ fn start_moto() -> Option<(Server, u16)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_live_encrypted_in_an_s3_bucket() {
     let Some((_server, port)) = start_moto() else {
-        assert!(std::env::var("MEDFED_REQUIRE_S3").is_err(), "MEDFED_REQUIRE_S3 is set but moto_server could not be started");
+        assert!(
+            std::env::var("MEDFED_REQUIRE_S3").is_err(),
+            "MEDFED_REQUIRE_S3 is set but moto_server could not be started"
+        );
         eprintln!("SKIPPED: no S3-compatible server (moto_server) could be started on 127.0.0.1");
         return;
     };
     let endpoint = format!("http://127.0.0.1:{port}");
     // moto accepts any credentials; the bucket is made with a plain PUT.
     let http = reqwest::Client::new();
-    let r = http.put(format!("{endpoint}/medfed-test")).send().await.unwrap();
+    let r = http
+        .put(format!("{endpoint}/medfed-test"))
+        .send()
+        .await
+        .unwrap();
     assert!(r.status().is_success(), "bucket: {}", r.status());
     let s3 = S3Config {
         bucket: "medfed-test".into(),
@@ -66,18 +77,68 @@ async fn objects_live_encrypted_in_an_s3_bucket() {
         c.storage = StorageConfig::S3(s3);
     })
     .await;
-    f.hub.catalogue.create_organisation("org1", "One").await.unwrap();
-    f.hub.catalogue.create_study("study-a", "A", &["org1".into()]).await.unwrap();
-    let (_, op) = f.user("local:op", Some("org1"), false, &[("study-a", SiteOperator)]).await;
-    let (_, res) = f.user("local:res", Some("org1"), false, &[("study-a", Researcher)]).await;
-    let (_, owner) = f.user("local:owner", Some("org1"), false, &[("study-a", DataOwner)]).await;
-    let (_, v) = f.call("POST", "/api/v1/studies/study-a/datasets", Some(&op), Some(dataset_body())).await;
+    f.hub
+        .catalogue
+        .create_organisation("org1", "One")
+        .await
+        .unwrap();
+    f.hub
+        .catalogue
+        .create_study("study-a", "A", &["org1".into()])
+        .await
+        .unwrap();
+    let (_, op) = f
+        .user(
+            "local:op",
+            Some("org1"),
+            false,
+            &[("study-a", SiteOperator)],
+        )
+        .await;
+    let (_, res) = f
+        .user("local:res", Some("org1"), false, &[("study-a", Researcher)])
+        .await;
+    let (_, owner) = f
+        .user(
+            "local:owner",
+            Some("org1"),
+            false,
+            &[("study-a", DataOwner)],
+        )
+        .await;
+    let (_, v) = f
+        .call(
+            "POST",
+            "/api/v1/studies/study-a/datasets",
+            Some(&op),
+            Some(dataset_body()),
+        )
+        .await;
     let ds = v["id"].as_str().unwrap().to_string();
-    let dicom = instance("2.25.71", "2.25.72", "2.25.73", "PSEUDO-S3", "PLANTED^S3", true);
-    let object = f.upload(&op, &ds, "a.dcm", "application/dicom", &dicom, 100).await;
+    let dicom = instance(
+        "2.25.71",
+        "2.25.72",
+        "2.25.73",
+        "PSEUDO-S3",
+        "PLANTED^S3",
+        true,
+    );
+    let object = f
+        .upload(&op, &ds, "a.dcm", "application/dicom", &dicom, 100)
+        .await;
     // In the bucket: one object, encrypted.
-    let listing = http.get(format!("{endpoint}/medfed-test?list-type=2")).send().await.unwrap().text().await.unwrap();
-    assert!(listing.contains(&format!("<Key>datasets/{ds}/{object}</Key>")), "{listing}");
+    let listing = http
+        .get(format!("{endpoint}/medfed-test?list-type=2"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        listing.contains(&format!("<Key>datasets/{ds}/{object}</Key>")),
+        "{listing}"
+    );
     let blobs = f.hub.blobs.clone();
     let key = medfed_store::ObjectKey::parse(&ds, &object).unwrap();
     let raw = tokio::task::spawn_blocking(move || {
@@ -103,7 +164,24 @@ async fn objects_live_encrypted_in_an_s3_bucket() {
     assert_eq!(st, StatusCode::OK);
     assert_eq!(body, dicom);
     // Deletion empties the bucket of the dataset.
-    assert_eq!(f.call("DELETE", &format!("/api/v1/datasets/{ds}"), Some(&owner), None).await.0, StatusCode::NO_CONTENT);
-    let listing = http.get(format!("{endpoint}/medfed-test?list-type=2")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(
+        f.call(
+            "DELETE",
+            &format!("/api/v1/datasets/{ds}"),
+            Some(&owner),
+            None
+        )
+        .await
+        .0,
+        StatusCode::NO_CONTENT
+    );
+    let listing = http
+        .get(format!("{endpoint}/medfed-test?list-type=2"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(!listing.contains(&ds), "{listing}");
 }

@@ -9,8 +9,8 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
-use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::InMemDicomObject;
+use dicom_object::meta::FileMetaTableBuilder;
 use http_body_util::BodyExt;
 use medfed_hub::{Hub, HubConfig};
 use medfed_policy::StudyRole;
@@ -77,54 +77,115 @@ impl Fixture {
     }
 
     /// A user with an API token.
-    pub async fn user(&self, subject: &str, org: Option<&str>, admin: bool, grants: &[(&str, StudyRole)]) -> (String, String) {
-        let u = self.hub.catalogue.create_user(subject, org, admin).await.expect("user");
+    pub async fn user(
+        &self,
+        subject: &str,
+        org: Option<&str>,
+        admin: bool,
+        grants: &[(&str, StudyRole)],
+    ) -> (String, String) {
+        let u = self
+            .hub
+            .catalogue
+            .create_user(subject, org, admin)
+            .await
+            .expect("user");
         for (study, role) in grants {
-            self.hub.catalogue.grant(&u.id, study, *role).await.expect("grant");
+            self.hub
+                .catalogue
+                .grant(&u.id, study, *role)
+                .await
+                .expect("grant");
         }
-        let token = medfed_hub::issue_token(&self.hub, &u.id, 1).await.expect("token");
+        let token = medfed_hub::issue_token(&self.hub, &u.id, 1)
+            .await
+            .expect("token");
         (u.id, token)
     }
 
-    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut b = Request::builder().method(method).uri(path);
         if let Some(t) = token {
             b = b.header("authorization", format!("Bearer {t}"));
         }
         let req = match body {
-            Some(v) => b.header("content-type", "application/json").body(Body::from(v.to_string())),
+            Some(v) => b
+                .header("content-type", "application/json")
+                .body(Body::from(v.to_string())),
             None => b.body(Body::empty()),
         }
         .expect("request");
         self.send(req).await
     }
 
-    pub async fn send_raw(&self, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    pub async fn send_raw(
+        &self,
+        req: Request<Body>,
+    ) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
         let resp = self.router.clone().oneshot(req).await.expect("infallible");
         let status = resp.status();
         let headers = resp.headers().clone();
-        let bytes = resp.into_body().collect().await.map(|c| c.to_bytes().to_vec()).unwrap_or_default();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes().to_vec())
+            .unwrap_or_default();
         (status, headers, bytes)
     }
 
     pub async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
         let (status, _, bytes) = self.send_raw(req).await;
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     /// Upload `bytes` as one object through the chunked API; returns the object id.
-    pub async fn upload(&self, token: &str, dataset: &str, name: &str, media_type: &str, bytes: &[u8], chunk: usize) -> String {
-        let upload = self.start_upload(token, dataset, name, media_type, bytes, chunk).await;
+    pub async fn upload(
+        &self,
+        token: &str,
+        dataset: &str,
+        name: &str,
+        media_type: &str,
+        bytes: &[u8],
+        chunk: usize,
+    ) -> String {
+        let upload = self
+            .start_upload(token, dataset, name, media_type, bytes, chunk)
+            .await;
         for (i, c) in bytes.chunks(chunk.max(1)).enumerate() {
             let (s, _) = self.put_chunk(token, &upload, i, c).await;
             assert_eq!(s, StatusCode::NO_CONTENT);
         }
-        let (s, v) = self.call("POST", &format!("/api/v1/uploads/{upload}/complete"), Some(token), None).await;
+        let (s, v) = self
+            .call(
+                "POST",
+                &format!("/api/v1/uploads/{upload}/complete"),
+                Some(token),
+                None,
+            )
+            .await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         v["id"].as_str().expect("object id").to_string()
     }
 
-    pub async fn start_upload(&self, token: &str, dataset: &str, name: &str, media_type: &str, bytes: &[u8], chunk: usize) -> String {
+    pub async fn start_upload(
+        &self,
+        token: &str,
+        dataset: &str,
+        name: &str,
+        media_type: &str,
+        bytes: &[u8],
+        chunk: usize,
+    ) -> String {
         let (s, v) = self
             .call(
                 "POST",
@@ -137,7 +198,13 @@ impl Fixture {
         v["upload"].as_str().expect("upload id").to_string()
     }
 
-    pub async fn put_chunk(&self, token: &str, upload: &str, index: usize, bytes: &[u8]) -> (StatusCode, Value) {
+    pub async fn put_chunk(
+        &self,
+        token: &str,
+        upload: &str,
+        index: usize,
+        bytes: &[u8],
+    ) -> (StatusCode, Value) {
         let req = Request::builder()
             .method("PUT")
             .uri(format!("/api/v1/uploads/{upload}/chunks/{index}"))
@@ -148,7 +215,12 @@ impl Fixture {
         self.send(req).await
     }
 
-    pub async fn stow(&self, token: &str, dataset: &str, instances: &[Vec<u8>]) -> (StatusCode, Value) {
+    pub async fn stow(
+        &self,
+        token: &str,
+        dataset: &str,
+        instances: &[Vec<u8>],
+    ) -> (StatusCode, Value) {
         let mut body = Vec::new();
         for i in instances {
             body.extend_from_slice(b"--b0undary\r\nContent-Type: application/dicom\r\n\r\n");
@@ -160,7 +232,10 @@ impl Fixture {
             .method("POST")
             .uri(format!("/api/v1/dicomweb/studies?dataset={dataset}"))
             .header("authorization", format!("Bearer {token}"))
-            .header("content-type", "multipart/related; type=\"application/dicom\"; boundary=b0undary")
+            .header(
+                "content-type",
+                "multipart/related; type=\"application/dicom\"; boundary=b0undary",
+            )
             .body(Body::from(body))
             .expect("request");
         self.send(req).await
@@ -174,7 +249,12 @@ impl Fixture {
             .filter_map(|e| e.ok())
             .filter(|e| e.file_type().is_file())
             .map(|e| {
-                let rel = e.path().strip_prefix(self.dir.path()).unwrap_or(e.path()).display().to_string();
+                let rel = e
+                    .path()
+                    .strip_prefix(self.dir.path())
+                    .unwrap_or(e.path())
+                    .display()
+                    .to_string();
                 (rel, e.metadata().map(|m| m.len()).unwrap_or(0))
             })
             .collect();
@@ -198,10 +278,24 @@ pub fn dataset_body() -> Value {
 }
 
 /// A small CT instance. `identity_removed` sets (0012,0062).
-pub fn instance(study: &str, series: &str, sop: &str, patient_id: &str, patient_name: &str, identity_removed: bool) -> Vec<u8> {
+pub fn instance(
+    study: &str,
+    series: &str,
+    sop: &str,
+    patient_id: &str,
+    patient_name: &str,
+    identity_removed: bool,
+) -> Vec<u8> {
     let mut obj = InMemDicomObject::new_empty();
-    let put = |o: &mut InMemDicomObject, t, vr, v: &str| o.put(DataElement::new(t, vr, PrimitiveValue::from(v)));
-    put(&mut obj, tags::SOP_CLASS_UID, VR::UI, uids::CT_IMAGE_STORAGE);
+    let put = |o: &mut InMemDicomObject, t, vr, v: &str| {
+        o.put(DataElement::new(t, vr, PrimitiveValue::from(v)))
+    };
+    put(
+        &mut obj,
+        tags::SOP_CLASS_UID,
+        VR::UI,
+        uids::CT_IMAGE_STORAGE,
+    );
     put(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, sop);
     put(&mut obj, tags::STUDY_INSTANCE_UID, VR::UI, study);
     put(&mut obj, tags::SERIES_INSTANCE_UID, VR::UI, series);
@@ -214,9 +308,21 @@ pub fn instance(study: &str, series: &str, sop: &str, patient_id: &str, patient_
     if identity_removed {
         put(&mut obj, tags::PATIENT_IDENTITY_REMOVED, VR::CS, "YES");
     }
-    obj.put(DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(4u16)));
-    obj.put(DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(4u16)));
-    obj.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(vec![7u16; 16].into())));
+    obj.put(DataElement::new(
+        tags::ROWS,
+        VR::US,
+        PrimitiveValue::from(4u16),
+    ));
+    obj.put(DataElement::new(
+        tags::COLUMNS,
+        VR::US,
+        PrimitiveValue::from(4u16),
+    ));
+    obj.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OW,
+        PrimitiveValue::U16(vec![7u16; 16].into()),
+    ));
     let meta = FileMetaTableBuilder::new()
         .media_storage_sop_class_uid(uids::CT_IMAGE_STORAGE)
         .media_storage_sop_instance_uid(sop)
