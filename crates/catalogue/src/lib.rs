@@ -185,6 +185,9 @@ pub struct DicomMatch {
     pub series_number: Option<String>,
     pub instance_number: Option<String>,
     pub instances: i64,
+    /// The dataset's study and owner, for the access decision on this row.
+    pub study: String,
+    pub owner_organisation: String,
 }
 
 /// The QIDO-RS levels.
@@ -493,6 +496,31 @@ impl Catalogue {
         .await
         .map_err(exists_or(format!("token {}", t.id)))?;
         Ok(())
+    }
+
+    /// A token and its user in one query (every API-token request starts here).
+    pub async fn token_with_user(&self, id: &str) -> Result<Option<(TokenEntry, User)>> {
+        let row = sqlx::query(
+            "SELECT t.id AS token_id, t.user_id, t.secret_sha256, t.expires_ms, t.revoked, \
+             u.id, u.subject, u.organisation, u.platform_admin \
+             FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok((
+                TokenEntry {
+                    id: r.try_get("token_id")?,
+                    user_id: r.try_get("user_id")?,
+                    secret_sha256: r.try_get("secret_sha256")?,
+                    expires_ms: r.try_get("expires_ms")?,
+                    revoked: r.try_get::<i64, _>("revoked")? != 0,
+                },
+                user_from(&r)?,
+            ))
+        })
+        .transpose()
     }
 
     pub async fn token(&self, id: &str) -> Result<Option<TokenEntry>> {
@@ -887,15 +915,15 @@ impl Catalogue {
     ) -> Result<Vec<DicomMatch>> {
         let (select, group) = match level {
             Level::Study => (
-                "i.dataset, i.study_uid, MIN(i.patient_id) AS patient_id, MIN(i.patient_name) AS patient_name, MIN(i.study_date) AS study_date, MIN(i.modality) AS modality, COUNT(*) AS n",
+                "i.dataset, i.study_uid, MIN(i.patient_id) AS patient_id, MIN(i.patient_name) AS patient_name, MIN(i.study_date) AS study_date, MIN(i.modality) AS modality, MIN(d.study) AS study, MIN(d.owner_organisation) AS owner_organisation, COUNT(*) AS n",
                 "GROUP BY i.study_uid, i.dataset ORDER BY i.study_uid, i.dataset",
             ),
             Level::Series => (
-                "i.dataset, i.study_uid, i.series_uid, MIN(i.patient_id) AS patient_id, MIN(i.patient_name) AS patient_name, MIN(i.study_date) AS study_date, MIN(i.modality) AS modality, MIN(i.series_number) AS series_number, COUNT(*) AS n",
+                "i.dataset, i.study_uid, i.series_uid, MIN(i.patient_id) AS patient_id, MIN(i.patient_name) AS patient_name, MIN(i.study_date) AS study_date, MIN(i.modality) AS modality, MIN(i.series_number) AS series_number, MIN(d.study) AS study, MIN(d.owner_organisation) AS owner_organisation, COUNT(*) AS n",
                 "GROUP BY i.series_uid, i.dataset, i.study_uid ORDER BY i.series_uid, i.dataset",
             ),
             Level::Instance => (
-                "i.dataset, i.study_uid, i.series_uid, i.sop_uid, i.sop_class_uid, i.object, i.patient_id, i.patient_name, i.study_date, i.modality, i.series_number, i.instance_number, 1 AS n",
+                "i.dataset, i.study_uid, i.series_uid, i.sop_uid, i.sop_class_uid, i.object, i.patient_id, i.patient_name, i.study_date, i.modality, i.series_number, i.instance_number, d.study, d.owner_organisation, CAST(1 AS BIGINT) AS n",
                 "ORDER BY i.sop_uid, i.dataset",
             ),
         };
@@ -948,6 +976,8 @@ impl Catalogue {
                     series_number: opt(r, "series_number"),
                     instance_number: opt(r, "instance_number"),
                     instances: r.try_get("n")?,
+                    study: r.try_get("study")?,
+                    owner_organisation: r.try_get("owner_organisation")?,
                 })
             })
             .collect()

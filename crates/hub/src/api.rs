@@ -304,9 +304,9 @@ fn claimed_identity(token: &str) -> String {
 async fn authenticate(hub: &Arc<Hub>, token: &str) -> Result<(User, Option<String>), String> {
     if token.starts_with("mf_") {
         let id = medfed_auth::ApiTokens::id_of(token).ok_or("malformed API token")?;
-        let stored = hub
+        let (stored, user) = hub
             .catalogue
-            .token(id)
+            .token_with_user(id)
             .await
             .map_err(|e| e.to_string())?
             .ok_or("unknown API token")?;
@@ -317,12 +317,7 @@ async fn authenticate(hub: &Arc<Hub>, token: &str) -> Result<(User, Option<Strin
             expires_at: (stored.expires_ms / 1000) as u64,
             revoked: stored.revoked,
         };
-        let ident = medfed_auth::ApiTokens::verify(token, &st, (now_ms() / 1000) as u64)
-            .map_err(|e| e.to_string())?;
-        let user = hub
-            .catalogue
-            .user(&ident.subject)
-            .await
+        medfed_auth::ApiTokens::verify(token, &st, (now_ms() / 1000) as u64)
             .map_err(|e| e.to_string())?;
         return Ok((user, Some(format!("token:{}", stored.id))));
     }

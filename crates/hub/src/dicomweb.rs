@@ -15,7 +15,7 @@ use axum::routing::get;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use medfed_catalogue::{Dataset, DicomMatch, DicomQuery, Level, ObjectEntry, now_ms};
-use medfed_policy::{Action, Decision, decide};
+use medfed_policy::{Action, Decision, Resource, decide};
 use medfed_store::{Id, ObjectKey};
 use serde_json::{Map, Value, json};
 
@@ -164,23 +164,19 @@ async fn qido(
         .query_dicom(&c.user.id, level, &q, peek(page))
         .await?;
     let more = rows.len() as i64 > page.limit;
-    let mut allowed: HashMap<String, bool> = HashMap::new();
-    let mut out = Vec::new();
-    for m in rows.iter().take(page.limit as usize) {
-        if !allowed.contains_key(&m.dataset) {
-            let ok = match hub.catalogue.dataset(&m.dataset).await? {
-                Some(d) => {
-                    decide(&c.principal, Action::SearchDatasets, &dataset_resource(&d))
-                        == Decision::Allow
-                }
-                None => false,
+    // Each row carries its dataset's study and owner: one decision per row, no extra queries.
+    let out: Vec<Value> = rows
+        .iter()
+        .take(page.limit as usize)
+        .filter(|m| {
+            let on = Resource::Dataset {
+                study: m.study.clone(),
+                owner_organisation: m.owner_organisation.clone(),
             };
-            allowed.insert(m.dataset.clone(), ok);
-        }
-        if allowed[&m.dataset] {
-            out.push(to_json(m, level));
-        }
-    }
+            decide(&c.principal, Action::SearchDatasets, &on) == Decision::Allow
+        })
+        .map(|m| to_json(m, level))
+        .collect();
     let mut r = (StatusCode::OK, serde_json::to_vec(&out).unwrap_or_default()).into_response();
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(DICOM_JSON));
