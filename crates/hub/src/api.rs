@@ -1205,6 +1205,13 @@ async fn start_upload(
             hub.config.limits.max_chunk_bytes
         )));
     }
+    // DICOM uploads are parsed whole for the index at completion, so they obey the STOW limit.
+    if b.media_type == "application/dicom" && b.size > hub.config.limits.max_stow_bytes as u64 {
+        return Err(ApiError::invalid(format!(
+            "a DICOM instance may have at most {} bytes",
+            hub.config.limits.max_stow_bytes
+        )));
+    }
     if b.name.is_empty()
         || b.name.len() > 255
         || b.media_type.is_empty()

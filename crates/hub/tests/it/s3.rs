@@ -34,7 +34,8 @@ fn start_moto() -> Option<(Server, u16)> {
         .spawn()
         .ok()?;
     let server = Server(child);
-    for _ in 0..100 {
+    // moto takes a few seconds to import on a loaded machine.
+    for _ in 0..300 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return Some((server, port));
         }
