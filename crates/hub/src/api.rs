@@ -272,6 +272,17 @@ pub struct Caller {
     pub note: AuditNote,
 }
 
+impl Caller {
+    /// Platform administration (users, organisations, the study list).
+    fn administer(&self) -> ApiResult<()> {
+        require(
+            &self.principal,
+            Action::AdministerPlatform,
+            &Resource::Platform,
+        )
+    }
+}
+
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)?
@@ -638,11 +649,7 @@ async fn create_organisation(
     c: Caller,
     JsonBody(b): JsonBody<NewOrganisation>,
 ) -> ApiResult<impl IntoResponse> {
-    require(
-        &c.principal,
-        Action::AdministerPlatform,
-        &Resource::Platform,
-    )?;
+    c.administer()?;
     let id = Id::parse("organisation", &b.id).map_err(|e| ApiError::invalid(e.to_string()))?;
     c.note.resource(format!("organisation/{}", id.as_str()));
     hub.catalogue
@@ -656,11 +663,7 @@ async fn list_organisations(
     c: Caller,
     Query(p): Query<PageQuery>,
 ) -> ApiResult<Json<Value>> {
-    require(
-        &c.principal,
-        Action::AdministerPlatform,
-        &Resource::Platform,
-    )?;
+    c.administer()?;
     let page = p.page(&hub.config.limits)?;
     Ok(paged(
         hub.catalogue.list_organisations(peek(page)).await?,
@@ -682,11 +685,7 @@ async fn create_user(
     c: Caller,
     JsonBody(b): JsonBody<NewUser>,
 ) -> ApiResult<impl IntoResponse> {
-    require(
-        &c.principal,
-        Action::AdministerPlatform,
-        &Resource::Platform,
-    )?;
+    c.administer()?;
     if b.subject.is_empty() || b.subject.len() > 256 {
         return Err(ApiError::invalid("subject must be 1-256 characters"));
     }
@@ -708,11 +707,7 @@ async fn list_users(
     c: Caller,
     Query(p): Query<PageQuery>,
 ) -> ApiResult<Json<Value>> {
-    require(
-        &c.principal,
-        Action::AdministerPlatform,
-        &Resource::Platform,
-    )?;
+    c.administer()?;
     let page = p.page(&hub.config.limits)?;
     Ok(paged(hub.catalogue.list_users(peek(page)).await?, page))
 }
@@ -788,11 +783,7 @@ async fn admin_list_studies(
     c: Caller,
     Query(p): Query<PageQuery>,
 ) -> ApiResult<Json<Value>> {
-    require(
-        &c.principal,
-        Action::AdministerPlatform,
-        &Resource::Platform,
-    )?;
+    c.administer()?;
     let page = p.page(&hub.config.limits)?;
     Ok(paged(
         hub.catalogue.list_studies(None, peek(page)).await?,

@@ -2,44 +2,14 @@
 //! pseudonymised attributes (paged), WADO-RS returns the stored bytes.
 
 use axum::http::StatusCode;
-use medfed_policy::StudyRole::*;
 
-use crate::support::{Fixture, backends, dataset_body, instance};
+use crate::support::{backends, instance, site};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stow_qido_and_wado_round_trip_under_the_access_rules() {
     for backend in backends() {
-        let f = Fixture::new(backend).await;
-        f.hub
-            .catalogue
-            .create_organisation("org1", "One")
-            .await
-            .unwrap();
-        f.hub
-            .catalogue
-            .create_study("study-a", "A", &["org1".into()])
-            .await
-            .unwrap();
-        let (_, op) = f
-            .user(
-                "local:op",
-                Some("org1"),
-                false,
-                &[("study-a", SiteOperator)],
-            )
-            .await;
-        let (_, res) = f
-            .user("local:res", Some("org1"), false, &[("study-a", Researcher)])
-            .await;
-        let (_, v) = f
-            .call(
-                "POST",
-                "/api/v1/studies/study-a/datasets",
-                Some(&op),
-                Some(dataset_body()),
-            )
-            .await;
-        let ds = v["id"].as_str().unwrap().to_string();
+        let site = site(backend).await;
+        let (f, op, res, ds) = (&site.f, &site.op, &site.researcher, &site.dataset);
         let mut instances = Vec::new();
         for s in 0..3 {
             for i in 0..4 {
@@ -59,12 +29,12 @@ async fn stow_qido_and_wado_round_trip_under_the_access_rules() {
         let mut batch = instances.clone();
         batch.push(not_deidentified);
         batch.push(b"not dicom at all".to_vec());
-        let (s, v) = f.stow(&op, &ds, &batch).await;
+        let (s, v) = f.stow(op, ds, &batch).await;
         assert_eq!(s, StatusCode::ACCEPTED, "{backend}: partial success: {v}");
         assert_eq!(v["00081199"]["Value"].as_array().unwrap().len(), 12);
         assert_eq!(v["00081198"]["Value"].as_array().unwrap().len(), 2);
         // Storing the same instance again is a duplicate.
-        let (s, v) = f.stow(&op, &ds, &instances[..1]).await;
+        let (s, v) = f.stow(op, ds, &instances[..1]).await;
         assert_eq!(s, StatusCode::CONFLICT);
         assert_eq!(v["00081198"]["Value"][0]["00081197"]["Value"][0], 0x0111);
         // QIDO at each level.
@@ -72,7 +42,7 @@ async fn stow_qido_and_wado_round_trip_under_the_access_rules() {
             .call(
                 "GET",
                 "/api/v1/dicomweb/studies?PatientID=PSEUDO-7",
-                Some(&res),
+                Some(res),
                 None,
             )
             .await;
@@ -83,7 +53,7 @@ async fn stow_qido_and_wado_round_trip_under_the_access_rules() {
             .call(
                 "GET",
                 "/api/v1/dicomweb/studies?PatientID=MRN-123",
-                Some(&res),
+                Some(res),
                 None,
             )
             .await;
@@ -95,7 +65,7 @@ async fn stow_qido_and_wado_round_trip_under_the_access_rules() {
             .call(
                 "GET",
                 "/api/v1/dicomweb/studies?StudyDate=20240101-20241231&Modality=CT",
-                Some(&res),
+                Some(res),
                 None,
             )
             .await;
@@ -104,7 +74,7 @@ async fn stow_qido_and_wado_round_trip_under_the_access_rules() {
             .call(
                 "GET",
                 "/api/v1/dicomweb/studies?StudyDate=20250101-",
-                Some(&res),
+                Some(res),
                 None,
             )
             .await;
@@ -113,18 +83,15 @@ async fn stow_qido_and_wado_round_trip_under_the_access_rules() {
             .call(
                 "GET",
                 "/api/v1/dicomweb/studies/2.25.500/series",
-                Some(&res),
+                Some(res),
                 None,
             )
             .await;
         assert_eq!(v.as_array().unwrap().len(), 3);
         let (st, h, body) = f
-            .send_raw(
-                axum::http::Request::builder()
-                    .uri("/api/v1/dicomweb/studies/2.25.500/series/2.25.501/instances?limit=3")
-                    .header("authorization", format!("Bearer {res}"))
-                    .body(axum::body::Body::empty())
-                    .unwrap(),
+            .get_raw(
+                "/api/v1/dicomweb/studies/2.25.500/series/2.25.501/instances?limit=3",
+                res,
             )
             .await;
         assert_eq!(st, StatusCode::OK);
@@ -133,12 +100,9 @@ async fn stow_qido_and_wado_round_trip_under_the_access_rules() {
         assert!(h.contains_key("warning"), "more results are announced");
         // WADO: the exact bytes that were stored.
         let (st, h, body) = f
-            .send_raw(
-                axum::http::Request::builder()
-                    .uri("/api/v1/dicomweb/studies/2.25.500/series/2.25.502/instances/2.25.523")
-                    .header("authorization", format!("Bearer {res}"))
-                    .body(axum::body::Body::empty())
-                    .unwrap(),
+            .get_raw(
+                "/api/v1/dicomweb/studies/2.25.500/series/2.25.502/instances/2.25.523",
+                res,
             )
             .await;
         assert_eq!(st, StatusCode::OK);
@@ -153,7 +117,7 @@ async fn stow_qido_and_wado_round_trip_under_the_access_rules() {
             .call(
                 "GET",
                 "/api/v1/dicomweb/studies/2.25.500/series/2.25.502/instances/2.25.523",
-                Some(&op),
+                Some(op),
                 None,
             )
             .await;

@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use medfed_hub::config::StorageConfig;
-use medfed_policy::StudyRole::*;
 use medfed_store::S3Config;
 
-use crate::support::{Fixture, dataset_body, fresh_database, instance};
+use crate::support::{Fixture, fresh_database, instance, site_in};
 
 struct Server(Child);
 
@@ -78,44 +77,14 @@ async fn objects_live_encrypted_in_an_s3_bucket() {
         c.storage = StorageConfig::S3(s3);
     })
     .await;
-    f.hub
-        .catalogue
-        .create_organisation("org1", "One")
-        .await
-        .unwrap();
-    f.hub
-        .catalogue
-        .create_study("study-a", "A", &["org1".into()])
-        .await
-        .unwrap();
-    let (_, op) = f
-        .user(
-            "local:op",
-            Some("org1"),
-            false,
-            &[("study-a", SiteOperator)],
-        )
-        .await;
-    let (_, res) = f
-        .user("local:res", Some("org1"), false, &[("study-a", Researcher)])
-        .await;
-    let (_, owner) = f
-        .user(
-            "local:owner",
-            Some("org1"),
-            false,
-            &[("study-a", DataOwner)],
-        )
-        .await;
-    let (_, v) = f
-        .call(
-            "POST",
-            "/api/v1/studies/study-a/datasets",
-            Some(&op),
-            Some(dataset_body()),
-        )
-        .await;
-    let ds = v["id"].as_str().unwrap().to_string();
+    let site = site_in(f).await;
+    let (f, op, res, owner, ds) = (
+        &site.f,
+        &site.op,
+        &site.researcher,
+        &site.owner,
+        site.dataset.clone(),
+    );
     let dicom = instance(
         "2.25.71",
         "2.25.72",
@@ -125,7 +94,7 @@ async fn objects_live_encrypted_in_an_s3_bucket() {
         true,
     );
     let object = f
-        .upload(&op, &ds, "a.dcm", "application/dicom", &dicom, 100)
+        .upload(op, &ds, "a.dcm", "application/dicom", &dicom, 100)
         .await;
     // In the bucket: one object, encrypted.
     let listing = http
@@ -154,13 +123,7 @@ async fn objects_live_encrypted_in_an_s3_bucket() {
     assert!(memchr::memmem::find(&raw, b"PLANTED").is_none());
     // Read back through the hub.
     let (st, _, body) = f
-        .send_raw(
-            axum::http::Request::builder()
-                .uri(format!("/api/v1/datasets/{ds}/objects/{object}"))
-                .header("authorization", format!("Bearer {res}"))
-                .body(axum::body::Body::empty())
-                .unwrap(),
-        )
+        .get_raw(&format!("/api/v1/datasets/{ds}/objects/{object}"), res)
         .await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(body, dicom);
@@ -169,7 +132,7 @@ async fn objects_live_encrypted_in_an_s3_bucket() {
         f.call(
             "DELETE",
             &format!("/api/v1/datasets/{ds}"),
-            Some(&owner),
+            Some(owner),
             None
         )
         .await

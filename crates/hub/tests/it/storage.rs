@@ -2,68 +2,9 @@
 //! integrity, key rotation, crypto-shredding, legal hold, retention, hostile names.
 
 use axum::http::StatusCode;
-use medfed_policy::StudyRole::*;
 use serde_json::json;
 
-use crate::support::{Fixture, backends, dataset_body, instance, sha256};
-
-struct Site {
-    f: Fixture,
-    op: String,
-    researcher: String,
-    owner: String,
-    dataset: String,
-}
-
-async fn site(backend: &str) -> Site {
-    let f = Fixture::new(backend).await;
-    f.hub
-        .catalogue
-        .create_organisation("org1", "Hospital One")
-        .await
-        .unwrap();
-    f.hub
-        .catalogue
-        .create_study("study-a", "A", &["org1".into()])
-        .await
-        .unwrap();
-    let (_, op) = f
-        .user(
-            "local:op",
-            Some("org1"),
-            false,
-            &[("study-a", SiteOperator)],
-        )
-        .await;
-    let (_, researcher) = f
-        .user("local:res", Some("org1"), false, &[("study-a", Researcher)])
-        .await;
-    let (_, owner) = f
-        .user(
-            "local:owner",
-            Some("org1"),
-            false,
-            &[("study-a", DataOwner)],
-        )
-        .await;
-    let (s, v) = f
-        .call(
-            "POST",
-            "/api/v1/studies/study-a/datasets",
-            Some(&op),
-            Some(dataset_body()),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED);
-    let dataset = v["id"].as_str().unwrap().to_string();
-    Site {
-        f,
-        op,
-        researcher,
-        owner,
-        dataset,
-    }
-}
+use crate::support::{Fixture, Site, backends, dataset_body, instance, sha256, site};
 
 const PLANTED: &str = "PLANTED^SECRET^NAME";
 
@@ -168,12 +109,9 @@ async fn an_interrupted_upload_resumes_and_nothing_is_visible_before_it_is_verif
         assert_eq!(st, StatusCode::CREATED, "{v}");
         let object = v["id"].as_str().unwrap();
         let (st, _, body) =
-            s.f.send_raw(
-                axum::http::Request::builder()
-                    .uri(format!("/api/v1/datasets/{}/objects/{object}", s.dataset))
-                    .header("authorization", format!("Bearer {}", s.researcher))
-                    .body(axum::body::Body::empty())
-                    .unwrap(),
+            s.f.get_raw(
+                &format!("/api/v1/datasets/{}/objects/{object}", s.dataset),
+                &s.researcher,
             )
             .await;
         assert_eq!(st, StatusCode::OK);
@@ -215,12 +153,9 @@ async fn a_wrong_whole_object_hash_publishes_nothing() {
 
 async fn read(s: &Site, object: &str) -> (StatusCode, Vec<u8>) {
     let (st, _, body) =
-        s.f.send_raw(
-            axum::http::Request::builder()
-                .uri(format!("/api/v1/datasets/{}/objects/{object}", s.dataset))
-                .header("authorization", format!("Bearer {}", s.researcher))
-                .body(axum::body::Body::empty())
-                .unwrap(),
+        s.f.get_raw(
+            &format!("/api/v1/datasets/{}/objects/{object}", s.dataset),
+            &s.researcher,
         )
         .await;
     (st, body)

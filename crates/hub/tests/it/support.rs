@@ -13,7 +13,7 @@ use dicom_object::InMemDicomObject;
 use dicom_object::meta::FileMetaTableBuilder;
 use http_body_util::BodyExt;
 use medfed_hub::{Hub, HubConfig};
-use medfed_policy::StudyRole;
+use medfed_policy::StudyRole::{self, *};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -140,6 +140,20 @@ impl Fixture {
         (status, headers, bytes)
     }
 
+    /// An authenticated GET, answered raw.
+    pub async fn get_raw(
+        &self,
+        path: &str,
+        token: &str,
+    ) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+        let req = Request::builder()
+            .uri(path)
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .expect("request");
+        self.send_raw(req).await
+    }
+
     pub async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
         let (status, _, bytes) = self.send_raw(req).await;
         (
@@ -260,6 +274,69 @@ impl Fixture {
             .collect();
         v.sort();
         v
+    }
+}
+
+/// One study (`study-a`, organisation `org1`) with a site operator, a researcher, a data owner
+/// and one dataset registered by the operator.
+pub struct Site {
+    pub f: Fixture,
+    pub op: String,
+    pub researcher: String,
+    pub owner: String,
+    pub dataset: String,
+}
+
+pub async fn site(backend: &str) -> Site {
+    site_in(Fixture::new(backend).await).await
+}
+
+pub async fn site_in(f: Fixture) -> Site {
+    f.hub
+        .catalogue
+        .create_organisation("org1", "Hospital One")
+        .await
+        .unwrap();
+    f.hub
+        .catalogue
+        .create_study("study-a", "A", &["org1".into()])
+        .await
+        .unwrap();
+    let (_, op) = f
+        .user(
+            "local:op",
+            Some("org1"),
+            false,
+            &[("study-a", SiteOperator)],
+        )
+        .await;
+    let (_, researcher) = f
+        .user("local:res", Some("org1"), false, &[("study-a", Researcher)])
+        .await;
+    let (_, owner) = f
+        .user(
+            "local:owner",
+            Some("org1"),
+            false,
+            &[("study-a", DataOwner)],
+        )
+        .await;
+    let (s, v) = f
+        .call(
+            "POST",
+            "/api/v1/studies/study-a/datasets",
+            Some(&op),
+            Some(dataset_body()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let dataset = v["id"].as_str().unwrap().to_string();
+    Site {
+        f,
+        op,
+        researcher,
+        owner,
+        dataset,
     }
 }
 
