@@ -5,6 +5,7 @@ mod audit_cmd;
 mod deid_cmd;
 mod demo;
 mod hub_cmd;
+mod site_cmd;
 mod radiomics_cmd;
 
 use std::path::PathBuf;
@@ -43,6 +44,9 @@ enum Command {
     /// Run or administer the hub (HTTPS API, catalogue, encrypted storage, audit).
     #[command(subcommand)]
     Hub(hub_cmd::HubCommand),
+    /// Run the site node's parts that exist so far (the DICOM receiver).
+    #[command(subcommand)]
+    Site(site_cmd::SiteCommand),
     /// Upload files to a dataset on the hub (chunked, resumable, checked by SHA-256).
     Upload(hub_cmd::UploadArgs),
     /// Write a synthetic DICOM set with planted identifying values (for tests and benchmarks).
@@ -102,6 +106,7 @@ fn main() -> ExitCode {
         Command::Audit(AuditCommand::Verify(args)) => audit_cmd::verify(&args),
         Command::Hub(cmd) => hub_cmd::run(cmd),
         Command::Upload(args) => hub_cmd::upload(&args),
+        Command::Site(cmd) => site_cmd::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,227 @@
+//! The site's inbox: every received or imported instance is written here, complete and synced,
+//! before the sender is told it was stored. Files are named by SOP Instance UID, so a
+//! retransmission or a restart never duplicates an instance; a quota pauses intake instead of
+//! filling the disk.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use dicom_object::meta::FileMetaTableBuilder;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InboxError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the inbox is full ({used} of {quota} bytes); intake paused until space is freed")]
+    QuotaExceeded { used: u64, quota: u64 },
+    #[error("refused: {0}")]
+    Invalid(String),
+}
+
+/// What [`Inbox::store`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    New(PathBuf),
+    /// The instance was there already (same SOP Instance UID); nothing was written.
+    Duplicate(PathBuf),
+}
+
+pub struct Inbox {
+    dir: PathBuf,
+    quota: u64,
+    used: Mutex<u64>,
+}
+
+const PARTIAL: &str = ".partial-";
+
+fn is_uid(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+}
+
+impl Inbox {
+    /// Open (creating) the inbox; leftovers of interrupted writes are removed.
+    pub fn open(dir: &Path, quota: u64) -> Result<Inbox, InboxError> {
+        let io = |source| InboxError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let mut used = 0;
+        for e in std::fs::read_dir(dir).map_err(io)?.filter_map(|e| e.ok()) {
+            if e.file_name().to_string_lossy().starts_with(PARTIAL) {
+                let _ = std::fs::remove_file(e.path());
+            } else {
+                used += e.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+        Ok(Inbox {
+            dir: dir.to_path_buf(),
+            quota,
+            used: Mutex::new(used),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn used_bytes(&self) -> u64 {
+        *self.used.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Store a data set as received over the network (its transfer syntax unchanged: no
+    /// transcoding), with a file meta group in front.
+    pub fn store(
+        &self,
+        sop_class_uid: &str,
+        sop_instance_uid: &str,
+        transfer_syntax: &str,
+        dataset: &[u8],
+    ) -> Result<Stored, InboxError> {
+        if !is_uid(sop_instance_uid) || !is_uid(sop_class_uid) {
+            return Err(InboxError::Invalid(
+                "SOP Class or Instance UID is not a valid UID".into(),
+            ));
+        }
+        let dest = self.dir.join(format!("{sop_instance_uid}.dcm"));
+        if dest.exists() {
+            return Ok(Stored::Duplicate(dest));
+        }
+        let meta = FileMetaTableBuilder::new()
+            .media_storage_sop_class_uid(sop_class_uid)
+            .media_storage_sop_instance_uid(sop_instance_uid)
+            .transfer_syntax(transfer_syntax)
+            .build()
+            .map_err(|e| InboxError::Invalid(format!("file meta group: {e}")))?;
+        let mut head = vec![0u8; 128];
+        head.extend_from_slice(b"DICM");
+        meta.write(&mut head)
+            .map_err(|e| InboxError::Invalid(format!("file meta group: {e}")))?;
+        let size = (head.len() + dataset.len()) as u64;
+        {
+            let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+            if *used + size > self.quota {
+                return Err(InboxError::QuotaExceeded {
+                    used: *used,
+                    quota: self.quota,
+                });
+            }
+            // Reserve before writing, so concurrent associations cannot overshoot together.
+            *used += size;
+        }
+        let written = self.write_file(&dest, &head, dataset);
+        if !matches!(written, Ok(Stored::New(_))) {
+            *self.used.lock().unwrap_or_else(|p| p.into_inner()) -= size;
+        }
+        written
+    }
+
+    fn write_file(&self, dest: &Path, head: &[u8], dataset: &[u8]) -> Result<Stored, InboxError> {
+        let io = |source| InboxError::Io {
+            path: dest.to_path_buf(),
+            source,
+        };
+        let mut tmp = tempfile::Builder::new()
+            .prefix(PARTIAL)
+            .tempfile_in(&self.dir)
+            .map_err(io)?;
+        tmp.write_all(head).map_err(io)?;
+        tmp.write_all(dataset).map_err(io)?;
+        tmp.as_file().sync_all().map_err(io)?;
+        match tmp.persist_noclobber(dest) {
+            Ok(_) => Ok(Stored::New(dest.to_path_buf())),
+            Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => {
+                Ok(Stored::Duplicate(dest.to_path_buf()))
+            }
+            Err(e) => Err(io(e.error)),
+        }
+    }
+
+    /// Instances in the inbox, in name order.
+    pub fn list(&self) -> Result<Vec<PathBuf>, InboxError> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map_err(|source| InboxError::Io {
+                path: self.dir.clone(),
+                source,
+            })?
+            .filter_map(|e| e.ok())
+            .filter(|e| !e.file_name().to_string_lossy().starts_with(PARTIAL))
+            .map(|e| e.path())
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instances_are_stored_once_within_the_quota_and_read_back_as_dicom() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbox = Inbox::open(dir.path(), 2_000).unwrap();
+        // A minimal implicit VR little endian data set: (0008,0018) SOP Instance UID.
+        let uid = b"1.2.3.4\0";
+        let mut ds = vec![0x08, 0x00, 0x18, 0x00, uid.len() as u8, 0, 0, 0];
+        ds.extend_from_slice(uid);
+        let first = inbox
+            .store(
+                "1.2.840.10008.5.1.4.1.1.2",
+                "1.2.3.4",
+                "1.2.840.10008.1.2",
+                &ds,
+            )
+            .unwrap();
+        let Stored::New(path) = first else {
+            panic!("expected a new file")
+        };
+        let obj = dicom_object::open_file(&path).unwrap();
+        assert_eq!(obj.meta().media_storage_sop_instance_uid(), "1.2.3.4");
+        assert_eq!(
+            obj.element(dicom_dictionary_std::tags::SOP_INSTANCE_UID)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .trim_end_matches('\0'),
+            "1.2.3.4"
+        );
+        let again = inbox
+            .store(
+                "1.2.840.10008.5.1.4.1.1.2",
+                "1.2.3.4",
+                "1.2.840.10008.1.2",
+                &ds,
+            )
+            .unwrap();
+        assert!(matches!(again, Stored::Duplicate(_)));
+        assert_eq!(inbox.list().unwrap().len(), 1);
+        let big = vec![0u8; 3_000];
+        assert!(matches!(
+            inbox.store(
+                "1.2.840.10008.5.1.4.1.1.2",
+                "1.2.3.5",
+                "1.2.840.10008.1.2",
+                &big
+            ),
+            Err(InboxError::QuotaExceeded { .. })
+        ));
+        assert!(matches!(
+            inbox.store(
+                "1.2.840.10008.5.1.4.1.1.2",
+                "../etc",
+                "1.2.840.10008.1.2",
+                &ds
+            ),
+            Err(InboxError::Invalid(_))
+        ));
+        assert_eq!(inbox.list().unwrap().len(), 1);
+        // Reopening counts what is there.
+        let used = inbox.used_bytes();
+        assert_eq!(Inbox::open(dir.path(), 2_000).unwrap().used_bytes(), used);
+    }
+}

@@ -1,0 +1,282 @@
+//! `site.toml`: what the hospital allows. The hub can send any task; the site decides with this
+//! file alone, and refuses what it does not allow.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The ways of working a study may be allowed at this site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WayOfWorking {
+    /// De-identified DICOM goes to the hub's encrypted storage.
+    Harvest,
+    /// Only radiomic feature tables go to the hub.
+    Features,
+    /// Only model parameters and aggregates go to the hub.
+    FederatedLearning,
+}
+
+/// One study this site takes part in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StudyPolicy {
+    pub id: String,
+    /// Ways of working the hospital allows for this study (none by default).
+    #[serde(default)]
+    pub allow: Vec<WayOfWorking>,
+    /// De-identification options the study must use (PS3.15 option names).
+    #[serde(default)]
+    pub deid_options: Vec<String>,
+    /// Nothing aggregated over fewer rows than this leaves the site.
+    #[serde(default = "default_min_count")]
+    pub min_count: u32,
+    /// Task kinds that run without a person approving them (none by default).
+    #[serde(default)]
+    pub auto_approve: Vec<WayOfWorking>,
+}
+
+fn default_min_count() -> u32 {
+    10
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DicomConfig {
+    /// This node's AE title.
+    #[serde(default = "default_ae")]
+    pub ae_title: String,
+    /// Where the C-STORE receiver listens (a hospital-internal address).
+    #[serde(default = "default_bind")]
+    pub bind: SocketAddr,
+    /// Calling AE titles allowed to send (the PACS, modalities). Empty: nobody.
+    #[serde(default)]
+    pub allowed_calling_ae_titles: Vec<String>,
+}
+
+fn default_ae() -> String {
+    "MEDFED".into()
+}
+
+fn default_bind() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 11112))
+}
+
+impl Default for DicomConfig {
+    fn default() -> Self {
+        DicomConfig {
+            ae_title: default_ae(),
+            bind: default_bind(),
+            allowed_calling_ae_titles: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// The site's local data: inbox, de-identified output, keys, audit log.
+    #[serde(default = "default_dir")]
+    pub dir: PathBuf,
+    /// The inbox refuses new instances beyond this many bytes (intake pauses, nothing is lost).
+    #[serde(default = "default_quota")]
+    pub inbox_quota_bytes: u64,
+}
+
+fn default_dir() -> PathBuf {
+    PathBuf::from("site-data")
+}
+
+fn default_quota() -> u64 {
+    50 << 30
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            dir: default_dir(),
+            inbox_quota_bytes: default_quota(),
+        }
+    }
+}
+
+/// The hospital's rules for this node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SitePolicy {
+    /// The organisation (hospital) this node belongs to, as the hub knows it.
+    #[serde(default)]
+    pub organisation: String,
+    #[serde(default)]
+    pub dicom: DicomConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default, rename = "study")]
+    pub studies: Vec<StudyPolicy>,
+}
+
+/// Why the site refuses something.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("this site does not take part in study {0}")]
+    UnknownStudy(String),
+    #[error("study {study} does not allow {way:?} at this site")]
+    NotAllowed { study: String, way: WayOfWorking },
+    #[error("{rows} rows is below this site's minimum of {min} for study {study}")]
+    TooFewRows { study: String, rows: u64, min: u32 },
+}
+
+impl SitePolicy {
+    pub fn load(path: &Path) -> Result<SitePolicy, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut p = Self::parse(&text).map_err(|e| match e {
+            PolicyError::Parse { source, .. } => PolicyError::Parse {
+                path: path.to_path_buf(),
+                source,
+            },
+            other => other,
+        })?;
+        if let Some(base) = path.parent().filter(|b| !b.as_os_str().is_empty())
+            && p.storage.dir.is_relative()
+        {
+            p.storage.dir = base.join(&p.storage.dir);
+        }
+        Ok(p)
+    }
+
+    pub fn parse(text: &str) -> Result<SitePolicy, PolicyError> {
+        let p: SitePolicy = toml::from_str(text).map_err(|source| PolicyError::Parse {
+            path: PathBuf::from("site.toml"),
+            source,
+        })?;
+        for s in &p.studies {
+            if let Some(w) = s.auto_approve.iter().find(|w| !s.allow.contains(w)) {
+                return Err(PolicyError::Invalid(format!(
+                    "study {}: {w:?} is auto-approved but not allowed",
+                    s.id
+                )));
+            }
+        }
+        Ok(p)
+    }
+
+    pub fn study(&self, id: &str) -> Result<&StudyPolicy, Refusal> {
+        self.studies
+            .iter()
+            .find(|s| s.id == id)
+            .ok_or_else(|| Refusal::UnknownStudy(id.to_string()))
+    }
+
+    /// Whether `way` may run for `study` here at all.
+    pub fn allows(&self, study: &str, way: WayOfWorking) -> Result<&StudyPolicy, Refusal> {
+        let s = self.study(study)?;
+        if s.allow.contains(&way) {
+            Ok(s)
+        } else {
+            Err(Refusal::NotAllowed {
+                study: study.to_string(),
+                way,
+            })
+        }
+    }
+
+    /// Whether an aggregate over `rows` rows may leave the site for `study`.
+    pub fn may_release_aggregate(&self, study: &str, rows: u64) -> Result<(), Refusal> {
+        let s = self.study(study)?;
+        if rows < u64::from(s.min_count) {
+            return Err(Refusal::TooFewRows {
+                study: study.to_string(),
+                rows,
+                min: s.min_count,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn inbox_dir(&self) -> PathBuf {
+        self.storage.dir.join("inbox")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+organisation = "hospital-one"
+[dicom]
+ae_title = "MEDFED_SITE"
+bind = "127.0.0.1:11112"
+allowed_calling_ae_titles = ["PACS1"]
+[storage]
+dir = "data"
+inbox_quota_bytes = 1000000
+[[study]]
+id = "lung-ct"
+allow = ["harvest", "features"]
+deid_options = ["retain-long-modified-dates"]
+min_count = 20
+auto_approve = ["features"]
+[[study]]
+id = "brain-mr"
+allow = ["federated-learning"]
+"#;
+
+    #[test]
+    fn the_hospital_decides_what_runs_for_which_study() {
+        let p = SitePolicy::parse(EXAMPLE).unwrap();
+        assert!(p.allows("lung-ct", WayOfWorking::Harvest).is_ok());
+        assert_eq!(
+            p.allows("brain-mr", WayOfWorking::Harvest).unwrap_err(),
+            Refusal::NotAllowed {
+                study: "brain-mr".into(),
+                way: WayOfWorking::Harvest
+            }
+        );
+        assert_eq!(
+            p.allows("other", WayOfWorking::Features).unwrap_err(),
+            Refusal::UnknownStudy("other".into())
+        );
+        assert!(p.may_release_aggregate("lung-ct", 20).is_ok());
+        assert!(matches!(
+            p.may_release_aggregate("lung-ct", 19),
+            Err(Refusal::TooFewRows { min: 20, .. })
+        ));
+        // The default minimum applies where the study names none.
+        assert!(p.may_release_aggregate("brain-mr", 9).is_err());
+    }
+
+    #[test]
+    fn defaults_allow_nothing_and_mistakes_are_refused() {
+        let p = SitePolicy::parse("").unwrap();
+        assert!(p.dicom.allowed_calling_ae_titles.is_empty());
+        assert!(p.studies.is_empty());
+        assert!(SitePolicy::parse("studies = []").is_err(), "unknown key");
+        let bad = "[[study]]\nid = \"x\"\nallow = [\"features\"]\nauto_approve = [\"harvest\"]\n";
+        assert!(matches!(
+            SitePolicy::parse(bad),
+            Err(PolicyError::Invalid(_))
+        ));
+        assert!(SitePolicy::parse("[[study]]\nid = \"x\"\nallow = [\"everything\"]\n").is_err());
+    }
+}
