@@ -5,8 +5,8 @@ mod audit_cmd;
 mod deid_cmd;
 mod demo;
 mod hub_cmd;
-mod site_cmd;
 mod radiomics_cmd;
+mod site_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -101,7 +101,47 @@ impl Inbox {
         head.extend_from_slice(b"DICM");
         meta.write(&mut head)
             .map_err(|e| InboxError::Invalid(format!("file meta group: {e}")))?;
-        let size = (head.len() + dataset.len()) as u64;
+        self.reserve_and_write(&dest, &head, dataset)
+    }
+
+    /// Import a DICOM Part 10 file (from a folder, not the network): stored byte for byte under
+    /// its SOP Instance UID, with the same quota and de-duplication as received instances.
+    pub fn import(&self, file: &Path) -> Result<Stored, InboxError> {
+        let bytes = std::fs::read(file).map_err(|source| InboxError::Io {
+            path: file.to_path_buf(),
+            source,
+        })?;
+        let obj = dicom_object::OpenFileOptions::new()
+            .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
+            .from_reader(&bytes[..])
+            .map_err(|e| InboxError::Invalid(format!("{}: not DICOM: {e}", file.display())))?;
+        let uid = obj
+            .meta()
+            .media_storage_sop_instance_uid()
+            .trim_end_matches('\0')
+            .to_string();
+        if !is_uid(&uid) {
+            return Err(InboxError::Invalid(format!(
+                "{}: no valid SOP Instance UID",
+                file.display()
+            )));
+        }
+        let dest = self.dir.join(format!("{uid}.dcm"));
+        if dest.exists() {
+            return Ok(Stored::Duplicate(dest));
+        }
+        self.reserve_and_write(&dest, &bytes, &[])
+    }
+
+    /// Reserve quota before writing, so concurrent associations cannot overshoot together;
+    /// give it back when nothing new was written.
+    fn reserve_and_write(
+        &self,
+        dest: &Path,
+        head: &[u8],
+        body: &[u8],
+    ) -> Result<Stored, InboxError> {
+        let size = (head.len() + body.len()) as u64;
         {
             let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
             if *used + size > self.quota {
@@ -110,10 +150,9 @@ impl Inbox {
                     quota: self.quota,
                 });
             }
-            // Reserve before writing, so concurrent associations cannot overshoot together.
             *used += size;
         }
-        let written = self.write_file(&dest, &head, dataset);
+        let written = self.write_file(dest, head, body);
         if !matches!(written, Ok(Stored::New(_))) {
             *self.used.lock().unwrap_or_else(|p| p.into_inner()) -= size;
         }

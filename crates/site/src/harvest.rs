@@ -1,0 +1,207 @@
+//! Harvest: inbox instances of a study that allows it are de-identified at the site with the
+//! study's required options, sent to the hub's dataset (STOW-RS), and only then moved out of the
+//! inbox. The originals, the site key and the re-identification table stay here. An instance the
+//! hub already has counts as sent (restarts never duplicate); a failure leaves the instance in
+//! the inbox with its reason, for the next pass.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use medfed_audit::{AuditLog, Event};
+use medfed_deid::{
+    DeidOption, DeidProfile, Deidentifier, Pseudonymizer, ReidTable, SiteKey, reid_table_path,
+};
+use medfed_hub::client::HubClient;
+
+use crate::inbox::Inbox;
+use crate::policy::{SitePolicy, WayOfWorking};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HarvestError {
+    #[error("refused by site policy")]
+    Refused(#[from] crate::policy::Refusal),
+    #[error(transparent)]
+    Deid(#[from] medfed_deid::DeidError),
+    #[error(transparent)]
+    Audit(#[from] medfed_audit::AuditError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the hub")]
+    Hub(#[from] medfed_hub::client::ClientError),
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct HarvestReport {
+    pub sent: usize,
+    /// Already on the hub (a pass interrupted after sending, before moving the original).
+    pub already_there: usize,
+    /// Inbox files that stay for the next pass, with the reason.
+    pub failed: Vec<(PathBuf, String)>,
+}
+
+/// Harvest for one study into one hub dataset.
+pub struct Harvester<'a> {
+    pub policy: &'a SitePolicy,
+    pub study: &'a str,
+    pub dataset: &'a str,
+    pub inbox: &'a Inbox,
+    pub hub: &'a HubClient,
+    pub site_key: &'a Path,
+    pub audit: &'a AuditLog,
+}
+
+/// Instances per STOW-RS request.
+const BATCH: usize = 32;
+
+impl Harvester<'_> {
+    fn harvested_dir(&self) -> PathBuf {
+        self.policy.storage.dir.join("harvested")
+    }
+
+    fn audit(&self, action: &str, resource: String, outcome: &str) -> Result<(), HarvestError> {
+        self.audit.append(Event {
+            actor: format!("site:{}", self.policy.organisation),
+            on_behalf_of: None,
+            action: action.into(),
+            resource,
+            outcome: outcome.into(),
+        })?;
+        Ok(())
+    }
+
+    /// One pass over the inbox.
+    pub async fn run_once(&self) -> Result<HarvestReport, HarvestError> {
+        let study = match self.policy.allows(self.study, WayOfWorking::Harvest) {
+            Ok(s) => s,
+            Err(refusal) => {
+                self.audit(
+                    "harvest.refuse",
+                    format!("study/{}", self.study),
+                    &refusal.to_string(),
+                )?;
+                return Err(refusal.into());
+            }
+        };
+        let options = study
+            .deid_options
+            .iter()
+            .map(|n| DeidOption::from_name(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let profile = DeidProfile::with_options(options)?;
+        let pseudonymizer = Pseudonymizer::new(SiteKey::load_or_create(self.site_key)?);
+        let deidentifier = Deidentifier::new(&profile, &pseudonymizer);
+        let harvested = self.harvested_dir();
+        std::fs::create_dir_all(&harvested).map_err(|source| HarvestError::Io {
+            path: harvested.clone(),
+            source,
+        })?;
+        let files = self.inbox.list().map_err(|e| HarvestError::Io {
+            path: self.inbox.dir().to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let mut report = HarvestReport::default();
+        for batch in files.chunks(BATCH) {
+            let mut bodies = Vec::new();
+            let mut originals = Vec::new();
+            let mut identities = BTreeMap::new();
+            for f in batch {
+                match deidentify_file(&deidentifier, f) {
+                    Ok((bytes, sop, patient)) => {
+                        if let Some((pseudonym, who)) = patient {
+                            identities.insert(pseudonym, who);
+                        }
+                        bodies.push(bytes);
+                        originals.push((f.clone(), sop));
+                    }
+                    Err(why) => report.failed.push((f.clone(), why)),
+                }
+            }
+            if bodies.is_empty() {
+                continue;
+            }
+            // The re-identification table is written before anything leaves the site.
+            let key = SiteKey::load_or_create(self.site_key)?;
+            ReidTable::new(reid_table_path(self.site_key), &key).merge(&identities)?;
+            let (_, answer) = self.hub.stow(self.dataset, &bodies).await?;
+            let failed: BTreeMap<String, u64> = answer["00081198"]["Value"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|f| {
+                            Some((
+                                f["00081155"]["Value"][0].as_str()?.to_string(),
+                                f["00081197"]["Value"][0].as_u64()?,
+                            ))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            for (original, sop) in originals {
+                let outcome = match failed.get(&sop) {
+                    None => "sent",
+                    Some(0x0111) => "already-on-hub",
+                    Some(code) => {
+                        report
+                            .failed
+                            .push((original, format!("the hub refused it (status {code:#06x})")));
+                        self.audit(
+                            "harvest.send",
+                            format!(
+                                "study/{}/dataset/{}/instance/{sop}",
+                                self.study, self.dataset
+                            ),
+                            "refused by hub",
+                        )?;
+                        continue;
+                    }
+                };
+                self.audit(
+                    "harvest.send",
+                    format!(
+                        "study/{}/dataset/{}/instance/{sop}",
+                        self.study, self.dataset
+                    ),
+                    outcome,
+                )?;
+                let dest = harvested.join(original.file_name().unwrap_or_default());
+                std::fs::rename(&original, &dest).map_err(|source| HarvestError::Io {
+                    path: original.clone(),
+                    source,
+                })?;
+                if outcome == "sent" {
+                    report.sent += 1;
+                } else {
+                    report.already_there += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+type Patient = Option<(String, medfed_deid::OriginalIdentity)>;
+
+/// De-identify one inbox file; its bytes, its new SOP Instance UID and the patient mapping.
+fn deidentify_file(
+    d: &Deidentifier<'_>,
+    path: &Path,
+) -> Result<(Vec<u8>, String, Patient), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("unreadable: {e}"))?;
+    let obj = medfed_deid::read_object(&bytes).map_err(|r| r.reason().to_string())?;
+    let out = d.deidentify(obj).map_err(|r| r.reason().to_string())?;
+    let sop = out
+        .object
+        .meta()
+        .media_storage_sop_instance_uid()
+        .trim_end_matches('\0')
+        .to_string();
+    let mut buf = Vec::with_capacity(bytes.len());
+    out.object
+        .write_all(&mut buf)
+        .map_err(|e| format!("cannot encode: {e}"))?;
+    Ok((buf, sop, out.patient))
+}
