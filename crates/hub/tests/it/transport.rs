@@ -164,7 +164,9 @@ async fn repeated_authentication_failures_get_429_with_retry_after() {
     let (_, token) = medfed_hub::bootstrap_on(&hub.hub, "local:admin", None)
         .await
         .unwrap();
-    let forged = format!("{}x", &token[..token.len() - 1]);
+    // The last character changed (to a different one: it may already be 'x').
+    let last = if token.ends_with('x') { "y" } else { "x" };
+    let forged = format!("{}{last}", &token[..token.len() - 1]);
     let bad = client.with_token(&forged);
     for _ in 0..3 {
         let (s, _) = bad
