@@ -798,21 +798,25 @@ async fn study_resource(c: &Caller, study: &str) -> Resource {
     }
 }
 
+/// A study the caller may read; missing and hidden both answer 404.
+async fn study_for(hub: &Hub, c: &Caller, study: &str) -> ApiResult<medfed_catalogue::Study> {
+    require(
+        &c.principal,
+        Action::ReadStudy,
+        &study_resource(c, study).await,
+    )?;
+    hub.catalogue
+        .study(study)
+        .await?
+        .ok_or_else(ApiError::not_found)
+}
+
 async fn get_study(
     State(hub): State<Arc<Hub>>,
     c: Caller,
     Path(study): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    require(
-        &c.principal,
-        Action::ReadStudy,
-        &study_resource(&c, &study).await,
-    )?;
-    let s = hub
-        .catalogue
-        .study(&study)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
+    let s = study_for(&hub, &c, &study).await?;
     Ok(Json(json!(s)))
 }
 
@@ -929,16 +933,7 @@ async fn create_dataset(
     Path(study): Path<String>,
     JsonBody(b): JsonBody<NewDataset>,
 ) -> ApiResult<impl IntoResponse> {
-    require(
-        &c.principal,
-        Action::ReadStudy,
-        &study_resource(&c, &study).await,
-    )?;
-    let s = hub
-        .catalogue
-        .study(&study)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
+    let s = study_for(&hub, &c, &study).await?;
     let Some(org) = c.user.organisation.clone() else {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "not permitted"));
     };

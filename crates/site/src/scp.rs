@@ -120,7 +120,45 @@ impl Receiver {
     }
 }
 
-fn response(fields: Vec<DataElement<InMemDicomObject>>) -> Result<Vec<u8>, String> {
+/// A DIMSE response command (C-ECHO-RSP, C-STORE-RSP), encoded as commands always are:
+/// implicit VR little endian, with no data set.
+fn response(
+    command_field: u16,
+    sop_class: &str,
+    message_id: u16,
+    status: u16,
+    sop_instance: Option<&str>,
+) -> Result<Vec<u8>, String> {
+    let mut fields = vec![
+        DataElement::new(
+            tags::AFFECTED_SOP_CLASS_UID,
+            VR::UI,
+            dicom_value!(Str, sop_class),
+        ),
+        DataElement::new(
+            tags::COMMAND_FIELD,
+            VR::US,
+            dicom_value!(U16, [command_field]),
+        ),
+        DataElement::new(
+            tags::MESSAGE_ID_BEING_RESPONDED_TO,
+            VR::US,
+            dicom_value!(U16, [message_id]),
+        ),
+        DataElement::new(
+            tags::COMMAND_DATA_SET_TYPE,
+            VR::US,
+            dicom_value!(U16, [0x0101]),
+        ),
+        DataElement::new(tags::STATUS, VR::US, dicom_value!(U16, [status])),
+    ];
+    if let Some(uid) = sop_instance {
+        fields.push(DataElement::new(
+            tags::AFFECTED_SOP_INSTANCE_UID,
+            VR::UI,
+            dicom_value!(Str, uid),
+        ));
+    }
     let obj = InMemDicomObject::command_from_element_iter(fields);
     let ts = dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN.erased();
     let mut out = Vec::new();
@@ -179,33 +217,8 @@ fn serve(
                                 .and_then(|e| e.uint16().ok())
                                 .unwrap_or(0);
                             if field == 0x0030 {
-                                let rsp = response(vec![
-                                    DataElement::new(
-                                        tags::AFFECTED_SOP_CLASS_UID,
-                                        VR::UI,
-                                        dicom_value!(Str, VERIFICATION),
-                                    ),
-                                    DataElement::new(
-                                        tags::COMMAND_FIELD,
-                                        VR::US,
-                                        dicom_value!(U16, [0x8030]),
-                                    ),
-                                    DataElement::new(
-                                        tags::MESSAGE_ID_BEING_RESPONDED_TO,
-                                        VR::US,
-                                        dicom_value!(U16, [msg_id]),
-                                    ),
-                                    DataElement::new(
-                                        tags::COMMAND_DATA_SET_TYPE,
-                                        VR::US,
-                                        dicom_value!(U16, [0x0101]),
-                                    ),
-                                    DataElement::new(
-                                        tags::STATUS,
-                                        VR::US,
-                                        dicom_value!(U16, [STATUS_SUCCESS]),
-                                    ),
-                                ])?;
+                                let rsp =
+                                    response(0x8030, VERIFICATION, msg_id, STATUS_SUCCESS, None)?;
                                 send_command(&mut assoc, v.presentation_context_id, rsp)?;
                             } else {
                                 sop_class = uid_of(&cmd, tags::AFFECTED_SOP_CLASS_UID);
@@ -245,34 +258,7 @@ fn serve(
                                 }
                             };
                             data.clear();
-                            let rsp = response(vec![
-                                DataElement::new(
-                                    tags::AFFECTED_SOP_CLASS_UID,
-                                    VR::UI,
-                                    dicom_value!(Str, sop_class.as_str()),
-                                ),
-                                DataElement::new(
-                                    tags::COMMAND_FIELD,
-                                    VR::US,
-                                    dicom_value!(U16, [0x8001]),
-                                ),
-                                DataElement::new(
-                                    tags::MESSAGE_ID_BEING_RESPONDED_TO,
-                                    VR::US,
-                                    dicom_value!(U16, [msg_id]),
-                                ),
-                                DataElement::new(
-                                    tags::COMMAND_DATA_SET_TYPE,
-                                    VR::US,
-                                    dicom_value!(U16, [0x0101]),
-                                ),
-                                DataElement::new(tags::STATUS, VR::US, dicom_value!(U16, [status])),
-                                DataElement::new(
-                                    tags::AFFECTED_SOP_INSTANCE_UID,
-                                    VR::UI,
-                                    dicom_value!(Str, sop_uid.as_str()),
-                                ),
-                            ])?;
+                            let rsp = response(0x8001, &sop_class, msg_id, status, Some(&sop_uid))?;
                             send_command(&mut assoc, v.presentation_context_id, rsp)?;
                         }
                         _ => {}
