@@ -1,6 +1,7 @@
 //! The hub's metadata in a relational database: organisations, users and their API tokens,
 //! studies and the roles granted in them, datasets (the FAIR catalogue entries, with their
-//! wrapped data keys), stored objects, the DICOM index and pending uploads.
+//! wrapped data keys), stored objects, the DICOM index, pending uploads, and site nodes (their
+//! enrolment tokens, client certificates and tasks).
 //!
 //! One schema and one set of queries serve SQLite (the embedded default) and PostgreSQL
 //! (production), through sqlx's `Any` driver: columns are TEXT and BIGINT only and parameters
@@ -9,6 +10,10 @@
 //! Access is not decided here: listings take the caller's user id and return only what the
 //! caller is a member of (the SQL form of `medfed_policy::visible`, so that paging counts only
 //! visible rows); the hub still asks `medfed_policy::decide` for every row it returns.
+
+mod sites;
+
+pub use sites::{Enrolment, Site, SiteCertificate, TASK_STATES, Task, task_is_final};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -34,7 +39,10 @@ pub enum CatalogueError {
 type Result<T> = std::result::Result<T, CatalogueError>;
 
 /// Migrations, in order. Never edit one that has shipped; add the next.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_sites.sql")),
+];
 
 pub fn now_ms() -> i64 {
     SystemTime::now()

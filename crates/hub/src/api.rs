@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::config::Limits;
-use crate::tls::PeerAddr;
+use crate::tls::{PeerAddr, PeerCertificate};
 use crate::{Failpoint, Hub, HubError};
 
 // ---------------------------------------------------------------- errors
@@ -57,14 +57,14 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not found")
     }
 
-    fn unauthorized() -> ApiError {
+    pub(crate) fn unauthorized() -> ApiError {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
             "authentication required or credentials refused",
         )
     }
 
-    fn invalid(detail: impl Into<String>) -> ApiError {
+    pub(crate) fn invalid(detail: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, detail)
     }
 }
@@ -152,6 +152,10 @@ struct NoteFields {
 }
 
 impl AuditNote {
+    pub(crate) fn actor(&self, actor: String) {
+        self.with(|n| n.actor = Some(actor));
+    }
+
     fn with<R>(&self, f: impl FnOnce(&mut NoteFields) -> R) -> R {
         f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
     }
@@ -241,7 +245,7 @@ impl FailureLimiter {
     }
 
     /// Seconds to wait, when this key has used up its failures.
-    fn blocked(&self, key: &str) -> Option<u64> {
+    pub(crate) fn blocked(&self, key: &str) -> Option<u64> {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let q = seen.get_mut(key)?;
         while q.front().is_some_and(|t| t.elapsed() >= self.window) {
@@ -253,7 +257,7 @@ impl FailureLimiter {
         })
     }
 
-    fn record(&self, key: &str) {
+    pub(crate) fn record(&self, key: &str) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.len() > 100_000 {
             let window = self.window;
@@ -270,6 +274,8 @@ pub struct Caller {
     pub user: User,
     pub principal: Principal,
     pub note: AuditNote,
+    /// Set when the caller is a site node, authenticated by its client certificate.
+    pub site: Option<medfed_catalogue::Site>,
 }
 
 impl Caller {
@@ -360,7 +366,10 @@ impl FromRequestParts<Arc<Hub>> for Caller {
             .cloned()
             .unwrap_or_default();
         let Some(token) = bearer(&parts.headers) else {
-            return Err(ApiError::unauthorized());
+            return match parts.extensions.get::<PeerCertificate>() {
+                Some(cert) => crate::sites::site_caller(hub, &cert.0, note).await,
+                None => Err(ApiError::unauthorized()),
+            };
         };
         let peer = parts
             .extensions
@@ -389,6 +398,7 @@ impl FromRequestParts<Arc<Hub>> for Caller {
                     user,
                     principal,
                     note,
+                    site: None,
                 })
             }
             Err(why) => {
@@ -566,6 +576,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         )
         .route("/api/v1/uploads/{upload}/complete", post(complete_upload))
         .merge(crate::dicomweb::routes(&l))
+        .merge(crate::sites::routes())
         .route_layer(middleware::from_fn(record_route))
         .fallback(|| async { ApiError::not_found() })
         .layer(DefaultBodyLimit::max(l.max_json_bytes))
@@ -791,7 +802,7 @@ async fn admin_list_studies(
     ))
 }
 
-async fn study_resource(c: &Caller, study: &str) -> Resource {
+pub(crate) async fn study_resource(c: &Caller, study: &str) -> Resource {
     c.note.resource(format!("study/{}", safe_token(study)));
     Resource::Study {
         study: study.to_string(),
@@ -799,7 +810,11 @@ async fn study_resource(c: &Caller, study: &str) -> Resource {
 }
 
 /// A study the caller may read; missing and hidden both answer 404.
-async fn study_for(hub: &Hub, c: &Caller, study: &str) -> ApiResult<medfed_catalogue::Study> {
+pub(crate) async fn study_for(
+    hub: &Hub,
+    c: &Caller,
+    study: &str,
+) -> ApiResult<medfed_catalogue::Study> {
     require(
         &c.principal,
         Action::ReadStudy,

@@ -61,6 +61,52 @@ impl HubClient {
         })
     }
 
+    /// A site node's client: it trusts only `trust_pem` (what it pinned at enrolment, not the
+    /// system's roots) and, given its certificate and key (one PEM), authenticates with them
+    /// (mutual TLS).
+    pub fn for_site(
+        base: &str,
+        trust_pem: &[u8],
+        identity_pem: Option<&[u8]>,
+    ) -> Result<HubClient, ClientError> {
+        let tls = |e: reqwest::Error| ClientError::Tls(e.to_string());
+        let roots = reqwest::Certificate::from_pem_bundle(trust_pem).map_err(tls)?;
+        let mut b = reqwest::Client::builder()
+            .https_only(true)
+            .timeout(Duration::from_secs(300))
+            .connect_timeout(Duration::from_secs(10))
+            .tls_certs_only(roots);
+        if let Some(pem) = identity_pem {
+            b = b.identity(reqwest::Identity::from_pem(pem).map_err(tls)?);
+        }
+        let http = b.build()?;
+        Ok(HubClient {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+            token: None,
+        })
+    }
+
+    /// What the hub asks enrolling sites to trust, fetched without verifying the server: the
+    /// caller must compare it with the fingerprint its enrolment token carries.
+    pub async fn fetch_server_trust(base: &str) -> Result<String, ClientError> {
+        let http = reqwest::Client::builder()
+            .https_only(true)
+            .timeout(Duration::from_secs(30))
+            .tls_danger_accept_invalid_certs(true)
+            .build()?;
+        let url = format!("{}/api/v1/enrol/trust", base.trim_end_matches('/'));
+        let resp = http.get(url).send().await?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(ClientError::Status {
+                status,
+                detail: "no enrolment trust offered".into(),
+            });
+        }
+        Ok(resp.text().await?)
+    }
+
     pub fn with_token(&self, token: &str) -> HubClient {
         HubClient {
             token: Some(token.to_string()),

@@ -23,6 +23,7 @@ pub struct HubConfig {
     pub limits: Limits,
     pub audit: AuditConfig,
     pub lifecycle: LifecycleConfig,
+    pub sites: SitesConfig,
 }
 
 impl Default for HubConfig {
@@ -38,6 +39,7 @@ impl Default for HubConfig {
             limits: Limits::default(),
             audit: AuditConfig::default(),
             lifecycle: LifecycleConfig::default(),
+            sites: SitesConfig::default(),
         }
     }
 }
@@ -169,6 +171,31 @@ impl Default for LifecycleConfig {
     fn default() -> Self {
         LifecycleConfig {
             sweep_interval_s: 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SitesConfig {
+    /// Lifetime of the client certificates the hub signs for sites; sites renew when a third
+    /// of it is left.
+    pub certificate_lifetime_s: u64,
+    /// How long an enrolment token may be used (once).
+    pub enrolment_valid_s: u64,
+    /// Longest a site's poll waits for a task before it is answered empty.
+    pub poll_wait_s: u64,
+    /// A site counts as online when it was seen within this many seconds.
+    pub online_within_s: u64,
+}
+
+impl Default for SitesConfig {
+    fn default() -> Self {
+        SitesConfig {
+            certificate_lifetime_s: 30 * 86_400,
+            enrolment_valid_s: 72 * 3600,
+            poll_wait_s: 25,
+            online_within_s: 60,
         }
     }
 }

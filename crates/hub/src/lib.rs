@@ -19,6 +19,7 @@ mod dicomweb;
 pub mod jwks;
 pub mod keys;
 pub mod openapi;
+mod sites;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -98,6 +99,12 @@ pub struct Hub {
     pub audit: AuditLog,
     pub oidc: Option<Arc<OidcValidator>>,
     pub(crate) failures: api::FailureLimiter,
+    /// Signs site certificates (and the generated server certificate).
+    pub ca: tls::HubCa,
+    /// What an enrolling site is told to trust for the hub's server certificate (PEM).
+    pub server_trust_pem: String,
+    /// Bumped whenever a site's tasks or standing change, to wake its pending poll.
+    pub(crate) site_events: watch::Sender<u64>,
     failpoint: Option<Failpoint>,
 }
 
@@ -142,6 +149,11 @@ impl Hub {
             .map(|o| jwks::validator(o).map(Arc::new))
             .transpose()?;
         let failures = api::FailureLimiter::new(&config.limits);
+        let ca = tls::HubCa::load_or_create(&config.tls_dir())?;
+        let server_trust_pem = match &config.tls.cert_file {
+            Some(chain) => std::fs::read_to_string(chain).map_err(|e| HubError::io(chain, e))?,
+            None => ca.cert_pem.clone(),
+        };
         let hub = Arc::new(Hub {
             config,
             catalogue,
@@ -151,6 +163,9 @@ impl Hub {
             audit,
             oidc,
             failures,
+            ca,
+            server_trust_pem,
+            site_events: watch::channel(0).0,
             failpoint: Failpoint::from_env(),
         });
         let h = hub.recover().await?;
@@ -314,6 +329,8 @@ impl RunningHub {
 
 /// Open the hub and serve it over HTTPS (on the configured address; port 0 picks one).
 pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
+    let hub = Hub::open(config).await?;
+    let config = &hub.config;
     let (chain, key, ca_pem) = match (&config.tls.cert_file, &config.tls.key_file) {
         (Some(c), Some(k)) => {
             let (chain, key) = tls::load_pem(c, k)?;
@@ -330,14 +347,13 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
             ));
         }
     };
-    let tls_cfg = tls::server_config(chain, key)?;
+    let tls_cfg = tls::server_config(chain, key, Some(hub.ca.der()?))?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| HubError::io(Path::new(&config.listen.to_string()), e))?;
     let addr = listener
         .local_addr()
         .map_err(|e| HubError::io(Path::new("listener"), e))?;
-    let hub = Hub::open(config).await?;
     let app = router(hub.clone());
     let (tx, rx) = watch::channel(false);
     let max_header = hub.config.limits.max_header_bytes;

@@ -230,6 +230,80 @@ pub const ROUTES: &[Route] = &[
         "WADO-RS: retrieve an instance",
         None,
     ),
+    Route {
+        method: "GET",
+        path: "/api/v1/enrol/trust",
+        summary: "The certificate(s) an enrolling site trusts for the hub (checked against its token)",
+        authenticated: false,
+        body: None,
+    },
+    Route {
+        method: "POST",
+        path: "/api/v1/enrol",
+        summary: "Enrol a site: one-time token + certificate request -> client certificate",
+        authenticated: false,
+        body: JSON,
+    },
+    r(
+        "POST",
+        "/api/v1/site/poll",
+        "Site (mutual TLS): heartbeat and long poll for tasks",
+        JSON,
+    ),
+    r(
+        "POST",
+        "/api/v1/site/renew",
+        "Site (mutual TLS): renew its client certificate",
+        JSON,
+    ),
+    r(
+        "POST",
+        "/api/v1/site/tasks/{task}",
+        "Site (mutual TLS): report a task's state (accepted, refused, progress, result)",
+        JSON,
+    ),
+    r(
+        "POST",
+        "/api/v1/studies/{study}/enrolments",
+        "Create a one-time site enrolment token for an organisation (study coordinator)",
+        JSON,
+    ),
+    r(
+        "GET",
+        "/api/v1/studies/{study}/sites",
+        "Sites of the study's organisations: online, last seen, version, reported state",
+        None,
+    ),
+    r(
+        "GET",
+        "/api/v1/studies/{study}/tasks",
+        "Tasks handed to the study's sites and their state",
+        None,
+    ),
+    r(
+        "POST",
+        "/api/v1/studies/{study}/tasks",
+        "Hand a task to a site (study coordinator); the site's policy decides",
+        JSON,
+    ),
+    r(
+        "DELETE",
+        "/api/v1/studies/{study}/tasks/{task}",
+        "Cancel a task (study coordinator)",
+        None,
+    ),
+    r(
+        "GET",
+        "/api/v1/sites",
+        "All enrolled sites (platform admin)",
+        None,
+    ),
+    r(
+        "POST",
+        "/api/v1/sites/{site}/revoke",
+        "Revoke a site: its certificates are refused at once (platform admin)",
+        None,
+    ),
 ];
 
 fn parameters(path: &str) -> Vec<Value> {

@@ -168,10 +168,12 @@ impl Harvester<'_> {
                     outcome,
                 )?;
                 let dest = harvested.join(original.file_name().unwrap_or_default());
-                std::fs::rename(&original, &dest).map_err(|source| HarvestError::Io {
-                    path: original.clone(),
-                    source,
-                })?;
+                self.inbox
+                    .move_out(&original, &dest)
+                    .map_err(|e| HarvestError::Io {
+                        path: original.clone(),
+                        source: std::io::Error::other(e.to_string()),
+                    })?;
                 if outcome == "sent" {
                     report.sent += 1;
                 } else {

@@ -18,6 +18,10 @@ pub enum InboxError {
     },
     #[error("the inbox is full ({used} of {quota} bytes); intake paused until space is freed")]
     QuotaExceeded { used: u64, quota: u64 },
+    #[error(
+        "the disk holding the inbox has {free} bytes free, below the reserve of {reserve}; intake paused until space is freed"
+    )]
+    DiskFull { free: u64, reserve: u64 },
     #[error("refused: {0}")]
     Invalid(String),
 }
@@ -33,6 +37,9 @@ pub enum Stored {
 pub struct Inbox {
     dir: PathBuf,
     quota: u64,
+    /// Bytes the filesystem must keep free after a write (the rest of the hospital's server
+    /// needs its disk too).
+    reserve: u64,
     used: Mutex<u64>,
 }
 
@@ -43,8 +50,14 @@ fn is_uid(s: &str) -> bool {
 }
 
 impl Inbox {
-    /// Open (creating) the inbox; leftovers of interrupted writes are removed.
+    /// Open (creating) the inbox; leftovers of interrupted writes are removed. No free-disk
+    /// reserve; see [`Inbox::with_reserve`].
     pub fn open(dir: &Path, quota: u64) -> Result<Inbox, InboxError> {
+        Self::with_reserve(dir, quota, 0)
+    }
+
+    /// Open with a quota and a number of bytes that must stay free on the disk.
+    pub fn with_reserve(dir: &Path, quota: u64, reserve: u64) -> Result<Inbox, InboxError> {
         let io = |source| InboxError::Io {
             path: dir.to_path_buf(),
             source,
@@ -61,6 +74,7 @@ impl Inbox {
         Ok(Inbox {
             dir: dir.to_path_buf(),
             quota,
+            reserve,
             used: Mutex::new(used),
         })
     }
@@ -71,6 +85,50 @@ impl Inbox {
 
     pub fn used_bytes(&self) -> u64 {
         *self.used.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn quota_bytes(&self) -> u64 {
+        self.quota
+    }
+
+    /// Bytes free on the filesystem holding the inbox.
+    pub fn disk_free_bytes(&self) -> Result<u64, InboxError> {
+        let st = rustix::fs::statvfs(&self.dir).map_err(|e| InboxError::Io {
+            path: self.dir.clone(),
+            source: e.into(),
+        })?;
+        Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+
+    /// Why intake is paused now, if it is (quota reached or disk below its reserve).
+    pub fn paused(&self) -> Option<InboxError> {
+        let used = self.used_bytes();
+        if used >= self.quota {
+            return Some(InboxError::QuotaExceeded {
+                used,
+                quota: self.quota,
+            });
+        }
+        match self.disk_free_bytes() {
+            Ok(free) if free < self.reserve => Some(InboxError::DiskFull {
+                free,
+                reserve: self.reserve,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Move an instance out of the inbox (after it was handled) and give its bytes back to
+    /// the quota.
+    pub fn move_out(&self, file: &Path, dest: &Path) -> Result<(), InboxError> {
+        let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+        std::fs::rename(file, dest).map_err(|source| InboxError::Io {
+            path: file.to_path_buf(),
+            source,
+        })?;
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        *used = used.saturating_sub(size);
+        Ok(())
     }
 
     /// Store a data set as received over the network (its transfer syntax unchanged: no
@@ -151,6 +209,16 @@ impl Inbox {
                 });
             }
             *used += size;
+        }
+        if self.reserve > 0 {
+            let free = self.disk_free_bytes()?;
+            if free < self.reserve.saturating_add(size) {
+                *self.used.lock().unwrap_or_else(|p| p.into_inner()) -= size;
+                return Err(InboxError::DiskFull {
+                    free,
+                    reserve: self.reserve,
+                });
+            }
         }
         let written = self.write_file(dest, head, body);
         if !matches!(written, Ok(Stored::New(_))) {

@@ -69,6 +69,10 @@ pub struct DicomConfig {
     /// Calling AE titles allowed to send (the PACS, modalities). Empty: nobody.
     #[serde(default)]
     pub allowed_calling_ae_titles: Vec<String>,
+    /// The study the received DICOM is for (the PACS export for it points at this node).
+    /// Default: the one study that allows harvest, if there is exactly one.
+    #[serde(default)]
+    pub study: Option<String>,
 }
 
 fn default_ae() -> String {
@@ -85,6 +89,7 @@ impl Default for DicomConfig {
             ae_title: default_ae(),
             bind: default_bind(),
             allowed_calling_ae_titles: Vec::new(),
+            study: None,
         }
     }
 }
@@ -98,6 +103,13 @@ pub struct StorageConfig {
     /// The inbox refuses new instances beyond this many bytes (intake pauses, nothing is lost).
     #[serde(default = "default_quota")]
     pub inbox_quota_bytes: u64,
+    /// Intake pauses when the disk would have less than this free.
+    #[serde(default = "default_reserve")]
+    pub min_free_disk_bytes: u64,
+}
+
+fn default_reserve() -> u64 {
+    1 << 30
 }
 
 fn default_dir() -> PathBuf {
@@ -113,6 +125,7 @@ impl Default for StorageConfig {
         StorageConfig {
             dir: default_dir(),
             inbox_quota_bytes: default_quota(),
+            min_free_disk_bytes: default_reserve(),
         }
     }
 }
@@ -211,6 +224,21 @@ impl SitePolicy {
             });
         }
         Ok(())
+    }
+
+    /// The study the inbox feeds (see [`DicomConfig::study`]).
+    pub fn intake_study(&self) -> Option<&str> {
+        if let Some(s) = &self.dicom.study {
+            return Some(s);
+        }
+        let mut harvest = self
+            .studies
+            .iter()
+            .filter(|s| s.allow.contains(&WayOfWorking::Harvest));
+        match (harvest.next(), harvest.next()) {
+            (Some(only), None) => Some(&only.id),
+            _ => None,
+        }
     }
 
     pub fn inbox_dir(&self) -> PathBuf {

@@ -252,6 +252,10 @@ fn serve(
                                     );
                                     STATUS_OUT_OF_RESOURCES
                                 }
+                                Err(e @ InboxError::DiskFull { .. }) => {
+                                    tracing::warn!(error = %e, "instance refused, intake paused");
+                                    STATUS_OUT_OF_RESOURCES
+                                }
                                 Err(e) => {
                                     tracing::warn!(error = %e, "instance refused");
                                     STATUS_CANNOT_UNDERSTAND

@@ -38,6 +38,8 @@ struct World {
     series_uid: String,
     sop_uid: String,
     db_study_uid: String,
+    site: String,
+    task: String,
 }
 
 async fn world(backend: &str) -> World {
@@ -166,6 +168,7 @@ async fn world(backend: &str) -> World {
         .await;
     let (s, _) = f.put_chunk(&op_a1, &upload, 0, pending).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
+    let (site, task) = enrolled_site_with_task(c, &w_user(&f, "local:coord").await).await;
     World {
         f,
         tokens,
@@ -179,7 +182,69 @@ async fn world(backend: &str) -> World {
         series_uid,
         sop_uid,
         db_study_uid,
+        site,
+        task,
     }
+}
+
+async fn w_user(f: &Fixture, subject: &str) -> String {
+    f.hub
+        .catalogue
+        .user_by_subject(subject)
+        .await
+        .unwrap()
+        .unwrap()
+        .id
+}
+
+/// A site of org1 (enrolled through the catalogue; its certificate is not used here) with a
+/// queued task of study A.
+async fn enrolled_site_with_task(c: &medfed_catalogue::Catalogue, coord: &str) -> (String, String) {
+    use medfed_catalogue::{Enrolment, Site, SiteCertificate, Task, now_ms};
+    c.create_enrolment(&Enrolment {
+        id: "e1".into(),
+        study: "study-a".into(),
+        organisation: "org1".into(),
+        secret_sha256: "00".into(),
+        expires_ms: now_ms() + 60_000,
+        created_by: coord.into(),
+        used_ms: None,
+    })
+    .await
+    .unwrap();
+    let site = Site {
+        id: "site1".into(),
+        organisation: "org1".into(),
+        user_id: "site1-user".into(),
+        name: "Site One".into(),
+        enrolled_ms: now_ms(),
+        revoked_ms: None,
+        last_seen_ms: None,
+        version: String::new(),
+        state: json!({}),
+    };
+    let cert = SiteCertificate {
+        fingerprint: "ab".repeat(32),
+        site_id: "site1".into(),
+        serial: "01".into(),
+        not_after_ms: now_ms() + 60_000,
+    };
+    c.redeem_enrolment("e1", &site, &cert).await.unwrap();
+    let task = Task {
+        id: "task1".into(),
+        site_id: "site1".into(),
+        study: "study-a".into(),
+        kind: "features".into(),
+        params: json!({}),
+        status: "queued".into(),
+        detail: String::new(),
+        progress: json!({}),
+        created_by: coord.into(),
+        created_ms: now_ms(),
+        updated_ms: now_ms(),
+    };
+    c.create_task(&task).await.unwrap();
+    ("site1".into(), "task1".into())
 }
 
 /// One row: method, path (with placeholders), body, whether each cell needs a fresh world
@@ -216,11 +281,87 @@ const MEMBERS_OF_A: [u16; 11] = [401, 404, 200, 200, 200, 404, 200, 200, 200, 20
 const COORDINATOR_OF_A: [u16; 11] = [401, 404, 403, 204, 403, 404, 403, 403, 403, 403, 404];
 const RESEARCHERS_OF_A: [u16; 11] = [401, 404, 200, 403, 200, 404, 403, 403, 403, 403, 404];
 const OWNER_A1: [u16; 11] = [401, 404, 403, 403, 403, 404, 403, 403, 204, 403, 404];
+/// Site-node routes need a client certificate: a bearer token of a person is not a site.
+const SITES_ONLY: [u16; 11] = [401, 403, 403, 403, 403, 403, 403, 403, 403, 403, 403];
 const fn operator_a1(ok: u16) -> [u16; 11] {
     [401, 404, 403, 403, 403, 404, ok, 403, 403, 403, 404]
 }
 
 const ROWS: &[Row] = &[
+    row("GET", "/api/v1/enrol/trust", None, false, [200; 11]),
+    // A wrong one-time token is refused for everyone (each cell its own token id, so the
+    // failure limit does not turn the answer into 429).
+    row(
+        "POST",
+        "/api/v1/enrol",
+        Some(r#"{"token": "mfe1.00{n}.bad", "csr_pem": "x"}"#),
+        false,
+        [401; 11],
+    ),
+    row(
+        "POST",
+        "/api/v1/site/poll",
+        Some(r#"{"wait_s": 0}"#),
+        false,
+        SITES_ONLY,
+    ),
+    row(
+        "POST",
+        "/api/v1/site/renew",
+        Some(r#"{"csr_pem": "x"}"#),
+        false,
+        SITES_ONLY,
+    ),
+    row(
+        "POST",
+        "/api/v1/site/tasks/{task}",
+        Some(r#"{"status": "running"}"#),
+        false,
+        SITES_ONLY,
+    ),
+    row(
+        "POST",
+        "/api/v1/studies/study-a/enrolments",
+        Some(r#"{"organisation": "org1"}"#),
+        false,
+        [401, 404, 403, 201, 403, 404, 403, 403, 403, 403, 404],
+    ),
+    row(
+        "GET",
+        "/api/v1/studies/study-a/sites",
+        None,
+        false,
+        MEMBERS_OF_A,
+    ),
+    row(
+        "GET",
+        "/api/v1/studies/study-a/tasks",
+        None,
+        false,
+        MEMBERS_OF_A,
+    ),
+    row(
+        "POST",
+        "/api/v1/studies/study-a/tasks",
+        Some(r#"{"site": "{site}", "kind": "features"}"#),
+        false,
+        [401, 404, 403, 201, 403, 404, 403, 403, 403, 403, 404],
+    ),
+    row(
+        "DELETE",
+        "/api/v1/studies/study-a/tasks/{task}",
+        None,
+        true,
+        COORDINATOR_OF_A,
+    ),
+    row("GET", "/api/v1/sites", None, false, ADMIN_ONLY),
+    row(
+        "POST",
+        "/api/v1/sites/{site}/revoke",
+        None,
+        true,
+        [401, 204, 204, 403, 403, 403, 403, 403, 403, 403, 403],
+    ),
     row("GET", "/api/v1/health", None, false, [200; 11]),
     row("GET", "/api/v1/openapi.json", None, false, [200; 11]),
     row("GET", "/api/v1/me", None, false, ALL_AUTH),
@@ -405,6 +546,8 @@ fn fill(s: &str, w: &World, n: usize) -> String {
         .replace("{study_uid}", &w.study_uid)
         .replace("{series_uid}", &w.series_uid)
         .replace("{sop_uid}", &w.sop_uid)
+        .replace("{site}", &w.site)
+        .replace("{task}", &w.task)
         .replace("{n}", &n.to_string())
 }
 

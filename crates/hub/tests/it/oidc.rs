@@ -57,7 +57,7 @@ async fn issuer(
 ) -> (String, std::path::PathBuf, tokio::sync::watch::Sender<bool>) {
     let tls = medfed_hub::tls::ensure_generated(&dir.join("issuer-tls"), &[]).unwrap();
     let (chain, key) = medfed_hub::tls::load_pem(&tls.cert_pem, &tls.key_pem).unwrap();
-    let cfg = medfed_hub::tls::server_config(chain, key).unwrap();
+    let cfg = medfed_hub::tls::server_config(chain, key, None).unwrap();
     let app = axum::Router::new().route(
         "/jwks.json",
         get(move || {
