@@ -278,7 +278,7 @@ async fn enrol(
         return Err(ApiError::unauthorized());
     };
     let site_id = uuid::Uuid::new_v4().simple().to_string();
-    let lifetime = Duration::from_secs(hub.config.sites.certificate_lifetime_s.max(60));
+    let lifetime = Duration::from_secs(hub.config.sites.certificate_lifetime_s.max(10));
     let cert = hub
         .ca
         .sign_site(&b.csr_pem, &site_id, lifetime)
@@ -345,7 +345,7 @@ async fn renew(
     JsonBody(b): JsonBody<RenewRequest>,
 ) -> ApiResult<Json<Value>> {
     let site = site_of(&c)?;
-    let lifetime = Duration::from_secs(hub.config.sites.certificate_lifetime_s.max(60));
+    let lifetime = Duration::from_secs(hub.config.sites.certificate_lifetime_s.max(10));
     let cert = hub
         .ca
         .sign_site(&b.csr_pem, &site.id, lifetime)

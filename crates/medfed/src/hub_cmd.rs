@@ -43,6 +43,9 @@ pub enum HubCommand {
     },
     /// Remove datasets past their retention date now (the server also does this periodically).
     Sweep(ConfigArg),
+    /// Issue a new server certificate (new key) under the hub's CA; enrolled sites keep
+    /// working because they trust the CA. Stop the hub first; it uses the new one at start.
+    ReissueCert(ConfigArg),
 }
 
 #[derive(Args)]
@@ -94,6 +97,17 @@ pub fn run(cmd: HubCommand) -> anyhow::Result<ExitCode> {
                 let (version, n) = keys.rotate(&hub.catalogue, retire).await?;
                 hub.audit_system("keys.rotate", &format!("master-key/v{version}"), &format!("rewrapped {n}"))?;
                 println!("master key version {version}: {n} data keys re-wrapped; restart the hub to use it");
+                Ok(ExitCode::SUCCESS)
+            }
+            HubCommand::ReissueCert(c) => {
+                let cfg = c.load()?;
+                if cfg.tls.cert_file.is_some() {
+                    anyhow::bail!("[tls] cert_file is configured: replace that certificate instead");
+                }
+                let hub = medfed_hub::Hub::open(cfg.clone()).await.context("opening the hub (is it still running?)")?;
+                let out = hub.ca.issue_server_certificate(&cfg.tls_dir(), &cfg.tls.names)?;
+                hub.audit_system("tls.reissue-server-certificate", "hub", "issued")?;
+                println!("new server certificate {} (same CA {}); start the hub to use it", out.cert_pem.display(), out.ca_pem.display());
                 Ok(ExitCode::SUCCESS)
             }
             HubCommand::Sweep(c) => {

@@ -1,5 +1,5 @@
-//! `medfed site ...`: the site node so far: the DICOM receiver, folder import, harvest to the
-//! hub, status. (Enrolment and the outbound link to the hub are not built yet.)
+//! `medfed site ...`: enrolment with the hub, the running node (`serve`: DICOM receiver,
+//! outbound link, harvest), approvals, status, and the one-shot receive/import/harvest tools.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,6 +12,42 @@ use medfed_site::{Inbox, Receiver, SitePolicy, Stored};
 
 #[derive(Subcommand)]
 pub enum SiteCommand {
+    /// Enrol this site with the hub: a key pair is made here, the hub's CA signs its
+    /// certificate request; from then on the site talks to the hub over mutual TLS only.
+    Enroll {
+        #[arg(long)]
+        config: PathBuf,
+        /// The hub, e.g. https://hub.example.org:8443
+        #[arg(long)]
+        hub: String,
+        /// The one-time enrolment token a study coordinator created [default: $MEDFED_ENROLMENT_TOKEN]
+        #[arg(long, env = "MEDFED_ENROLMENT_TOKEN", hide_env_values = true)]
+        token: String,
+        /// A name the hub shows for this node
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// Run the site node until interrupted: DICOM receiver, the outbound link to the hub
+    /// (tasks, heartbeats, reconnection), harvest with retries.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+        /// Longest wait of one poll at the hub, seconds
+        #[arg(long, default_value_t = 25)]
+        poll_wait: u64,
+    },
+    /// Approve a task that waits for a person (its kind is not auto-approved in site.toml).
+    Approve {
+        #[arg(long)]
+        config: PathBuf,
+        task: String,
+    },
+    /// Refuse a task that waits for a person.
+    Reject {
+        #[arg(long)]
+        config: PathBuf,
+        task: String,
+    },
     /// Receive DICOM (C-STORE, C-ECHO) from the calling AE titles site.toml allows, into the
     /// site's inbox, until interrupted.
     Receive {
@@ -44,10 +80,13 @@ pub enum SiteCommand {
         #[arg(long, env = "MEDFED_TOKEN", hide_env_values = true)]
         token: String,
     },
-    /// What is waiting in the inbox and what has been harvested.
+    /// The node's state: link to the hub, intake, harvest progress and failures, tasks.
     Status {
         #[arg(long)]
         config: PathBuf,
+        /// Print the full status as JSON
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -157,19 +196,184 @@ pub fn run(cmd: SiteCommand) -> anyhow::Result<ExitCode> {
                 ExitCode::from(2)
             })
         }
-        SiteCommand::Status { config } => {
+        SiteCommand::Status { config, json } => {
             let policy = SitePolicy::load(&config)?;
-            let inbox = Inbox::open(&policy.inbox_dir(), policy.storage.inbox_quota_bytes)?;
-            let harvested = std::fs::read_dir(policy.storage.dir.join("harvested"))
-                .map(|r| r.count())
-                .unwrap_or(0);
+            status(&policy, json)
+        }
+        SiteCommand::Enroll {
+            config,
+            hub,
+            token,
+            name,
+        } => {
+            let policy = SitePolicy::load(&config)?;
+            if policy.organisation.is_empty() {
+                anyhow::bail!(
+                    "{}: set `organisation` (as the hub knows it) first",
+                    config.display()
+                );
+            }
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let id = rt.block_on(medfed_site::SiteIdentity::enroll(
+                &policy.storage.dir,
+                &hub,
+                &token,
+                &policy.organisation,
+                &name,
+            ))?;
+            let key = medfed_audit::load_or_create_key(&policy.storage.dir.join("audit.key"))?;
+            let audit = medfed_audit::AuditLog::open(
+                &policy.storage.dir.join("site.audit.jsonl"),
+                key,
+                100,
+            )?;
+            audit.append(medfed_audit::Event {
+                actor: format!("site:{}", policy.organisation),
+                on_behalf_of: None,
+                action: "site.enrol".into(),
+                resource: format!("site/{}", id.enrolled.site_id),
+                outcome: format!("enrolled with {}", id.enrolled.hub_url),
+            })?;
             println!(
-                "inbox: {} instances, {:.1} of {:.1} MB; harvested: {harvested}",
-                inbox.list()?.len(),
-                inbox.used_bytes() as f64 / 1e6,
-                policy.storage.inbox_quota_bytes as f64 / 1e6
+                "enrolled as site {} of {} with {}; start it with `medfed site serve --config {}`",
+                id.enrolled.site_id,
+                id.enrolled.organisation,
+                id.enrolled.hub_url,
+                config.display()
             );
             Ok(ExitCode::SUCCESS)
         }
+        SiteCommand::Serve { config, poll_wait } => {
+            let policy = SitePolicy::load(&config)?;
+            let options = medfed_site::NodeOptions {
+                poll_wait_s: poll_wait,
+                ..Default::default()
+            };
+            let node = medfed_site::SiteNode::open(policy.clone(), options)
+                .with_context(|| format!("opening the site node of {}", config.display()))?;
+            match node.dicom_addr() {
+                Some(a) => println!(
+                    "{} receiving DICOM on {a} (callers: {})",
+                    policy.dicom.ae_title,
+                    policy.dicom.allowed_calling_ae_titles.join(", ")
+                ),
+                None => println!("no calling AE title allowed: the DICOM receiver is off"),
+            }
+            let stop = node.stopper();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let serving = tokio::spawn(node.serve());
+                let _ = tokio::signal::ctrl_c().await;
+                println!("stopping");
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                anyhow::Ok(serving.await??)
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        SiteCommand::Approve { config, task } => decide(&config, &task, true),
+        SiteCommand::Reject { config, task } => decide(&config, &task, false),
     }
+}
+
+/// Leave a person's decision for the running node (it applies and audits it).
+fn decide(config: &std::path::Path, task: &str, approve: bool) -> anyhow::Result<ExitCode> {
+    let policy = SitePolicy::load(config)?;
+    let who = std::env::var("USER").unwrap_or_else(|_| "operator".into());
+    medfed_site::leave_decision(&policy.storage.dir, task, approve, &format!("by {who}"))?;
+    println!(
+        "{} of task {task} left for the running node (see `medfed site status`)",
+        if approve { "approval" } else { "rejection" }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ago(ms: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    format!("{:.0} s ago", (now - ms).max(0) as f64 / 1000.0)
+}
+
+fn status(policy: &SitePolicy, as_json: bool) -> anyhow::Result<ExitCode> {
+    let inbox = Inbox::open(&policy.inbox_dir(), policy.storage.inbox_quota_bytes)?;
+    let harvested = std::fs::read_dir(policy.storage.dir.join("harvested"))
+        .map(|r| r.count())
+        .unwrap_or(0);
+    let node = medfed_site::read_status(&policy.storage.dir);
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&node)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    match medfed_site::SiteIdentity::load(&policy.storage.dir) {
+        Ok(id) => println!(
+            "site {} of {} enrolled with {}",
+            id.enrolled.site_id, id.enrolled.organisation, id.enrolled.hub_url
+        ),
+        Err(e) => println!("{e}"),
+    }
+    println!(
+        "inbox: {} instances, {:.1} of {:.1} MB; harvested: {harvested}",
+        inbox.list()?.len(),
+        inbox.used_bytes() as f64 / 1e6,
+        policy.storage.inbox_quota_bytes as f64 / 1e6
+    );
+    let Some(st) = node else {
+        println!("the node has not run yet (medfed site serve)");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let link = match (st.connected, st.last_contact_ms, &st.hub_error) {
+        (true, Some(t), _) => format!("connected (last contact {})", ago(t)),
+        (_, _, Some(e)) => format!(
+            "NOT connected since {}: {e}",
+            st.hub_unreachable_since_ms.map(ago).unwrap_or_default()
+        ),
+        _ => "connecting".into(),
+    };
+    println!("hub link: {link}  (status written {})", ago(st.updated_ms));
+    println!(
+        "intake: {}",
+        st.intake_paused
+            .as_deref()
+            .map_or("accepting".into(), |w| format!("PAUSED: {w}"))
+    );
+    println!(
+        "harvest: {} sent, {} already on the hub{}",
+        st.sent,
+        st.already_on_hub,
+        st.harvest_paused
+            .as_deref()
+            .map_or(String::new(), |w| format!("; PAUSED: {w}"))
+    );
+    for f in &st.failures {
+        println!(
+            "  retrying {} (attempt {}): {}",
+            f.file, f.attempts, f.reason
+        );
+    }
+    for f in &st.quarantined {
+        println!(
+            "  set aside {} after {} attempts: {}",
+            f.file, f.attempts, f.reason
+        );
+    }
+    for t in &st.tasks {
+        println!(
+            "task {} {} for study {}: {}{}",
+            t.id,
+            t.kind,
+            t.study,
+            t.status,
+            if t.detail.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", t.detail)
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

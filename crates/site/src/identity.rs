@@ -225,11 +225,20 @@ impl SiteIdentity {
         )?)
     }
 
-    /// Whether the certificate has a third or less of its lifetime left.
-    pub fn renewal_due(&self) -> bool {
+    /// When renewal is due: a third of the certificate's lifetime before it expires.
+    fn renewal_due_ms(&self) -> i64 {
         let e = &self.enrolled;
         let lifetime = e.certificate_not_after_ms - e.certificate_received_ms;
-        e.certificate_not_after_ms - now_ms() <= lifetime / 3
+        e.certificate_not_after_ms - lifetime / 3
+    }
+
+    pub fn renewal_due(&self) -> bool {
+        now_ms() >= self.renewal_due_ms()
+    }
+
+    /// Seconds until renewal is due (0 when it is).
+    pub fn seconds_until_renewal(&self) -> u64 {
+        ((self.renewal_due_ms() - now_ms()).max(0) / 1000) as u64
     }
 
     /// Ask the hub for a new certificate (new key pair), over the current one; the files are

@@ -41,9 +41,15 @@ pub struct Inbox {
     /// needs its disk too).
     reserve: u64,
     used: Mutex<u64>,
+    /// The last refusal for lack of room, until room is made again.
+    refusal: Mutex<Option<InboxError>>,
 }
 
 const PARTIAL: &str = ".partial-";
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 fn is_uid(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_digit() || b == b'.')
@@ -76,6 +82,7 @@ impl Inbox {
             quota,
             reserve,
             used: Mutex::new(used),
+            refusal: Mutex::new(None),
         })
     }
 
@@ -100,22 +107,10 @@ impl Inbox {
         Ok(st.f_bavail.saturating_mul(st.f_frsize))
     }
 
-    /// Why intake is paused now, if it is (quota reached or disk below its reserve).
-    pub fn paused(&self) -> Option<InboxError> {
-        let used = self.used_bytes();
-        if used >= self.quota {
-            return Some(InboxError::QuotaExceeded {
-                used,
-                quota: self.quota,
-            });
-        }
-        match self.disk_free_bytes() {
-            Ok(free) if free < self.reserve => Some(InboxError::DiskFull {
-                free,
-                reserve: self.reserve,
-            }),
-            _ => None,
-        }
+    /// Why intake is paused now, if it is: an instance was refused for lack of room (quota or
+    /// disk reserve) and no room has been made since.
+    pub fn paused(&self) -> Option<String> {
+        lock(&self.refusal).as_ref().map(|e| e.to_string())
     }
 
     /// Move an instance out of the inbox (after it was handled) and give its bytes back to
@@ -126,8 +121,9 @@ impl Inbox {
             path: file.to_path_buf(),
             source,
         })?;
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        let mut used = lock(&self.used);
         *used = used.saturating_sub(size);
+        *lock(&self.refusal) = None;
         Ok(())
     }
 
@@ -203,17 +199,26 @@ impl Inbox {
         {
             let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
             if *used + size > self.quota {
-                return Err(InboxError::QuotaExceeded {
+                let e = InboxError::QuotaExceeded {
+                    used: *used,
+                    quota: self.quota,
+                };
+                *lock(&self.refusal) = Some(InboxError::QuotaExceeded {
                     used: *used,
                     quota: self.quota,
                 });
+                return Err(e);
             }
             *used += size;
         }
         if self.reserve > 0 {
             let free = self.disk_free_bytes()?;
             if free < self.reserve.saturating_add(size) {
-                *self.used.lock().unwrap_or_else(|p| p.into_inner()) -= size;
+                *lock(&self.used) -= size;
+                *lock(&self.refusal) = Some(InboxError::DiskFull {
+                    free,
+                    reserve: self.reserve,
+                });
                 return Err(InboxError::DiskFull {
                     free,
                     reserve: self.reserve,

@@ -313,7 +313,7 @@ impl Shared {
         st.inbox_instances = self.inbox.list().map(|l| l.len()).unwrap_or(0);
         st.inbox_bytes = self.inbox.used_bytes();
         st.inbox_quota_bytes = self.inbox.quota_bytes();
-        st.intake_paused = self.inbox.paused().map(|e| e.to_string());
+        st.intake_paused = self.inbox.paused();
         st.failures = lock(&self.attempts).values().cloned().collect();
         st.tasks = lock(&self.tasks).values().cloned().collect();
         st.updated_ms = now_ms();
@@ -554,6 +554,10 @@ async fn link_round(s: &Arc<Shared>, client: &HubClient) -> Result<(), ClientErr
     }
     flush_reports(s, client).await?;
     s.write_status();
+    // Come back in time to renew the certificate (a third of its lifetime before expiry).
+    let wait_s = lock(&s.identity)
+        .seconds_until_renewal()
+        .clamp(1, s.options.poll_wait_s.max(1));
     let known: Vec<String> = lock(&s.tasks)
         .values()
         .filter(|t| !t.is_final())
@@ -567,7 +571,7 @@ async fn link_round(s: &Arc<Shared>, client: &HubClient) -> Result<(), ClientErr
                 "version": env!("CARGO_PKG_VERSION"),
                 "state": s.report_state(),
                 "known": known,
-                "wait_s": s.options.poll_wait_s,
+                "wait_s": wait_s,
             })),
         )
         .await?;

@@ -1,0 +1,732 @@
+//! Site nodes as hospitals run them, all as processes on 127.0.0.1: `medfed hub serve`,
+//! `medfed site enroll` with a one-time token, `medfed site serve` (receiver, outbound link,
+//! harvest), DICOM pushed by dcmtk's `storescu`, results read back by QIDO-RS/WADO-RS. Then the
+//! bad days: the hub killed mid-harvest, the link cut, a full inbox, a revoked site, a renewed
+//! site certificate and a re-issued hub certificate. dcmtk is required in CI
+//! (`MEDFED_REQUIRE_DCMTK=1`); without it these tests say SKIPPED.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Server, free_port, medfed, serve};
+use medfed_hub::client::HubClient;
+use medfed_policy::StudyRole;
+use serde_json::{Value, json};
+
+fn dcmtk() -> bool {
+    let ok = Command::new("storescu").arg("--version").output().is_ok();
+    if !ok {
+        assert!(
+            std::env::var("MEDFED_REQUIRE_DCMTK").is_err(),
+            "MEDFED_REQUIRE_DCMTK is set but dcmtk's storescu is not installed"
+        );
+        eprintln!("SKIPPED: dcmtk (storescu) is not installed");
+    }
+    ok
+}
+
+/// Poll `f` until it gives a value or `secs` pass.
+fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The people of the test world and their API tokens.
+struct People {
+    admin: String,
+    coord: String,
+    op1: String,
+    op2: String,
+    res_a: String,
+    res_b: String,
+}
+
+/// hub.toml, then the world set up on the hub's host before it serves (as an operator's
+/// setup would): organisations, people, two studies.
+fn hub_world(d: &Path, port: u16, extra: &str) -> People {
+    std::fs::write(
+        d.join("hub.toml"),
+        format!("listen = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\n{extra}"),
+    )
+    .unwrap();
+    let cfg = medfed_hub::HubConfig::load(&d.join("hub.toml")).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let hub = medfed_hub::Hub::open(cfg).await.unwrap();
+        let c = &hub.catalogue;
+        c.create_organisation("org1", "Hospital One").await.unwrap();
+        c.create_organisation("org2", "Hospital Two").await.unwrap();
+        let (_, admin) = medfed_hub::bootstrap_on(&hub, "local:admin", Some("org1"))
+            .await
+            .unwrap();
+        let token = async |subject: &str, org: &str, grants: &[(&str, StudyRole)]| {
+            let u = c.create_user(subject, Some(org), false).await.unwrap();
+            for (study, role) in grants {
+                c.grant(&u.id, study, *role).await.unwrap();
+            }
+            medfed_hub::issue_token(&hub, &u.id, 1).await.unwrap()
+        };
+        let both = ["org1".to_string(), "org2".to_string()];
+        c.create_study("study-a", "Study A", &both).await.unwrap();
+        c.create_study("study-b", "Study B", &both).await.unwrap();
+        People {
+            admin,
+            coord: token(
+                "local:coord",
+                "org1",
+                &[("study-a", StudyRole::StudyCoordinator)],
+            )
+            .await,
+            op1: token("local:op1", "org1", &[("study-a", StudyRole::SiteOperator)]).await,
+            op2: token("local:op2", "org2", &[("study-a", StudyRole::SiteOperator)]).await,
+            res_a: token("local:res-a", "org1", &[("study-a", StudyRole::Researcher)]).await,
+            res_b: token("local:res-b", "org2", &[("study-b", StudyRole::Researcher)]).await,
+        }
+    })
+}
+
+/// A blocking JSON call to the hub as one of the people.
+struct Api {
+    rt: tokio::runtime::Runtime,
+    base: String,
+    ca: PathBuf,
+}
+
+impl Api {
+    fn new(d: &Path, port: u16) -> Api {
+        Api {
+            rt: tokio::runtime::Runtime::new().unwrap(),
+            base: format!("https://127.0.0.1:{port}"),
+            ca: d.join("data/tls/ca.pem"),
+        }
+    }
+
+    fn client(&self, token: &str) -> HubClient {
+        HubClient::new(&self.base, Some(&self.ca))
+            .unwrap()
+            .with_token(token)
+    }
+
+    fn call(&self, token: &str, method: &str, path: &str, body: Option<Value>) -> Value {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        self.rt
+            .block_on(self.client(token).call(m, path, body))
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    fn get_status(&self, token: &str, path: &str) -> u16 {
+        let c = self.client(token);
+        self.rt
+            .block_on(async { c.request(reqwest::Method::GET, path).send().await })
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    fn enrolment_token(&self, coord: &str, org: &str) -> String {
+        let v = self.call(
+            coord,
+            "POST",
+            "/api/v1/studies/study-a/enrolments",
+            Some(json!({"organisation": org})),
+        );
+        v["token"].as_str().unwrap().to_string()
+    }
+
+    fn dataset(&self, op: &str) -> String {
+        let v = self.call(
+            op,
+            "POST",
+            "/api/v1/studies/study-a/datasets",
+            Some(json!({
+                "title": "Harvested CT",
+                "licence": "study members only",
+                "retention_until": "2099-12-31",
+                "provenance": {"site": "", "deid_settings": "site policy", "medfed_version": "test"},
+            })),
+        );
+        v["id"].as_str().unwrap().to_string()
+    }
+
+    fn task(&self, coord: &str, site: &str, kind: &str, params: Value) -> String {
+        let v = self.call(
+            coord,
+            "POST",
+            "/api/v1/studies/study-a/tasks",
+            Some(json!({"site": site, "kind": kind, "params": params})),
+        );
+        v["id"].as_str().unwrap().to_string()
+    }
+
+    fn task_status(&self, coord: &str, id: &str) -> String {
+        let v = self.call(
+            coord,
+            "GET",
+            "/api/v1/studies/study-a/tasks?limit=500",
+            None,
+        );
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == id)
+            .map(|t| t["status"].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+
+    /// SOP Instance UIDs the token's owner finds by QIDO-RS, across studies and series.
+    fn instances(&self, token: &str) -> Vec<String> {
+        let mut sops = Vec::new();
+        let studies = self.call(token, "GET", "/api/v1/dicomweb/studies?limit=500", None);
+        for s in studies.as_array().unwrap() {
+            let st = s["0020000D"]["Value"][0].as_str().unwrap();
+            let series = self.call(
+                token,
+                "GET",
+                &format!("/api/v1/dicomweb/studies/{st}/series?limit=500"),
+                None,
+            );
+            for se in series.as_array().unwrap() {
+                let se = se["0020000E"]["Value"][0].as_str().unwrap();
+                let insts = self.call(
+                    token,
+                    "GET",
+                    &format!("/api/v1/dicomweb/studies/{st}/series/{se}/instances?limit=500"),
+                    None,
+                );
+                for i in insts.as_array().unwrap() {
+                    sops.push(format!(
+                        "{st}/series/{se}/instances/{}",
+                        i["00080018"]["Value"][0].as_str().unwrap()
+                    ));
+                }
+            }
+        }
+        sops
+    }
+}
+
+/// A site node: its directory, config and (while serving) its process.
+struct SiteProc {
+    dir: PathBuf,
+    dicom_port: u16,
+    child: Option<Child>,
+}
+
+impl Drop for SiteProc {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl SiteProc {
+    fn new(root: &Path, name: &str, org: &str, quota: u64) -> SiteProc {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let dicom_port = free_port();
+        std::fs::write(
+            dir.join("site.toml"),
+            format!(
+                "organisation = \"{org}\"\n[dicom]\nae_title = \"{ae}\"\nbind = \"127.0.0.1:{dicom_port}\"\nallowed_calling_ae_titles = [\"PACS1\"]\n[storage]\ndir = \"data\"\ninbox_quota_bytes = {quota}\nmin_free_disk_bytes = 0\n[[study]]\nid = \"study-a\"\nallow = [\"harvest\"]\nauto_approve = [\"harvest\"]\n",
+                ae = name.to_uppercase()
+            ),
+        )
+        .unwrap();
+        SiteProc {
+            dir,
+            dicom_port,
+            child: None,
+        }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.join("site.toml")
+    }
+
+    fn enroll(&self, hub_url: &str, token: &str) {
+        let out = medfed()
+            .args([
+                "site",
+                "enroll",
+                "--name",
+                "test node",
+                "--hub",
+                hub_url,
+                "--config",
+            ])
+            .arg(self.config())
+            .env("MEDFED_ENROLMENT_TOKEN", token)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "enroll: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn site_id(&self) -> String {
+        let v: Value = serde_json::from_slice(
+            &std::fs::read(self.dir.join("data/identity/site.json")).unwrap(),
+        )
+        .unwrap();
+        v["site_id"].as_str().unwrap().to_string()
+    }
+
+    fn serve(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("site.log"))
+            .unwrap();
+        let child = medfed()
+            .args(["site", "serve", "--poll-wait", "5", "--config"])
+            .arg(self.config())
+            .env("MEDFED_LOG", "debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let port = self.dicom_port;
+        wait_for(30, "the site's DICOM receiver", || {
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+    }
+
+    fn status(&self) -> medfed_site::NodeStatus {
+        medfed_site::read_status(&self.dir.join("data")).unwrap_or_default()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("site.log")).unwrap_or_default()
+    }
+
+    fn audit(&self) -> String {
+        std::fs::read_to_string(self.dir.join("data/site.audit.jsonl")).unwrap_or_default()
+    }
+
+    /// Push files with storescu as `calling`; storescu's success.
+    fn push(&self, calling: &str, files: &[PathBuf]) -> bool {
+        Command::new("storescu")
+            .args([
+                "-aet",
+                calling,
+                "-aec",
+                &self
+                    .dir
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .to_uppercase(),
+            ])
+            .arg("127.0.0.1")
+            .arg(self.dicom_port.to_string())
+            .args(files)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    }
+}
+
+fn synth(dir: &Path, patients: usize, slices: usize, seed: u64) -> (Vec<PathBuf>, Vec<Vec<u8>>) {
+    let set = medfed_synth::generate(
+        dir,
+        &medfed_synth::SynthConfig {
+            patients,
+            studies_per_patient: 1,
+            series_per_study: 1,
+            slices_per_series: slices,
+            seed,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let planted = set.planted();
+    let mut files = set.files;
+    files.sort();
+    (files, planted)
+}
+
+fn hub_audit(d: &Path) -> String {
+    std::fs::read_to_string(d.join("data/audit/hub.audit.jsonl")).unwrap_or_default()
+}
+
+fn start_hub(d: &Path, port: u16) -> Server {
+    serve(d, port, &d.join("hub.log"), None)
+}
+
+#[test]
+fn two_sites_enrol_receive_from_storescu_and_harvest_for_that_studys_researchers_only() {
+    if !dcmtk() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    let people = hub_world(d, port, "");
+    let _hub = start_hub(d, port);
+    let api = Api::new(d, port);
+    let url = format!("https://127.0.0.1:{port}");
+
+    // Enrolment: a one-time token per organisation; a used token does not work twice.
+    let mut s1 = SiteProc::new(d, "site1", "org1", 1 << 30);
+    let mut s2 = SiteProc::new(d, "site2", "org2", 1 << 30);
+    let t1 = api.enrolment_token(&people.coord, "org1");
+    s1.enroll(&url, &t1);
+    s2.enroll(&url, &api.enrolment_token(&people.coord, "org2"));
+    let again = SiteProc::new(d, "site3", "org1", 1 << 30);
+    let out = medfed()
+        .args(["site", "enroll", "--hub", &url, "--token", &t1, "--config"])
+        .arg(again.config())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a used enrolment token was accepted");
+    // A token whose trust fingerprint does not match the hub is refused before anything is sent.
+    let forged = format!("{}{}", &t1[..t1.len() - 64], "0".repeat(64));
+    let out = medfed()
+        .args([
+            "site", "enroll", "--hub", &url, "--token", &forged, "--config",
+        ])
+        .arg(again.config())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not match"));
+
+    s1.serve();
+    s2.serve();
+    let (id1, id2) = (s1.site_id(), s2.site_id());
+    // The hub shows both sites online with their version.
+    wait_for(30, "both sites online", || {
+        let v = api.call(&people.coord, "GET", "/api/v1/studies/study-a/sites", None);
+        let items = v["items"].as_array().unwrap().clone();
+        (items.len() == 2
+            && items
+                .iter()
+                .all(|s| s["online"] == true && s["version"] == env!("CARGO_PKG_VERSION")))
+        .then_some(())
+    });
+
+    // Harvest tasks: each site into its organisation's dataset.
+    let (d1, d2) = (api.dataset(&people.op1), api.dataset(&people.op2));
+    let h1 = api.task(&people.coord, &id1, "harvest", json!({"dataset": d1}));
+    let h2 = api.task(&people.coord, &id2, "harvest", json!({"dataset": d2}));
+    for h in [&h1, &h2] {
+        wait_for(30, "harvest task running", || {
+            (api.task_status(&people.coord, h) == "running").then_some(())
+        });
+    }
+
+    // The PACS pushes with storescu; an unregistered calling AE title is refused.
+    let (f1, planted1) = synth(&d.join("pacs1"), 2, 4, 11);
+    let (f2, planted2) = synth(&d.join("pacs2"), 1, 5, 22);
+    assert!(
+        !s1.push("ROGUE", &f1[..1]),
+        "an unregistered AE title was accepted"
+    );
+    assert!(s1.push("PACS1", &f1));
+    assert!(s2.push("PACS1", &f2));
+    let want = f1.len() + f2.len();
+    let found = wait_for(90, "all instances on the hub", || {
+        let sops = api.instances(&people.res_a);
+        (sops.len() >= want).then_some(sops)
+    });
+    assert_eq!(found.len(), want, "nothing duplicated");
+    // A researcher of another study finds nothing and cannot retrieve.
+    assert!(api.instances(&people.res_b).is_empty());
+    assert_eq!(
+        api.get_status(
+            &people.res_b,
+            &format!("/api/v1/dicomweb/studies/{}", found[0])
+        ),
+        404
+    );
+    // Retrieved objects carry no identifying value of the originals.
+    let planted: Vec<Vec<u8>> = planted1.into_iter().chain(planted2).collect();
+    let c = api.client(&people.res_a);
+    for sop in &found {
+        let body = api
+            .rt
+            .block_on(async {
+                c.request(
+                    reqwest::Method::GET,
+                    &format!("/api/v1/dicomweb/studies/{sop}"),
+                )
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+            })
+            .unwrap();
+        assert!(body.len() > 1000);
+        for p in &planted {
+            assert!(
+                memchr::memmem::find(&body, p).is_none(),
+                "{:?} reached the hub",
+                String::from_utf8_lossy(p)
+            );
+        }
+    }
+    // The site's status counts per instance; nothing failed.
+    let st = s1.status();
+    assert_eq!(
+        (st.sent as usize, st.failures.len()),
+        (f1.len(), 0),
+        "{st:?}"
+    );
+    let out = medfed()
+        .args(["site", "status", "--config"])
+        .arg(s1.config())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("hub link: connected")
+            && text.contains(&format!("harvest: {} sent", f1.len())),
+        "{text}"
+    );
+
+    // Policy: a task the site does not allow is refused there, though the hub sent it; the
+    // refusal is in both audit logs.
+    let feat = api.task(&people.coord, &id1, "features", json!({}));
+    wait_for(30, "features task refused", || {
+        (api.task_status(&people.coord, &feat) == "refused").then_some(())
+    });
+    assert!(s1.audit().contains("\"action\":\"task.refuse\""));
+    assert!(hub_audit(d).contains("\"action\":\"site.task.refused\""));
+    // A cancelled task stops at the site.
+    api.call(
+        &people.coord,
+        "DELETE",
+        &format!("/api/v1/studies/study-a/tasks/{h2}"),
+        None,
+    );
+    wait_for(30, "cancellation at the site", || {
+        s2.audit()
+            .contains("\"action\":\"task.cancel\"")
+            .then_some(())
+    });
+    // Nothing identifying in the site's audit log or the hub's.
+    for p in &planted {
+        assert!(memchr::memmem::find(s1.audit().as_bytes(), p).is_none());
+        assert!(memchr::memmem::find(hub_audit(d).as_bytes(), p).is_none());
+    }
+    let key = medfed_audit::load_or_create_key(&s1.dir.join("data/audit.key")).unwrap();
+    drop(s1);
+    medfed_audit::verify(&d.join("site1/data/site.audit.jsonl"), &key.verifying_key()).unwrap();
+}
+
+/// A TCP relay between a site and the hub that a test can cut and restore.
+struct Relay {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Relay {
+    fn new(target: u16) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(Mutex::new(Vec::new()));
+        let (c, o) = (cut.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if c.load(Ordering::SeqCst) {
+                    continue; // dropped: connection refused in effect
+                }
+                let Ok(upstream) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let mut held = o.lock().unwrap();
+                held.push(client.try_clone().unwrap());
+                held.push(upstream.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
+                    (upstream, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16384];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Relay { port, cut, open }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_site_survives_hub_crashes_cut_links_a_full_inbox_certificate_changes_and_revocation() {
+    if !dcmtk() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    // Site certificates live 40 s here, so the site must renew during the test (an outage
+    // longer than a certificate's remaining third would need a new enrolment).
+    let people = hub_world(d, port, "[sites]\ncertificate_lifetime_s = 40\n");
+    let mut hub = Some(start_hub(d, port));
+    let api = Api::new(d, port);
+    let relay = Relay::new(port);
+    let (files, _) = synth(&d.join("pacs"), 3, 6, 33);
+    let sizes: Vec<u64> = files
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .collect();
+    // Room for the first 8 instances in the inbox, not for a ninth.
+    let quota = sizes[..8].iter().sum::<u64>() + sizes.iter().min().unwrap() / 2;
+    let mut site = SiteProc::new(d, "site1", "org1", quota);
+    site.enroll(
+        &format!("https://127.0.0.1:{}", relay.port),
+        &api.enrolment_token(&people.coord, "org1"),
+    );
+    site.serve();
+    let id = site.site_id();
+    let ds = api.dataset(&people.op1);
+    let task = api.task(&people.coord, &id, "harvest", json!({"dataset": ds}));
+    wait_for(30, "harvest running", || {
+        (api.task_status(&people.coord, &task) == "running").then_some(())
+    });
+
+    // 1. The hub dies mid-harvest: it aborts right after committing the first batch, before
+    // answering. The site retries; after the restart every instance is there exactly once.
+    drop(hub.take());
+    hub = Some(serve(
+        d,
+        port,
+        &d.join("hub.log"),
+        Some("after-index-commit"),
+    ));
+    wait_for(30, "site reconnected to the failpoint hub", || {
+        site.status().connected.then_some(())
+    });
+    assert!(site.push("PACS1", &files[..6]));
+    wait_for(60, "the hub to abort at its failpoint", || {
+        hub.as_mut().unwrap().child.try_wait().unwrap().map(|_| ())
+    });
+    // While the hub is down: intake goes on into the inbox; the status says the hub is away.
+    assert!(site.push("PACS1", &files[6..8]));
+    wait_for(60, "status: hub unreachable", || {
+        let st = site.status();
+        (!st.connected && st.hub_error.is_some()).then_some(())
+    });
+    // A full inbox pauses intake (storescu gets 0xA700 for what does not fit); nothing is lost.
+    assert!(
+        !site.push("PACS1", &files[8..12]),
+        "an over-quota push fully succeeded"
+    );
+    wait_for(30, "status: intake paused", || {
+        site.status().intake_paused.filter(|w| w.contains("full"))
+    });
+    hub = Some(start_hub(d, port));
+    wait_for(90, "inbox drained", || {
+        (site.status().inbox_instances == 0).then_some(())
+    });
+    // Resend what did not fit, plus the rest.
+    assert!(site.push("PACS1", &files[8..]));
+    let sops = wait_for(90, "every instance once on the hub", || {
+        let s = api.instances(&people.res_a);
+        (s.len() >= files.len()).then_some(s)
+    });
+    assert_eq!(sops.len(), files.len(), "duplicates on the hub");
+
+    // 2. The link is cut for a while: the site says so, keeps receiving, and catches up.
+    relay.cut();
+    wait_for(60, "status: link down", || {
+        (!site.status().connected).then_some(())
+    });
+    let (more, _) = synth(&d.join("pacs-more"), 1, 3, 44);
+    assert!(site.push("PACS1", &more));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(api.instances(&people.res_a).len(), files.len());
+    relay.restore();
+    wait_for(90, "the cut-off instances on the hub", || {
+        (api.instances(&people.res_a).len() == files.len() + more.len()).then_some(())
+    });
+
+    // 3. Certificates: the site renewed its short-lived one on its own (and is still online
+    // after the first expired); a re-issued hub certificate under the same CA changes nothing.
+    wait_for(60, "a renewal", || {
+        hub_audit(d)
+            .contains("\"action\":\"site.certificate.renew\"")
+            .then_some(())
+    });
+    drop(hub.take());
+    let out = medfed()
+        .args(["hub", "reissue-cert", "--config"])
+        .arg(d.join("hub.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    hub = Some(start_hub(d, port));
+    let (after, _) = synth(&d.join("pacs-after"), 1, 2, 55);
+    assert!(site.push("PACS1", &after));
+    let total = files.len() + more.len() + after.len();
+    wait_for(90, "harvest after the hub's new certificate", || {
+        (api.instances(&people.res_a).len() == total).then_some(())
+    });
+
+    // 4. Revocation cuts the site off at once; what it receives stays in its inbox.
+    api.call(
+        &people.admin,
+        "POST",
+        &format!("/api/v1/sites/{id}/revoke"),
+        None,
+    );
+    wait_for(30, "status: refused", || {
+        site.status().hub_error.filter(|e| e.contains("refused"))
+    });
+    let (late, _) = synth(&d.join("pacs-late"), 1, 2, 66);
+    assert!(site.push("PACS1", &late));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(api.instances(&people.res_a).len(), total);
+    assert_eq!(site.status().inbox_instances, late.len());
+    let v = api.call(&people.admin, "GET", "/api/v1/sites", None);
+    assert_eq!(v["items"][0]["revoked"], true);
+    assert_eq!(v["items"][0]["online"], false);
+    let log = site.log();
+    assert!(!log.contains("panicked"), "{log}");
+    drop(hub);
+}
