@@ -126,23 +126,39 @@ impl Harvester<'_> {
             // The re-identification table is written before anything leaves the site.
             let key = SiteKey::load_or_create(self.site_key)?;
             ReidTable::new(reid_table_path(self.site_key), &key).merge(&identities)?;
-            let (_, answer) = self.hub.stow(self.dataset, &bodies).await?;
+            let (status, answer) = self.hub.stow(self.dataset, &bodies).await?;
+            // 200: all stored; 202: some failed; 409: all failed (each with its reason). Any
+            // other answer (refused credentials, an error) stores nothing: nothing moves.
+            if !matches!(status.as_u16(), 200 | 202 | 409) {
+                return Err(HarvestError::Hub(medfed_hub::client::ClientError::Status {
+                    status,
+                    detail: answer["detail"].as_str().unwrap_or_default().to_string(),
+                }));
+            }
+            let sop_of =
+                |f: &serde_json::Value| f["00081155"]["Value"][0].as_str().map(str::to_string);
             let failed: BTreeMap<String, u64> = answer["00081198"]["Value"]
                 .as_array()
                 .map(|a| {
                     a.iter()
-                        .filter_map(|f| {
-                            Some((
-                                f["00081155"]["Value"][0].as_str()?.to_string(),
-                                f["00081197"]["Value"][0].as_u64()?,
-                            ))
-                        })
+                        .filter_map(|f| Some((sop_of(f)?, f["00081197"]["Value"][0].as_u64()?)))
                         .collect()
                 })
                 .unwrap_or_default();
+            // Only what the hub confirms counts as sent.
+            let stored: std::collections::BTreeSet<String> = answer["00081199"]["Value"]
+                .as_array()
+                .map(|a| a.iter().filter_map(sop_of).collect())
+                .unwrap_or_default();
             for (original, sop) in originals {
                 let outcome = match failed.get(&sop) {
-                    None => "sent",
+                    None if stored.contains(&sop) => "sent",
+                    None => {
+                        report
+                            .failed
+                            .push((original, "the hub did not confirm it".to_string()));
+                        continue;
+                    }
                     Some(0x0111) => "already-on-hub",
                     Some(code) => {
                         report
