@@ -154,7 +154,15 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         t.elapsed().as_secs_f64()
     );
     let t = Instant::now();
-    let hub = demo_hub(&dir.join("hub"), &deidentified)?;
+    let hub = demo_hub(
+        &dir.join("hub"),
+        &deidentified,
+        &SitesInput {
+            original: &original,
+            planted: &planted,
+            work: &dir.join("sites"),
+        },
+    )?;
     println!(
         "6. hub on embedded defaults (SQLite, encrypted local objects, TLS 1.2+ on {}): {} de-identified instances of {} studies stored via STOW-RS by the site operator; the researcher finds {} studies via QIDO-RS and retrieves an instance via WADO-RS {}; audit log verifies ({} records) [{:.2} s]",
         hub.address,
@@ -169,9 +177,24 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         hub.audit_records,
         t.elapsed().as_secs_f64()
     );
+    let s = &hub.sites;
+    println!(
+        "7. two site nodes (two hospitals) enrolled with one-time tokens, linked to the hub over mutual TLS; the PACS pushed {} original instances over DICOM C-STORE; the nodes de-identified them under their own site policy and harvested them: {} found on the hub by the study's researcher, {} identifying values in them, {} seen by a researcher of no part in the study; site audit logs {} [{:.2} s]",
+        s.sent_by_pacs,
+        s.found_on_hub,
+        s.leaks,
+        s.outsider_sees,
+        if s.site_audit_ok {
+            "verify"
+        } else {
+            "DO NOT VERIFY"
+        },
+        hub.sites_secs
+    );
     let ok = v.is_clean()
         && report.all_ok()
         && hub.ok()
+        && s.ok()
         && reversed == set.patients.len()
         && failed == 0
         && regions > 0;
@@ -269,6 +292,8 @@ struct HubDemo {
     studies_found: usize,
     retrieved_identical: bool,
     audit_records: u64,
+    sites: SitesDemo,
+    sites_secs: f64,
 }
 
 impl HubDemo {
@@ -282,7 +307,11 @@ impl HubDemo {
 
 /// Step 6: a hub on embedded defaults; the roles of a study set up through its API; the
 /// de-identified files stored by the site operator and found and read back by a researcher.
-fn demo_hub(data_dir: &std::path::Path, deidentified: &std::path::Path) -> anyhow::Result<HubDemo> {
+fn demo_hub(
+    data_dir: &std::path::Path,
+    deidentified: &std::path::Path,
+    sites: &SitesInput<'_>,
+) -> anyhow::Result<HubDemo> {
     use medfed_hub::client::HubClient;
     use reqwest::Method;
     use serde_json::json;
@@ -368,6 +397,9 @@ fn demo_hub(data_dir: &std::path::Path, deidentified: &std::path::Path) -> anyho
         let body = resp.bytes().await?;
         let sent = std::fs::read(&files[0])?;
         let retrieved_identical = memchr::memmem::find(&body, &sent).is_some() && body.len() < sent.len() + 300;
+        let step6 = std::time::Instant::now();
+        let sites = demo_sites(&base, running.ca_pem.as_deref(), &hub, &admin, coord_id, &coord, op_id, sites).await?;
+        let sites_secs = step6.elapsed().as_secs_f64();
         running.stop().await;
         let audit = medfed_audit::verify(&hub.config.audit_log(), &hub.audit_public_key())
             .map_err(|p| anyhow::anyhow!("the demo hub's audit log does not verify: {p}"))?;
@@ -379,6 +411,277 @@ fn demo_hub(data_dir: &std::path::Path, deidentified: &std::path::Path) -> anyho
             studies_found,
             retrieved_identical,
             audit_records: audit.records,
+            sites,
+            sites_secs,
         })
+    })
+}
+
+/// What step 7 needs from the earlier steps.
+struct SitesInput<'a> {
+    /// The PACS's originals (identifying), one folder per patient.
+    original: &'a std::path::Path,
+    planted: &'a [Vec<u8>],
+    /// Where the two site nodes keep their data.
+    work: &'a std::path::Path,
+}
+
+/// What step 7 did.
+struct SitesDemo {
+    sent_by_pacs: usize,
+    found_on_hub: usize,
+    leaks: usize,
+    site_audit_ok: bool,
+    outsider_sees: usize,
+}
+
+impl SitesDemo {
+    fn ok(&self) -> bool {
+        self.sent_by_pacs > 0
+            && self.found_on_hub == self.sent_by_pacs
+            && self.leaks == 0
+            && self.site_audit_ok
+            && self.outsider_sees == 0
+    }
+}
+
+/// Every instance a token's owner finds by QIDO-RS, as WADO-RS paths.
+async fn qido_instances(c: &medfed_hub::client::HubClient) -> anyhow::Result<Vec<String>> {
+    use reqwest::Method;
+    let uid = |v: &serde_json::Value, tag: &str| {
+        v[tag]["Value"][0].as_str().unwrap_or_default().to_string()
+    };
+    let mut out = Vec::new();
+    for st in c
+        .call(Method::GET, "/api/v1/dicomweb/studies?limit=500", None)
+        .await?
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        let st = uid(&st, "0020000D");
+        let series = c
+            .call(
+                Method::GET,
+                &format!("/api/v1/dicomweb/studies/{st}/series?limit=500"),
+                None,
+            )
+            .await?;
+        for se in series.as_array().cloned().unwrap_or_default() {
+            let se = uid(&se, "0020000E");
+            let insts = c
+                .call(
+                    Method::GET,
+                    &format!("/api/v1/dicomweb/studies/{st}/series/{se}/instances?limit=500"),
+                    None,
+                )
+                .await?;
+            for i in insts.as_array().cloned().unwrap_or_default() {
+                out.push(format!(
+                    "/api/v1/dicomweb/studies/{st}/series/{se}/instances/{}",
+                    uid(&i, "00080018")
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Step 7: two site nodes (two hospitals) enrol with one-time tokens and run with their own
+/// policy; the PACS pushes the original, identifying study over DICOM to each; each site
+/// de-identifies and harvests into its organisation's dataset; a researcher finds every
+/// instance on the hub and none carries an identifying value; a researcher of another study
+/// finds nothing.
+#[allow(clippy::too_many_arguments)]
+async fn demo_sites(
+    base: &str,
+    ca: Option<&std::path::Path>,
+    hub: &medfed_hub::Hub,
+    admin: &medfed_hub::client::HubClient,
+    coord_id: &str,
+    coord: &medfed_hub::client::HubClient,
+    op_hospital: &str,
+    input: &SitesInput<'_>,
+) -> anyhow::Result<SitesDemo> {
+    use medfed_hub::client::HubClient;
+    use reqwest::Method;
+    use serde_json::json;
+
+    let anon = HubClient::new(base, ca)?;
+    admin
+        .call(
+            Method::POST,
+            "/api/v1/organisations",
+            Some(json!({"id": "demo-clinic", "name": "Demo Clinic"})),
+        )
+        .await?;
+    let user = async |subject: &str, org: &str| -> anyhow::Result<(String, HubClient)> {
+        let u = admin
+            .call(
+                Method::POST,
+                "/api/v1/users",
+                Some(json!({"subject": subject, "organisation": org})),
+            )
+            .await?;
+        let id = u["id"].as_str().unwrap_or_default().to_string();
+        let token = medfed_hub::issue_token(hub, &id, 1).await?;
+        Ok((id, anon.with_token(&token)))
+    };
+    let (op_clinic, op_clinic_c) = user("local:demo-clinic-operator", "demo-clinic").await?;
+    let (res_id, researcher) = user("local:demo-harvest-researcher", "demo-hospital").await?;
+    let (_, outsider) = user("local:demo-outsider", "demo-clinic").await?;
+    admin
+        .call(Method::POST, "/api/v1/studies", Some(json!({"id": "demo-harvest", "title": "Demo harvest through two site nodes", "organisations": ["demo-hospital", "demo-clinic"], "coordinator": coord_id})))
+        .await?;
+    for (u, role) in [
+        (op_hospital, "site-operator"),
+        (op_clinic.as_str(), "site-operator"),
+        (res_id.as_str(), "researcher"),
+    ] {
+        coord
+            .call(
+                Method::POST,
+                "/api/v1/studies/demo-harvest/grants",
+                Some(json!({"user": u, "role": role})),
+            )
+            .await?;
+    }
+    let op_hospital_c = {
+        let token = medfed_hub::issue_token(hub, op_hospital, 1).await?;
+        anon.with_token(&token)
+    };
+    // The PACS's patients, split between the two hospitals.
+    let mut patients: Vec<PathBuf> = std::fs::read_dir(input.original)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    patients.sort();
+    let mut nodes = Vec::new();
+    let mut sent_by_pacs = 0;
+    for (i, (org, op)) in [
+        ("demo-hospital", &op_hospital_c),
+        ("demo-clinic", &op_clinic_c),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let dir = input.work.join(format!("node-{org}"));
+        let policy = medfed_site::SitePolicy::parse(&format!(
+            "organisation = \"{org}\"\n[dicom]\nae_title = \"NODE{i}\"\nbind = \"127.0.0.1:0\"\nallowed_calling_ae_titles = [\"DEMO_PACS\"]\n[storage]\ndir = \"{}\"\nmin_free_disk_bytes = 67108864\n[[study]]\nid = \"demo-harvest\"\nallow = [\"harvest\"]\nauto_approve = [\"harvest\"]\ndeid_options = [\"retain-long-modified-dates\", \"clean-descriptors\"]\n",
+            dir.display()
+        ))?;
+        let token = coord
+            .call(
+                Method::POST,
+                "/api/v1/studies/demo-harvest/enrolments",
+                Some(json!({"organisation": org})),
+            )
+            .await?;
+        let token = token["token"].as_str().unwrap_or_default().to_string();
+        let identity =
+            medfed_site::SiteIdentity::enroll(&dir, base, &token, org, &format!("demo node {org}"))
+                .await?;
+        let node = medfed_site::SiteNode::open(
+            policy,
+            medfed_site::NodeOptions {
+                poll_wait_s: 5,
+                harvest_every: std::time::Duration::from_millis(300),
+                ..Default::default()
+            },
+        )?;
+        let dicom = node.dicom_addr().context("the node's DICOM receiver")?;
+        let stop = node.stopper();
+        let serving = tokio::spawn(node.serve());
+        let ds = op
+            .call(Method::POST, "/api/v1/studies/demo-harvest/datasets", Some(json!({
+                "title": format!("Synthetic CT harvested at {org}"),
+                "licence": "demo only",
+                "retention_until": "2030-12-31",
+                "provenance": {"site": org, "deid_settings": "basic + retain-long-modified-dates + clean-descriptors (site policy)", "medfed_version": env!("CARGO_PKG_VERSION")},
+            })))
+            .await?;
+        let task = coord
+            .call(Method::POST, "/api/v1/studies/demo-harvest/tasks", Some(json!({"site": identity.enrolled.site_id, "kind": "harvest", "params": {"dataset": ds["id"]}})))
+            .await?;
+        nodes.push((
+            stop,
+            serving,
+            dir,
+            dicom,
+            task["id"].as_str().unwrap_or_default().to_string(),
+            i,
+        ));
+    }
+    // The tasks reach the nodes through their long polls; wait until both accepted.
+    for _ in 0..200 {
+        let t = coord
+            .call(Method::GET, "/api/v1/studies/demo-harvest/tasks", None)
+            .await?;
+        if t["items"]
+            .as_array()
+            .is_some_and(|a| a.iter().all(|x| x["status"] == "running"))
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for (_, _, _, dicom, _, i) in &nodes {
+        let files: Vec<PathBuf> = patients
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| k % 2 == *i)
+            .flat_map(|(_, p)| {
+                walkdir::WalkDir::new(p)
+                    .into_iter()
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_type().is_file())
+                    .map(|e| e.into_path())
+            })
+            .collect();
+        let (addr, called) = (dicom.to_string(), format!("NODE{i}"));
+        let r = tokio::task::spawn_blocking(move || {
+            medfed_site::send_files(&addr, "DEMO_PACS", &called, &files)
+        })
+        .await??;
+        sent_by_pacs += r.stored;
+    }
+    let mut found = Vec::new();
+    for _ in 0..600 {
+        found = qido_instances(&researcher).await?;
+        if found.len() >= sent_by_pacs {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut leaks = 0;
+    for path in &found {
+        let body = researcher
+            .request(Method::GET, path)
+            .send()
+            .await?
+            .bytes()
+            .await?;
+        leaks += input
+            .planted
+            .iter()
+            .filter(|p| memchr::memmem::find(&body, p).is_some())
+            .count();
+    }
+    let outsider_sees = qido_instances(&outsider).await?.len();
+    let mut site_audit_ok = true;
+    for (stop, serving, dir, _, _, _) in nodes {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        serving.await??;
+        let key = medfed_audit::load_or_create_key(&dir.join("audit.key"))?;
+        site_audit_ok &=
+            medfed_audit::verify(&dir.join("site.audit.jsonl"), &key.verifying_key()).is_ok();
+    }
+    Ok(SitesDemo {
+        sent_by_pacs,
+        found_on_hub: found.len(),
+        leaks,
+        site_audit_ok,
+        outsider_sees,
     })
 }

@@ -16,6 +16,7 @@ mod inbox;
 mod node;
 mod policy;
 mod scp;
+mod scu;
 
 pub use harvest::{HarvestError, HarvestReport, Harvester};
 pub use identity::{Enrolled, IdentityError, SiteIdentity};
@@ -26,3 +27,4 @@ pub use node::{
 };
 pub use policy::{PolicyError, Refusal, SitePolicy, StudyPolicy, WayOfWorking};
 pub use scp::{Receiver, TRANSFER_SYNTAXES};
+pub use scu::{SendError, SendReport, send_files};

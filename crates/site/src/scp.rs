@@ -100,6 +100,8 @@ impl Receiver {
             match self.listener.accept() {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nonblocking(false);
+                    // Small command PDUs must not wait for delayed acknowledgements.
+                    let _ = stream.set_nodelay(true);
                     let (inbox, options) = (inbox.clone(), options.clone());
                     std::thread::spawn(move || {
                         if let Err(e) = serve(stream, &options, &inbox) {

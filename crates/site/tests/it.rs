@@ -172,3 +172,40 @@ fn a_full_inbox_refuses_instances_and_keeps_what_it_has() {
     }
     assert!(site.inbox.used_bytes() <= one * 2 + one / 2);
 }
+
+#[test]
+fn medfeds_own_scu_stores_byte_identical_data_sets_and_is_refused_like_any_stranger() {
+    let tmp = tempfile::tempdir().unwrap();
+    let files = synthetic(&tmp.path().join("src"));
+    let site = start(&tmp.path().join("inbox"), 1 << 30);
+    let addr = format!("127.0.0.1:{}", site.port);
+    assert!(medfed_site::send_files(&addr, "STRANGER", "MEDFED", &files).is_err());
+    assert!(site.inbox.list().unwrap().is_empty());
+    let r = medfed_site::send_files(&addr, "PACS1", "MEDFED", &files).unwrap();
+    assert_eq!((r.stored, r.refused.len()), (files.len(), 0));
+    // What arrived is the sent data set, byte for byte, after a file meta group.
+    for f in &files {
+        let sent = std::fs::read(f).unwrap();
+        let uid = dicom_object::open_file(f)
+            .unwrap()
+            .meta()
+            .media_storage_sop_instance_uid()
+            .trim_end_matches('\0')
+            .to_string();
+        let got = std::fs::read(site.inbox.dir().join(format!("{uid}.dcm"))).unwrap();
+        let meta_end = |b: &[u8]| {
+            let len = u32::from_le_bytes(b[140..144].try_into().unwrap()) as usize;
+            144 + len
+        };
+        assert_eq!(
+            &sent[meta_end(&sent)..],
+            &got[meta_end(&got)..],
+            "{}",
+            f.display()
+        );
+    }
+    // Sent again: the receiver recognises every instance; nothing is duplicated.
+    let again = medfed_site::send_files(&addr, "PACS1", "MEDFED", &files).unwrap();
+    assert_eq!(again.stored, files.len());
+    assert_eq!(site.inbox.list().unwrap().len(), files.len());
+}
