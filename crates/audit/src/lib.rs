@@ -157,7 +157,8 @@ impl AuditLog {
             path: path.to_path_buf(),
             source,
         };
-        let (seq, last_hash) = if path.exists() {
+        let fresh = !path.exists();
+        let (seq, last_hash) = if !fresh {
             let v = verify(path, &key.verifying_key()).map_err(|problem| AuditError::Broken {
                 path: path.to_path_buf(),
                 problem,
@@ -177,7 +178,7 @@ impl AuditLog {
         // One writer per log: a second process appending would fork the chain.
         file.try_lock()
             .map_err(|_| AuditError::InUse(path.to_path_buf()))?;
-        Ok(AuditLog {
+        let log = AuditLog {
             path: path.to_path_buf(),
             key,
             checkpoint_every: checkpoint_every.max(1),
@@ -186,7 +187,13 @@ impl AuditLog {
                 seq,
                 last_hash,
             }),
-        })
+        };
+        // A new log gets its signed head at once, so that it verifies (and reopens) even
+        // before its first record.
+        if fresh {
+            log.write_head(0, GENESIS)?;
+        }
+        Ok(log)
     }
 
     /// Append one event; returns its record.
@@ -473,5 +480,25 @@ mod tests {
         // 2026-11-26T18:37:42.5Z
         assert_eq!(rfc3339(1_795_718_262_500), "2026-11-26T18:37:42.500Z");
         assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn a_log_closed_before_its_first_record_reopens_and_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.audit.jsonl");
+        let key = SigningKey::from_bytes(&[7u8; 32]);
+        drop(AuditLog::open(&path, key.clone(), 10).unwrap());
+        assert_eq!(verify(&path, &key.verifying_key()).unwrap().records, 0);
+        let log = AuditLog::open(&path, key.clone(), 10).unwrap();
+        log.append(Event {
+            actor: "t".into(),
+            on_behalf_of: None,
+            action: "a".into(),
+            resource: "r".into(),
+            outcome: "o".into(),
+        })
+        .unwrap();
+        drop(log);
+        assert_eq!(verify(&path, &key.verifying_key()).unwrap().records, 1);
     }
 }
