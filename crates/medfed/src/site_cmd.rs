@@ -36,6 +36,19 @@ pub enum SiteCommand {
         #[arg(long, default_value_t = 25)]
         poll_wait: u64,
     },
+    /// Send DICOM files (or folders of them) to a storage SCP with C-STORE, as they are: to
+    /// test a receiver, or to push a study to a site node.
+    Send {
+        /// host:port of the SCP
+        #[arg(long)]
+        to: String,
+        #[arg(long, default_value = "MEDFED_SCU")]
+        calling: String,
+        #[arg(long, default_value = "MEDFED")]
+        called: String,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// Approve a task that waits for a person (its kind is not auto-approved in site.toml).
     Approve {
         #[arg(long)]
@@ -273,6 +286,30 @@ pub fn run(cmd: SiteCommand) -> anyhow::Result<ExitCode> {
                 anyhow::Ok(serving.await??)
             })?;
             Ok(ExitCode::SUCCESS)
+        }
+        SiteCommand::Send {
+            to,
+            calling,
+            called,
+            paths,
+        } => {
+            let mut files: Vec<PathBuf> = paths
+                .iter()
+                .flat_map(|p| walkdir::WalkDir::new(p).into_iter().filter_map(Result::ok))
+                .filter(|e| e.file_type().is_file())
+                .map(|e| e.into_path())
+                .collect();
+            files.sort();
+            let r = medfed_site::send_files(&to, &calling, &called, &files)?;
+            println!("{} of {} instances stored at {to}", r.stored, files.len());
+            for (f, status) in &r.refused {
+                println!("  refused {} (status {status:#06x})", f.display());
+            }
+            Ok(if r.refused.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
         }
         SiteCommand::Approve { config, task } => decide(&config, &task, true),
         SiteCommand::Reject { config, task } => decide(&config, &task, false),

@@ -28,42 +28,58 @@ pub struct SendReport {
     pub refused: Vec<(PathBuf, u16)>,
 }
 
-/// One file ready to send: its data set bytes in its own transfer syntax.
+/// One file to send, as its file meta group describes it (the data set is read when sent, so a
+/// large folder is never held in memory).
 struct Outgoing {
     path: PathBuf,
     sop_class: String,
     sop_instance: String,
     transfer_syntax: String,
-    dataset: Vec<u8>,
+    /// Where the data set starts: preamble (128) + "DICM" (4) + group length element (12) + the
+    /// rest of group 0002.
+    dataset_offset: usize,
 }
 
 fn trim(s: &str) -> String {
     s.trim_end_matches(['\0', ' ']).to_string()
 }
 
-fn outgoing(path: &Path) -> Result<Outgoing, SendError> {
-    let err = |reason: String| SendError::File {
+fn file_err(path: &Path) -> impl Fn(String) -> SendError + '_ {
+    move |reason| SendError::File {
         path: path.to_path_buf(),
         reason,
-    };
-    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-    let obj = dicom_object::OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .from_reader(&bytes[..])
-        .map_err(|e| err(format!("not DICOM: {e}")))?;
-    let meta = obj.meta();
-    // Preamble (128) + "DICM" (4) + the group length element (12) + the rest of group 0002.
-    let start = 144 + meta.information_group_length as usize;
-    if start > bytes.len() {
-        return Err(err("file meta group longer than the file".into()));
     }
+}
+
+fn outgoing(path: &Path) -> Result<Outgoing, SendError> {
+    use std::io::{Read, Seek};
+    let err = file_err(path);
+    let mut f = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    f.seek(std::io::SeekFrom::Start(128))
+        .map_err(|e| err(e.to_string()))?;
+    let meta = dicom_object::meta::FileMetaTable::from_reader((&mut f).take(1 << 20))
+        .map_err(|e| err(format!("not DICOM: {e}")))?;
     Ok(Outgoing {
         path: path.to_path_buf(),
         sop_class: trim(meta.media_storage_sop_class_uid()),
         sop_instance: trim(meta.media_storage_sop_instance_uid()),
         transfer_syntax: trim(meta.transfer_syntax()),
-        dataset: bytes[start..].to_vec(),
+        dataset_offset: 144 + meta.information_group_length as usize,
     })
+}
+
+impl Outgoing {
+    fn dataset(&self) -> Result<Vec<u8>, SendError> {
+        let mut bytes =
+            std::fs::read(&self.path).map_err(|e| file_err(&self.path)(e.to_string()))?;
+        if self.dataset_offset > bytes.len() {
+            return Err(file_err(&self.path)(
+                "file meta group longer than the file".into(),
+            ));
+        }
+        bytes.drain(..self.dataset_offset);
+        Ok(bytes)
+    }
 }
 
 fn store_request(o: &Outgoing, message_id: u16) -> Result<Vec<u8>, String> {
@@ -157,7 +173,8 @@ pub fn send_files(
                 data: command,
             }],
         }];
-        let chunks: Vec<&[u8]> = o.dataset.chunks(max).collect();
+        let dataset = o.dataset()?;
+        let chunks: Vec<&[u8]> = dataset.chunks(max).collect();
         for (k, chunk) in chunks.iter().enumerate() {
             pdus.push(Pdu::PData {
                 data: vec![PDataValue {
