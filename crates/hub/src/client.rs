@@ -301,8 +301,14 @@ impl HubClient {
         let boundary = format!("medfed-{}", uuid::Uuid::new_v4().simple());
         let mut body = Vec::new();
         for i in instances {
+            use base64::Engine;
+            // Content-Digest (RFC 9530): the hub refuses a part whose bytes do not match.
+            let digest = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(i));
             body.extend_from_slice(
-                format!("--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes(),
+                format!(
+                    "--{boundary}\r\nContent-Type: application/dicom\r\nContent-Digest: sha-256=:{digest}:\r\n\r\n"
+                )
+                .as_bytes(),
             );
             body.extend_from_slice(i);
             body.extend_from_slice(b"\r\n");

@@ -312,8 +312,40 @@ async fn wado_instance(
     Ok(r)
 }
 
+/// One part of a `multipart/related` body: the SHA-256 its `Content-Digest` header (RFC 9530)
+/// declares, if any, and its bytes.
+#[derive(Debug, PartialEq)]
+struct Part<'a> {
+    sha256: Option<Vec<u8>>,
+    body: &'a [u8],
+}
+
+/// The SHA-256 a part's `Content-Digest: sha-256=:<base64>:` header declares, if it has one.
+fn declared_sha256(headers: &str) -> Result<Option<Vec<u8>>, String> {
+    use base64::Engine;
+    let Some(value) = headers.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("content-digest")
+            .then(|| value.trim())
+    }) else {
+        return Ok(None);
+    };
+    let b64 = value
+        .split(',')
+        .map(str::trim)
+        .find_map(|d| d.strip_prefix("sha-256=:")?.strip_suffix(':'))
+        .ok_or("Content-Digest without a sha-256 value")?;
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .ok()
+        .filter(|d| d.len() == 32)
+        .map(Some)
+        .ok_or_else(|| "Content-Digest sha-256 is not 32 bytes of base64".into())
+}
+
 /// The parts of a `multipart/related` body.
-fn multipart_parts<'a>(content_type: &str, body: &'a [u8]) -> Result<Vec<&'a [u8]>, String> {
+fn multipart_parts<'a>(content_type: &str, body: &'a [u8]) -> Result<Vec<Part<'a>>, String> {
     let boundary = content_type
         .split(';')
         .map(str::trim)
@@ -335,11 +367,15 @@ fn multipart_parts<'a>(content_type: &str, body: &'a [u8]) -> Result<Vec<&'a [u8
         let Some(h) = memchr::memmem::find(part, b"\r\n\r\n") else {
             return Err("a part has no header/body separator".into());
         };
-        let headers = String::from_utf8_lossy(&part[..h]).to_ascii_lowercase();
+        let raw = String::from_utf8_lossy(&part[..h]);
+        let headers = raw.to_ascii_lowercase();
         if headers.contains("content-type:") && !headers.contains("application/dicom") {
             return Err("every part must be application/dicom".into());
         }
-        parts.push(&part[h + 4..]);
+        parts.push(Part {
+            sha256: declared_sha256(&raw)?,
+            body: &part[h + 4..],
+        });
     }
     // The last delimiter must close the body.
     let last = starts.pop().unwrap_or(0);
@@ -384,7 +420,11 @@ async fn stow(
     let dk = Arc::new(hub.keys.unwrap(&hub.catalogue.wrapped_key(&d.id).await?)?);
     let mut stored = Vec::new();
     let mut failed = Vec::new();
-    for part in parts {
+    for Part {
+        sha256: declared,
+        body: part,
+    } in parts
+    {
         let object = Id::random();
         let entry = match crate::dicom::index_entry(part, &d.id, object.as_str()) {
             Ok(e) => e,
@@ -399,10 +439,17 @@ async fn stow(
         let dk2 = dk.clone();
         let k2 = key.clone();
         let size = bytes.len() as i64;
-        let sha = {
+        let digest = {
             use sha2::Digest;
-            hex::encode(sha2::Sha256::digest(&bytes))
+            sha2::Sha256::digest(&bytes).to_vec()
         };
+        // End-to-end check: what the sender hashed is what arrived.
+        if declared.as_ref().is_some_and(|d| *d != digest) {
+            tracing::warn!(sop = %entry.sop_uid, "STOW part refused: Content-Digest mismatch");
+            failed.push(failure(&entry, PROCESSING_FAILURE));
+            continue;
+        }
+        let sha = hex::encode(&digest);
         if let Err(e) = hub
             .blocking(move |b| medfed_store::put_encrypted(b, &k2, &dk2, &bytes[..]))
             .await
@@ -480,7 +527,20 @@ mod tests {
         let ct = "multipart/related; type=\"application/dicom\"; boundary=XyZ";
         let body = b"--XyZ\r\nContent-Type: application/dicom\r\n\r\nAAA\r\n--XyZ\r\nContent-Type: application/dicom\r\n\r\nBB\r\n--XyZ--\r\n";
         let parts = multipart_parts(ct, body).unwrap();
-        assert_eq!(parts, vec![&b"AAA"[..], &b"BB"[..]]);
+        let bodies: Vec<&[u8]> = parts.iter().map(|p| p.body).collect();
+        assert_eq!(bodies, vec![&b"AAA"[..], &b"BB"[..]]);
+        assert!(parts.iter().all(|p| p.sha256.is_none()));
+        // A declared digest is read from its header (names case-insensitive, base64 as sent).
+        let sha = "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0="; // SHA-256 of "abc"
+        let with = format!("--XyZ\r\nCONTENT-DIGEST: sha-256=:{sha}:\r\n\r\nabc\r\n--XyZ--\r\n");
+        let parts = multipart_parts(ct, with.as_bytes()).unwrap();
+        use sha2::Digest;
+        assert_eq!(
+            parts[0].sha256.as_deref(),
+            Some(&sha2::Sha256::digest(b"abc")[..])
+        );
+        let bad = "--XyZ\r\nContent-Digest: sha-256=:nope:\r\n\r\nabc\r\n--XyZ--\r\n";
+        assert!(multipart_parts(ct, bad.as_bytes()).is_err());
         assert!(multipart_parts("multipart/related", body).is_err());
         let unterminated = b"--XyZ\r\nContent-Type: application/dicom\r\n\r\nAAA\r\n--XyZ\r\n\r\nB";
         assert!(multipart_parts(ct, unterminated).is_err());

@@ -698,6 +698,20 @@ fn a_site_survives_hub_crashes_cut_links_a_full_inbox_certificate_changes_and_re
         (api.instances(&people.res_a).len() == files.len() + more.len()).then_some(())
     });
 
+    // 2b. The site itself is killed (SIGKILL) right after receiving a burst and restarted: its
+    // accepted task resumes from its own state; nothing is lost or sent twice.
+    let (burst, _) = synth(&d.join("pacs-burst"), 1, 6, 77);
+    assert!(site.push("PACS1", &burst));
+    if let Some(c) = &mut site.child {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    site.serve();
+    let before_certs = files.len() + more.len() + burst.len();
+    wait_for(90, "the burst on the hub after the site's restart", || {
+        (api.instances(&people.res_a).len() == before_certs).then_some(())
+    });
+
     // 3. Certificates: the site renewed its short-lived one on its own (and is still online
     // after the first expired); a re-issued hub certificate under the same CA changes nothing.
     wait_for(60, "a renewal", || {
@@ -719,7 +733,7 @@ fn a_site_survives_hub_crashes_cut_links_a_full_inbox_certificate_changes_and_re
     hub = Some(start_hub(d, port));
     let (after, _) = synth(&d.join("pacs-after"), 1, 2, 55);
     assert!(site.push("PACS1", &after));
-    let total = files.len() + more.len() + after.len();
+    let total = before_certs + after.len();
     wait_for(90, "harvest after the hub's new certificate", || {
         (api.instances(&people.res_a).len() == total).then_some(())
     });

@@ -124,3 +124,63 @@ async fn stow_qido_and_wado_round_trip_under_the_access_rules() {
         assert_eq!(st, StatusCode::FORBIDDEN);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_whose_content_digest_does_not_match_is_refused_and_not_stored() {
+    use axum::body::Body;
+    use axum::http::Request;
+    use base64::Engine;
+    use sha2::Digest;
+    let backend = backends()[0];
+    let site = site(backend).await;
+    let (f, op, res, ds) = (&site.f, &site.op, &site.researcher, &site.dataset);
+    let good = instance("2.25.700", "2.25.701", "2.25.702", "P-1", "P^ONE", true);
+    let bad = instance("2.25.700", "2.25.701", "2.25.703", "P-1", "P^ONE", true);
+    let digest =
+        |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(b));
+    let mut body = Vec::new();
+    // The second part declares the digest of other bytes (as if altered on the way).
+    for (bytes, declared) in [(&good, digest(&good)), (&bad, digest(b"something else"))] {
+        body.extend_from_slice(
+            format!("--bb\r\nContent-Type: application/dicom\r\nContent-Digest: sha-256=:{declared}:\r\n\r\n")
+                .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b"--bb--\r\n");
+    let req = Request::builder()
+        .method("POST")
+        .uri(format!("/api/v1/dicomweb/studies?dataset={ds}"))
+        .header("authorization", format!("Bearer {op}"))
+        .header(
+            "content-type",
+            "multipart/related; type=\"application/dicom\"; boundary=bb",
+        )
+        .body(Body::from(body))
+        .unwrap();
+    let (s, v) = f.send(req).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(
+        v["00081199"]["Value"][0]["00081155"]["Value"][0],
+        "2.25.702"
+    );
+    assert_eq!(
+        v["00081198"]["Value"][0]["00081155"]["Value"][0],
+        "2.25.703"
+    );
+    assert_eq!(v["00081198"]["Value"][0]["00081197"]["Value"][0], 0x0110);
+    let (_, v) = f
+        .call(
+            "GET",
+            "/api/v1/dicomweb/studies/2.25.700/series/2.25.701/instances",
+            Some(res),
+            None,
+        )
+        .await;
+    assert_eq!(
+        v.as_array().unwrap().len(),
+        1,
+        "only the verified part is stored"
+    );
+}
