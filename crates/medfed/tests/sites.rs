@@ -498,8 +498,12 @@ fn two_sites_enrol_receive_from_storescu_and_harvest_for_that_studys_researchers
             );
         }
     }
-    // The site's status counts per instance; nothing failed.
-    let st = s1.status();
+    // The site's status counts per instance (the file is rewritten twice a second); nothing
+    // failed.
+    let st = wait_for(10, "the status to count every instance", || {
+        let st = s1.status();
+        (st.sent as usize >= f1.len()).then_some(st)
+    });
     assert_eq!(
         (st.sent as usize, st.failures.len()),
         (f1.len(), 0),

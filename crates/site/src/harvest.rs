@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use futures_util::StreamExt;
 use medfed_audit::{AuditLog, Event};
 use medfed_deid::{
     DeidOption, DeidProfile, Deidentifier, Pseudonymizer, ReidTable, SiteKey, reid_table_path,
@@ -56,6 +57,8 @@ pub struct Harvester<'a> {
 
 /// Instances per STOW-RS request.
 const BATCH: usize = 32;
+/// STOW-RS requests in flight at once.
+const IN_FLIGHT: usize = 4;
 
 impl Harvester<'_> {
     fn harvested_dir(&self) -> PathBuf {
@@ -104,96 +107,117 @@ impl Harvester<'_> {
             source: std::io::Error::other(e.to_string()),
         })?;
         let mut report = HarvestReport::default();
-        for batch in files.chunks(BATCH) {
-            let mut bodies = Vec::new();
-            let mut originals = Vec::new();
-            let mut identities = BTreeMap::new();
-            for f in batch {
-                match deidentify_file(&deidentifier, f) {
-                    Ok((bytes, sop, patient)) => {
-                        if let Some((pseudonym, who)) = patient {
-                            identities.insert(pseudonym, who);
+        // Batches are prepared (de-identified, identities recorded) one after another, and up
+        // to IN_FLIGHT of them are on their way to the hub at once, so the hub's writes overlap.
+        let key = SiteKey::load_or_create(self.site_key)?;
+        let reid = ReidTable::new(reid_table_path(self.site_key), &key);
+        // A window bounds how many de-identified instances are held in memory at once.
+        for window in files.chunks(BATCH * IN_FLIGHT * 2) {
+            let mut prepared = Vec::new();
+            for batch in window.chunks(BATCH) {
+                let mut bodies = Vec::new();
+                let mut originals = Vec::new();
+                let mut identities = BTreeMap::new();
+                for f in batch {
+                    match deidentify_file(&deidentifier, f) {
+                        Ok((bytes, sop, patient)) => {
+                            if let Some((pseudonym, who)) = patient {
+                                identities.insert(pseudonym, who);
+                            }
+                            bodies.push(bytes);
+                            originals.push((f.clone(), sop));
                         }
-                        bodies.push(bytes);
-                        originals.push((f.clone(), sop));
+                        Err(why) => report.failed.push((f.clone(), why)),
                     }
-                    Err(why) => report.failed.push((f.clone(), why)),
+                }
+                if !bodies.is_empty() {
+                    prepared.push((bodies, originals, identities));
                 }
             }
-            if bodies.is_empty() {
-                continue;
-            }
             // The re-identification table is written before anything leaves the site.
-            let key = SiteKey::load_or_create(self.site_key)?;
-            ReidTable::new(reid_table_path(self.site_key), &key).merge(&identities)?;
-            let (status, answer) = self.hub.stow(self.dataset, &bodies).await?;
-            // 200: all stored; 202: some failed; 409: all failed (each with its reason). Any
-            // other answer (refused credentials, an error) stores nothing: nothing moves.
-            if !matches!(status.as_u16(), 200 | 202 | 409) {
-                return Err(HarvestError::Hub(medfed_hub::client::ClientError::Status {
-                    status,
-                    detail: answer["detail"].as_str().unwrap_or_default().to_string(),
-                }));
-            }
-            let sop_of =
-                |f: &serde_json::Value| f["00081155"]["Value"][0].as_str().map(str::to_string);
-            let failed: BTreeMap<String, u64> = answer["00081198"]["Value"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|f| Some((sop_of(f)?, f["00081197"]["Value"][0].as_u64()?)))
-                        .collect()
-                })
-                .unwrap_or_default();
-            // Only what the hub confirms counts as sent.
-            let stored: std::collections::BTreeSet<String> = answer["00081199"]["Value"]
-                .as_array()
-                .map(|a| a.iter().filter_map(sop_of).collect())
-                .unwrap_or_default();
-            for (original, sop) in originals {
-                let outcome = match failed.get(&sop) {
-                    None if stored.contains(&sop) => "sent",
-                    None => {
-                        report
-                            .failed
-                            .push((original, "the hub did not confirm it".to_string()));
-                        continue;
+            let all: BTreeMap<_, _> = prepared
+                .iter()
+                .flat_map(|(_, _, ids)| ids.iter().map(|(k, v)| (k.clone(), v.clone())))
+                .collect();
+            reid.merge(&all)?;
+            let mut sends = futures_util::stream::iter(prepared.into_iter().map(
+                |(bodies, originals, _)| async move {
+                    let answer = self.hub.stow(self.dataset, &bodies).await;
+                    (originals, answer)
+                },
+            ))
+            .buffered(IN_FLIGHT);
+            while let Some((originals, answer)) = sends.next().await {
+                let (status, answer) = answer?;
+                // 200: all stored; 202: some failed; 409: all failed (each with its reason). Any
+                // other answer (refused credentials, an error) stores nothing: nothing moves.
+                if !matches!(status.as_u16(), 200 | 202 | 409) {
+                    return Err(HarvestError::Hub(medfed_hub::client::ClientError::Status {
+                        status,
+                        detail: answer["detail"].as_str().unwrap_or_default().to_string(),
+                    }));
+                }
+                let sop_of =
+                    |f: &serde_json::Value| f["00081155"]["Value"][0].as_str().map(str::to_string);
+                let failed: BTreeMap<String, u64> = answer["00081198"]["Value"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|f| Some((sop_of(f)?, f["00081197"]["Value"][0].as_u64()?)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                // Only what the hub confirms counts as sent.
+                let stored: std::collections::BTreeSet<String> = answer["00081199"]["Value"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(sop_of).collect())
+                    .unwrap_or_default();
+                for (original, sop) in originals {
+                    let outcome = match failed.get(&sop) {
+                        None if stored.contains(&sop) => "sent",
+                        None => {
+                            report
+                                .failed
+                                .push((original, "the hub did not confirm it".to_string()));
+                            continue;
+                        }
+                        Some(0x0111) => "already-on-hub",
+                        Some(code) => {
+                            report.failed.push((
+                                original,
+                                format!("the hub refused it (status {code:#06x})"),
+                            ));
+                            self.audit(
+                                "harvest.send",
+                                format!(
+                                    "study/{}/dataset/{}/instance/{sop}",
+                                    self.study, self.dataset
+                                ),
+                                "refused by hub",
+                            )?;
+                            continue;
+                        }
+                    };
+                    self.audit(
+                        "harvest.send",
+                        format!(
+                            "study/{}/dataset/{}/instance/{sop}",
+                            self.study, self.dataset
+                        ),
+                        outcome,
+                    )?;
+                    let dest = harvested.join(original.file_name().unwrap_or_default());
+                    self.inbox
+                        .move_out(&original, &dest)
+                        .map_err(|e| HarvestError::Io {
+                            path: original.clone(),
+                            source: std::io::Error::other(e.to_string()),
+                        })?;
+                    if outcome == "sent" {
+                        report.sent += 1;
+                    } else {
+                        report.already_there += 1;
                     }
-                    Some(0x0111) => "already-on-hub",
-                    Some(code) => {
-                        report
-                            .failed
-                            .push((original, format!("the hub refused it (status {code:#06x})")));
-                        self.audit(
-                            "harvest.send",
-                            format!(
-                                "study/{}/dataset/{}/instance/{sop}",
-                                self.study, self.dataset
-                            ),
-                            "refused by hub",
-                        )?;
-                        continue;
-                    }
-                };
-                self.audit(
-                    "harvest.send",
-                    format!(
-                        "study/{}/dataset/{}/instance/{sop}",
-                        self.study, self.dataset
-                    ),
-                    outcome,
-                )?;
-                let dest = harvested.join(original.file_name().unwrap_or_default());
-                self.inbox
-                    .move_out(&original, &dest)
-                    .map_err(|e| HarvestError::Io {
-                        path: original.clone(),
-                        source: std::io::Error::other(e.to_string()),
-                    })?;
-                if outcome == "sent" {
-                    report.sent += 1;
-                } else {
-                    report.already_there += 1;
                 }
             }
         }

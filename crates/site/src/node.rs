@@ -630,6 +630,10 @@ async fn harvest_loop(s: Arc<Shared>) {
             match harvester.run_once().await {
                 Ok(r) => {
                     failures = 0;
+                    // More may have arrived while this pass ran: look again at once.
+                    if r.sent + r.already_there > 0 {
+                        wait = Duration::from_millis(20);
+                    }
                     record_pass(&s, &t.id, &r);
                 }
                 Err(HarvestError::Hub(e)) => {
