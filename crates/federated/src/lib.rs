@@ -16,9 +16,11 @@
 //! - [`eval`]: accuracy, ROC AUC, sensitivity/specificity, calibration from per-site binned
 //!   counts (no per-patient prediction leaves a site).
 //! - [`secagg`]: pairwise-masked sums with recovery when a site drops out after masking.
+//! - [`heart`]: the four-centre UCI Heart Disease benchmark (FLamby's preparation).
 
 pub mod eval;
 pub mod fedavg;
+pub mod heart;
 pub mod linalg;
 pub mod regression;
 pub mod secagg;

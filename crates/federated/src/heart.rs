@@ -1,0 +1,84 @@
+//! The UCI Heart Disease table of four real centres (Cleveland, Hungary, Switzerland, Long
+//! Beach VA; CC BY 4.0, Janosi et al. 1988) prepared as FLamby's Fed-Heart-Disease benchmark:
+//! rows without missing values outside slope/ca/thal, 13 features (cp and restecg one-hot,
+//! first level dropped), FLamby's per-centre train/test split from the file. Used by the tests,
+//! the benchmark and the demo; the data is read from where it lies, never fetched.
+
+use crate::FederatedError;
+use crate::table::{Design, Table};
+
+/// Centre ids and names, in the file's order.
+pub const CENTRES: [(f64, &str); 4] = [
+    (0.0, "Cleveland"),
+    (1.0, "Hungary"),
+    (2.0, "Switzerland"),
+    (3.0, "Long Beach VA"),
+];
+
+/// FLamby's 13 features.
+pub fn features() -> Vec<String> {
+    [
+        "age",
+        "sex",
+        "cp=2",
+        "cp=3",
+        "cp=4",
+        "trestbps",
+        "chol",
+        "fbs",
+        "restecg=1",
+        "restecg=2",
+        "thalach",
+        "exang",
+        "oldpeak",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// One centre's training and test designs.
+pub struct Centre {
+    pub name: &'static str,
+    pub train: Design,
+    pub test: Design,
+}
+
+/// Read `heart_disease_4centres.csv` (its text) into the four centres.
+pub fn centres(csv_text: &str) -> Result<Vec<Centre>, FederatedError> {
+    // The split column is text; code it as a number column for the numeric table.
+    let mut coded = String::with_capacity(csv_text.len());
+    for (i, line) in csv_text.lines().enumerate() {
+        if i == 0 {
+            coded.push_str(line);
+        } else {
+            let mut cells: Vec<&str> = line.split(',').collect();
+            if let Some(last) = cells.last_mut() {
+                *last = match *last {
+                    "train" => "1",
+                    "test" => "2",
+                    _ => "",
+                };
+            }
+            coded.push_str(&cells.join(","));
+        }
+        coded.push('\n');
+    }
+    let t = Table::from_csv(&coded)?.filter_eq("flamby_kept", 1.0)?;
+    let features = features();
+    CENTRES
+        .iter()
+        .map(|&(id, name)| {
+            let c = t.filter_eq("centre_id", id)?;
+            Ok(Centre {
+                name,
+                train: c
+                    .filter_eq("flamby_split", 1.0)?
+                    .design(&features, "target")?,
+                test: c
+                    .filter_eq("flamby_split", 2.0)?
+                    .design(&features, "target")?,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,307 @@
+//! Federated algorithms against references nobody here wrote the numbers of: pooled training on
+//! the real four-centre UCI Heart Disease table (../shared), a plain single-process FedAvg, and
+//! the arithmetic of secure aggregation.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use medfed_federated::fedavg::{self, LocalTraining, ModelKind, WeightedUpdate};
+use medfed_federated::regression::{self, NewtonSummary};
+use medfed_federated::secagg::{self, Masking, RoundKeys};
+use medfed_federated::table::{Design, standardise};
+use medfed_federated::{Disclosure, FederatedError, heart, stats};
+
+const OPEN: Disclosure = Disclosure {
+    min_rows: 10,
+    min_cell: 5,
+};
+
+fn shared_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("MEDFED_SHARED_DIR") {
+        return PathBuf::from(d);
+    }
+    let beside = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared");
+    if beside.is_dir() {
+        return beside;
+    }
+    PathBuf::from("/work/shared")
+}
+
+/// The four centres, standardised with federated (summed) moments of the training rows.
+fn heart_centres() -> Option<Vec<heart::Centre>> {
+    let path = shared_dir().join("datasets/heart_disease_uci_4centres/heart_disease_4centres.csv");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        eprintln!("SKIPPED: {} is not present", path.display());
+        return None;
+    };
+    let mut centres = heart::centres(&text).unwrap();
+    let p = centres[0].train.width();
+    let (mut mean, mut sd) = (vec![0.0; p], vec![1.0; p]);
+    for j in 1..p {
+        let mut m = stats::Moments::default();
+        for c in &centres {
+            let col: Vec<f64> = c.train.x.iter().map(|x| x[j]).collect();
+            m.add(&stats::site_moments(&col, &OPEN).unwrap());
+        }
+        mean[j] = m.mean();
+        sd[j] = m.variance().sqrt();
+    }
+    for c in &mut centres {
+        standardise(&mut c.train, &mean, &sd);
+        standardise(&mut c.test, &mean, &sd);
+    }
+    Some(centres)
+}
+
+/// Sum the sites' vectors through secure aggregation (all sites survive).
+fn masked_sum(round: u64, vectors: &[Vec<f64>]) -> Vec<f64> {
+    let keys: Vec<RoundKeys> = vectors.iter().map(|_| RoundKeys::generate()).collect();
+    let publics: BTreeMap<u32, [u8; 32]> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (i as u32, k.public))
+        .collect();
+    let masked: BTreeMap<u32, Vec<u64>> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let m = Masking::new(i as u32, round, &keys[i], &publics).unwrap();
+            (i as u32, m.mask(v).unwrap())
+        })
+        .collect();
+    secagg::unmask(&masked, &[], &BTreeMap::new()).unwrap()
+}
+
+#[test]
+fn federated_newton_with_secure_aggregation_equals_pooled_training_on_four_real_centres() {
+    let Some(centres) = heart_centres() else {
+        return;
+    };
+    let p = centres[0].train.width();
+    assert_eq!(p, 14, "intercept + FLamby's 13 features");
+    let sizes: Vec<usize> = centres.iter().map(|c| c.train.rows()).collect();
+    assert_eq!(
+        sizes,
+        vec![199, 172, 30, 85],
+        "FLamby's published training sizes"
+    );
+    let ridge = 1e-3;
+    let mut round = 0;
+    let federated = regression::newton_fit(p, ridge, 50, 1e-10, |beta| {
+        round += 1;
+        let parts: Vec<Vec<f64>> = centres
+            .iter()
+            .map(|c| {
+                regression::logistic_site_step(&c.train, beta, &OPEN)
+                    .unwrap()
+                    .to_vec()
+            })
+            .collect();
+        NewtonSummary::from_vec(p, &masked_sum(round, &parts))
+    })
+    .unwrap();
+    let pooled_rows = Design::concat(&centres.iter().map(|c| &c.train).collect::<Vec<_>>());
+    let pooled = regression::newton_fit(p, ridge, 50, 1e-10, |beta| {
+        regression::logistic_site_step(&pooled_rows, beta, &OPEN)
+    })
+    .unwrap();
+    assert!(federated.converged && pooled.converged);
+    for (j, (a, b)) in federated.beta.iter().zip(&pooled.beta).enumerate() {
+        assert!((a - b).abs() < 1e-6, "coefficient {j}: {a} vs {b}");
+    }
+    // Linear regression (oldpeak on the rest) from summed normal equations, likewise.
+    let mut total = NewtonSummary::zeros(p);
+    for c in &centres {
+        total
+            .add(&regression::linear_site_step(&c.train, &OPEN).unwrap())
+            .unwrap();
+    }
+    let fed = regression::linear_solve(&total, 0.0).unwrap();
+    let pooled = regression::linear_solve(
+        &regression::linear_site_step(&pooled_rows, &OPEN).unwrap(),
+        0.0,
+    )
+    .unwrap();
+    for (a, b) in fed.iter().zip(&pooled) {
+        assert!((a - b).abs() < 1e-9, "{a} vs {b}");
+    }
+}
+
+/// FedAvg as a textbook writes it, in one process: no medfed code but the shared batch order.
+fn plain_fedavg(sites: &[&Design], rounds: u64, t: &LocalTraining) -> Vec<f64> {
+    let p = sites[0].width();
+    let mut global = vec![0.0; p];
+    for round in 0..rounds {
+        let mut acc = vec![0.0; p];
+        let mut n_total = 0.0;
+        for (s, d) in sites.iter().enumerate() {
+            let mut w = global.clone();
+            for epoch in 0..t.epochs {
+                let order = fedavg::epoch_order(d.rows(), t.seed, round, s as u64, epoch as u64);
+                for batch in order.chunks(t.batch_size) {
+                    let mut g = vec![0.0; p];
+                    for &i in batch {
+                        let z: f64 = w.iter().zip(&d.x[i]).map(|(a, b)| a * b).sum();
+                        let e = 1.0 / (1.0 + (-z).exp()) - d.y[i];
+                        for k in 0..p {
+                            g[k] += e * d.x[i][k];
+                        }
+                    }
+                    for k in 0..p {
+                        w[k] -= t.learning_rate * g[k] / batch.len() as f64;
+                    }
+                }
+            }
+            for k in 0..p {
+                acc[k] += w[k] * d.rows() as f64;
+            }
+            n_total += d.rows() as f64;
+        }
+        global = acc.iter().map(|a| a / n_total).collect();
+    }
+    global
+}
+
+#[test]
+fn fedavg_through_secure_aggregation_equals_a_plain_single_process_fedavg() {
+    let Some(centres) = heart_centres() else {
+        return;
+    };
+    let t = LocalTraining {
+        model: ModelKind::Logistic,
+        epochs: 2,
+        batch_size: 16,
+        learning_rate: 0.1,
+        mu: 0.0,
+        seed: 7,
+    };
+    let sites: Vec<&Design> = centres.iter().map(|c| &c.train).collect();
+    let mut global = t.model.init(sites[0].width(), t.seed);
+    for round in 0..10 {
+        let updates: Vec<Vec<f64>> = sites
+            .iter()
+            .enumerate()
+            .map(|(s, d)| {
+                fedavg::local_round(&t, &global, d, round, s as u64, &OPEN)
+                    .unwrap()
+                    .to_vec()
+            })
+            .collect();
+        let total = WeightedUpdate::from_vec(&masked_sum(1000 + round, &updates)).unwrap();
+        global = fedavg::average(&total).unwrap();
+    }
+    let reference = plain_fedavg(&sites, 10, &t);
+    for (a, b) in global.iter().zip(&reference) {
+        assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+    }
+    // FedProx with mu > 0 pulls local models towards the global one: different from FedAvg.
+    let prox = LocalTraining { mu: 0.5, ..t };
+    let init = t.model.init(sites[0].width(), t.seed);
+    let a = fedavg::local_round(&t, &reference, sites[0], 0, 0, &OPEN).unwrap();
+    let b = fedavg::local_round(&prox, &reference, sites[0], 0, 0, &OPEN).unwrap();
+    assert_ne!(a, b);
+    assert_eq!(init.len(), reference.len());
+}
+
+/// Pearson correlation.
+fn correlation(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let cov: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
+    cov / (va * vb).sqrt()
+}
+
+#[test]
+fn the_hub_sees_noise_from_each_site_and_the_exact_sum_even_after_a_dropout() {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    let n = 20_000;
+    let sites = 4;
+    let updates: Vec<Vec<f64>> = (0..sites)
+        .map(|s| {
+            (0..n)
+                .map(|i| (i as f64 / 100.0).sin() * (s + 1) as f64 + rng.random_range(-0.1..0.1))
+                .collect()
+        })
+        .collect();
+    let keys: Vec<RoundKeys> = (0..sites).map(|_| RoundKeys::generate()).collect();
+    let publics: BTreeMap<u32, [u8; 32]> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (i as u32, k.public))
+        .collect();
+    let maskers: Vec<Masking> = (0..sites)
+        .map(|i| Masking::new(i as u32, 9, &keys[i], &publics).unwrap())
+        .collect();
+    let masked: Vec<Vec<u64>> = maskers
+        .iter()
+        .zip(&updates)
+        .map(|(m, u)| m.mask(u).unwrap())
+        .collect();
+    for (u, m) in updates.iter().zip(&masked) {
+        // What the hub receives does not follow the update...
+        let as_float: Vec<f64> = m.iter().map(|&x| x as f64).collect();
+        let r = correlation(u, &as_float);
+        assert!(r.abs() < 0.03, "correlation {r}");
+        // ...and is uniform: the top bit is set about half the time.
+        let top = m.iter().filter(|&&x| x >> 63 == 1).count() as f64 / n as f64;
+        assert!((top - 0.5).abs() < 0.02, "top bit {top}");
+    }
+    // All survive: the exact sum.
+    let all: BTreeMap<u32, Vec<u64>> = masked
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, v)| (i as u32, v))
+        .collect();
+    let sum = secagg::unmask(&all, &[], &BTreeMap::new()).unwrap();
+    for i in 0..n {
+        let want: f64 = updates.iter().map(|u| u[i]).sum();
+        assert!((sum[i] - want).abs() < 1e-8, "{i}");
+    }
+    // Site 2 masked its update but its vector never arrives: the others reveal the seeds they
+    // shared with it, and the hub gets the exact sum of the three that arrived.
+    let mut arrived = all.clone();
+    arrived.remove(&2);
+    let revealed: BTreeMap<u32, BTreeMap<u32, [u8; 32]>> = [0usize, 1, 3]
+        .iter()
+        .map(|&i| (i as u32, maskers[i].reveal(&[2], 3).unwrap()))
+        .collect();
+    let sum = secagg::unmask(&arrived, &[2], &revealed).unwrap();
+    for i in 0..n {
+        let want = updates[0][i] + updates[1][i] + updates[3][i];
+        assert!((sum[i] - want).abs() < 1e-8, "{i}");
+    }
+    // Without the reveals the masks do not cancel; a site never reveals its own masks, nor
+    // when too few sites would remain.
+    assert!(secagg::unmask(&arrived, &[2], &BTreeMap::new()).is_err());
+    assert!(maskers[0].reveal(&[0], 2).is_err());
+    assert!(maskers[0].reveal(&[1, 2], 3).is_err());
+}
+
+#[test]
+fn a_statistic_over_fewer_rows_than_the_sites_minimum_is_refused_at_the_site() {
+    let Some(centres) = heart_centres() else {
+        return;
+    };
+    // Switzerland's test part has 16 rows.
+    let swiss = &centres[2].test;
+    assert_eq!(swiss.rows(), 16);
+    let strict = Disclosure {
+        min_rows: 20,
+        min_cell: 5,
+    };
+    let ages: Vec<f64> = swiss.x.iter().map(|x| x[1]).collect();
+    assert_eq!(
+        stats::site_moments(&ages, &strict),
+        Err(FederatedError::TooFewRows { rows: 16, min: 20 })
+    );
+    assert!(regression::logistic_site_step(swiss, &[0.0; 14], &strict).is_err());
+    // Sex by label at Cleveland: every cell has at least 5 rows, so it is released.
+    let cle = &centres[0].train;
+    let sex: Vec<f64> = cle.x.iter().map(|x| (x[2] > 0.0) as u8 as f64).collect();
+    let t = stats::site_crosstab(&sex, &cle.y, &[0.0, 1.0], &[0.0, 1.0], &OPEN).unwrap();
+    assert_eq!(t.iter().sum::<u64>(), 199);
+}
