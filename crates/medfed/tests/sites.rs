@@ -529,6 +529,11 @@ fn two_sites_enrol_receive_from_storescu_and_harvest_for_that_studys_researchers
     });
     assert!(s1.audit().contains("\"action\":\"task.refuse\""));
     assert!(hub_audit(d).contains("\"action\":\"site.task.refused\""));
+    // The inbox feeds one dataset at a time: a second harvest of the same study is refused.
+    let again = api.task(&people.coord, &id1, "harvest", json!({"dataset": d1}));
+    wait_for(30, "second harvest refused", || {
+        (api.task_status(&people.coord, &again) == "refused").then_some(())
+    });
     // A cancelled task stops at the site.
     api.call(
         &people.coord,

@@ -234,6 +234,13 @@ impl Shared {
                     (WayOfWorking::Harvest, _) if params["dataset"].as_str().is_none() => {
                         ("refused", "a harvest task needs params.dataset".into())
                     }
+                    (WayOfWorking::Harvest, _) if self.harvest_running(study).is_some() => (
+                        "refused",
+                        format!(
+                            "harvest task {} for this study is already running; cancel it first",
+                            self.harvest_running(study).unwrap_or_default()
+                        ),
+                    ),
                     (WayOfWorking::Harvest, _) if sp.auto_approve.contains(&way) => {
                         ("running", String::new())
                     }
@@ -273,6 +280,19 @@ impl Shared {
             },
         );
         self.save_tasks();
+    }
+
+    /// The harvest task of `study` that is running or waiting for approval, if any: the inbox
+    /// feeds one dataset at a time.
+    fn harvest_running(&self, study: &str) -> Option<String> {
+        lock(&self.tasks)
+            .values()
+            .find(|t| {
+                t.kind == "harvest"
+                    && t.study == study
+                    && matches!(t.status.as_str(), "running" | "awaiting-approval")
+            })
+            .map(|t| t.id.clone())
     }
 
     /// Approvals and rejections a person left with `medfed site approve|reject`.
