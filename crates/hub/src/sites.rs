@@ -137,8 +137,21 @@ fn site_of(c: &Caller) -> ApiResult<&Site> {
     })
 }
 
-/// How the hub shows a site.
-fn site_view(hub: &Hub, s: &Site) -> Value {
+/// How the hub shows a site. Its registered tables are study metadata: within a study only
+/// that study's are shown, and platform administration (no study) sees none.
+fn site_view(hub: &Hub, s: &Site, study: Option<&str>) -> Value {
+    let mut state = s.state.clone();
+    match (study, state.as_object_mut()) {
+        (Some(study), Some(o)) => {
+            if let Some(list) = o.get_mut("tables").and_then(Value::as_array_mut) {
+                list.retain(|t| t["study"] == study);
+            }
+        }
+        (None, Some(o)) => {
+            o.remove("tables");
+        }
+        _ => {}
+    }
     let online = s.revoked_ms.is_none()
         && s.last_seen_ms
             .is_some_and(|t| now_ms() - t <= hub.config.sites.online_within_s as i64 * 1000);
@@ -151,7 +164,7 @@ fn site_view(hub: &Hub, s: &Site) -> Value {
         "enrolled_ms": s.enrolled_ms,
         "last_seen_ms": s.last_seen_ms,
         "version": s.version,
-        "state": s.state,
+        "state": state,
     })
 }
 
@@ -520,7 +533,10 @@ async fn study_sites(
         .list_sites(Some(&s.organisations), peek(page))
         .await?;
     Ok(paged(
-        sites.iter().map(|x| site_view(&hub, x)).collect(),
+        sites
+            .iter()
+            .map(|x| site_view(&hub, x, Some(&study)))
+            .collect(),
         page,
     ))
 }
@@ -538,7 +554,7 @@ async fn all_sites(
     let page = p.page(&hub.config.limits)?;
     let sites = hub.catalogue.list_sites(None, peek(page)).await?;
     Ok(paged(
-        sites.iter().map(|x| site_view(&hub, x)).collect(),
+        sites.iter().map(|x| site_view(&hub, x, None)).collect(),
         page,
     ))
 }

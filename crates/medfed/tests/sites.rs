@@ -423,6 +423,17 @@ fn two_sites_enrol_receive_from_storescu_and_harvest_for_that_studys_researchers
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not match"));
 
+    // Site 1 registers two local tables for study A: the hub may see their schema, and the row
+    // count only at or above the study's minimum (10 by default).
+    let mut clinical = String::from("age,sex,target\n");
+    for i in 0..30 {
+        clinical.push_str(&format!("{},{},{}\n", 40 + i, i % 2, i % 3));
+    }
+    std::fs::write(s1.dir.join("clinical.csv"), clinical).unwrap();
+    std::fs::write(s1.dir.join("rare.csv"), "age,target\n51,1\n62,0\n").unwrap();
+    let mut toml = std::fs::read_to_string(s1.config()).unwrap();
+    toml.push_str("[[table]]\nid = \"clinical\"\nstudy = \"study-a\"\npath = \"clinical.csv\"\n[[table]]\nid = \"rare\"\nstudy = \"study-a\"\npath = \"rare.csv\"\n");
+    std::fs::write(s1.config(), toml).unwrap();
     s1.serve();
     s2.serve();
     let (id1, id2) = (s1.site_id(), s2.site_id());
@@ -436,6 +447,34 @@ fn two_sites_enrol_receive_from_storescu_and_harvest_for_that_studys_researchers
                 .all(|s| s["online"] == true && s["version"] == env!("CARGO_PKG_VERSION")))
         .then_some(())
     });
+
+    let v = api.call(&people.coord, "GET", "/api/v1/studies/study-a/sites", None);
+    let site1 = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == id1.as_str())
+        .unwrap()
+        .clone();
+    let tables = site1["state"]["tables"].as_array().unwrap();
+    assert_eq!(tables[0]["id"], "clinical");
+    assert_eq!(tables[0]["columns"], json!(["age", "sex", "target"]));
+    assert_eq!(tables[0]["rows"], 30);
+    assert_eq!(tables[1]["id"], "rare");
+    assert_eq!(
+        tables[1]["rows"],
+        Value::Null,
+        "a count below the minimum is not shown"
+    );
+    // Platform administration sees no study's tables.
+    let v = api.call(&people.admin, "GET", "/api/v1/sites", None);
+    assert!(
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["state"].get("tables").is_none())
+    );
 
     // Harvest tasks: each site into its organisation's dataset.
     let (d1, d2) = (api.dataset(&people.op1), api.dataset(&people.op2));

@@ -17,6 +17,7 @@ mod node;
 mod policy;
 mod scp;
 mod scu;
+mod tables;
 
 pub use harvest::{HarvestError, HarvestReport, Harvester};
 pub use identity::{Enrolled, IdentityError, SiteIdentity};
@@ -25,6 +26,7 @@ pub use node::{
     ItemFailure, LocalTask, NodeError, NodeOptions, NodeStatus, SiteNode, backoff, leave_decision,
     read_status,
 };
-pub use policy::{PolicyError, Refusal, SitePolicy, StudyPolicy, WayOfWorking};
+pub use policy::{PolicyError, Refusal, SitePolicy, StudyPolicy, TablePolicy, WayOfWorking};
 pub use scp::{Receiver, TRANSFER_SYNTAXES};
 pub use scu::{SendError, SendReport, send_files};
+pub use tables::{TableInfo, describe as describe_tables};

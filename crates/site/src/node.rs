@@ -164,6 +164,11 @@ struct Shared {
     attempts: Mutex<BTreeMap<PathBuf, ItemFailure>>,
     client: Mutex<HubClient>,
     identity: Mutex<SiteIdentity>,
+    /// The registered tables as last described, with the (size, mtime) of each file then.
+    tables: Mutex<(
+        Vec<(u64, Option<std::time::SystemTime>)>,
+        Vec<crate::tables::TableInfo>,
+    )>,
     stop: Arc<AtomicBool>,
 }
 
@@ -346,6 +351,21 @@ impl Shared {
         );
     }
 
+    /// The registered tables' schemas and counts, described again only when a file changed.
+    fn tables(&self) -> Vec<crate::tables::TableInfo> {
+        let stamps: Vec<(u64, Option<std::time::SystemTime>)> = self
+            .policy
+            .tables
+            .iter()
+            .map(|t| std::fs::metadata(&t.path).map_or((0, None), |m| (m.len(), m.modified().ok())))
+            .collect();
+        let mut cached = lock(&self.tables);
+        if cached.0 != stamps || cached.1.len() != self.policy.tables.len() {
+            *cached = (stamps, crate::tables::describe(&self.policy));
+        }
+        cached.1.clone()
+    }
+
     fn report_state(&self) -> Value {
         let st = lock(&self.status).clone();
         json!({
@@ -357,6 +377,7 @@ impl Shared {
             "failures": st.failures.len(),
             "quarantined": st.quarantined.len(),
             "running_tasks": lock(&self.tasks).values().filter(|t| t.status == "running").map(|t| t.id.clone()).collect::<Vec<_>>(),
+            "tables": self.tables(),
         })
     }
 }
@@ -421,6 +442,7 @@ impl SiteNode {
                 attempts: Mutex::new(BTreeMap::new()),
                 client: Mutex::new(client),
                 identity: Mutex::new(identity),
+                tables: Mutex::new((Vec::new(), Vec::new())),
                 stop: Arc::new(AtomicBool::new(false)),
             }),
             receiver,

@@ -143,6 +143,20 @@ pub struct SitePolicy {
     pub storage: StorageConfig,
     #[serde(default, rename = "study")]
     pub studies: Vec<StudyPolicy>,
+    /// Local tables (CSV or Parquet) registered for studies: only their schema and, at or above
+    /// the study's minimum, their row count are shown to the hub.
+    #[serde(default, rename = "table")]
+    pub tables: Vec<TablePolicy>,
+}
+
+/// A local table registered as a dataset of a study.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TablePolicy {
+    pub id: String,
+    pub study: String,
+    /// `.csv` or `.parquet`; relative paths are relative to site.toml.
+    pub path: PathBuf,
 }
 
 /// Why the site refuses something.
@@ -169,10 +183,15 @@ impl SitePolicy {
             },
             other => other,
         })?;
-        if let Some(base) = path.parent().filter(|b| !b.as_os_str().is_empty())
-            && p.storage.dir.is_relative()
-        {
-            p.storage.dir = base.join(&p.storage.dir);
+        if let Some(base) = path.parent().filter(|b| !b.as_os_str().is_empty()) {
+            if p.storage.dir.is_relative() {
+                p.storage.dir = base.join(&p.storage.dir);
+            }
+            for t in &mut p.tables {
+                if t.path.is_relative() {
+                    t.path = base.join(&t.path);
+                }
+            }
         }
         Ok(p)
     }
@@ -182,6 +201,20 @@ impl SitePolicy {
             path: PathBuf::from("site.toml"),
             source,
         })?;
+        for (i, t) in p.tables.iter().enumerate() {
+            if p.tables[..i].iter().any(|o| o.id == t.id) {
+                return Err(PolicyError::Invalid(format!(
+                    "table {} is listed twice",
+                    t.id
+                )));
+            }
+            if p.study(&t.study).is_err() {
+                return Err(PolicyError::Invalid(format!(
+                    "table {} is for study {}, which this site does not take part in",
+                    t.id, t.study
+                )));
+            }
+        }
         for s in &p.studies {
             if let Some(w) = s.auto_approve.iter().find(|w| !s.allow.contains(w)) {
                 return Err(PolicyError::Invalid(format!(
