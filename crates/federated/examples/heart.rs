@@ -6,11 +6,9 @@
 //!
 //! Usage: heart [PATH to heart_disease_4centres.csv]
 
-use std::collections::BTreeMap;
-
 use medfed_federated::fedavg::{self, LocalTraining, ModelKind, WeightedUpdate};
 use medfed_federated::regression::{self, NewtonSummary};
-use medfed_federated::secagg::{self, Masking, RoundKeys};
+use medfed_federated::secagg;
 use medfed_federated::table::{Design, standardise};
 use medfed_federated::{Disclosure, heart, stats};
 
@@ -20,26 +18,7 @@ const RULES: Disclosure = Disclosure {
 };
 
 fn masked_sum(round: u64, vectors: &[Vec<f64>]) -> Vec<f64> {
-    let keys: Vec<RoundKeys> = vectors.iter().map(|_| RoundKeys::generate()).collect();
-    let publics: BTreeMap<u32, [u8; 32]> = keys
-        .iter()
-        .enumerate()
-        .map(|(i, k)| (i as u32, k.public))
-        .collect();
-    let masked: BTreeMap<u32, Vec<u64>> = vectors
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            (
-                i as u32,
-                Masking::new(i as u32, round, &keys[i], &publics)
-                    .unwrap()
-                    .mask(v)
-                    .unwrap(),
-            )
-        })
-        .collect();
-    secagg::unmask(&masked, &[], &BTreeMap::new()).unwrap()
+    secagg::run_in_process(round, vectors, 3, &[]).unwrap()
 }
 
 fn accuracy(predict: &dyn Fn(&[f64]) -> f64, d: &Design) -> f64 {

@@ -15,7 +15,8 @@
 //! - [`fedavg`]: FedAvg and FedProx for logistic regression and a one-hidden-layer MLP.
 //! - [`eval`]: accuracy, ROC AUC, sensitivity/specificity, calibration from per-site binned
 //!   counts (no per-patient prediction leaves a site).
-//! - [`secagg`]: pairwise-masked sums with recovery when a site drops out after masking.
+//! - [`secagg`]: double-masked sums (pairwise masks + secret-shared self-masks) with recovery
+//!   when a site drops out after masking.
 //! - [`heart`]: the four-centre UCI Heart Disease benchmark (FLamby's preparation).
 
 pub mod eval;

@@ -55,21 +55,7 @@ fn heart_centres() -> Option<Vec<heart::Centre>> {
 
 /// Sum the sites' vectors through secure aggregation (all sites survive).
 fn masked_sum(round: u64, vectors: &[Vec<f64>]) -> Vec<f64> {
-    let keys: Vec<RoundKeys> = vectors.iter().map(|_| RoundKeys::generate()).collect();
-    let publics: BTreeMap<u32, [u8; 32]> = keys
-        .iter()
-        .enumerate()
-        .map(|(i, k)| (i as u32, k.public))
-        .collect();
-    let masked: BTreeMap<u32, Vec<u64>> = vectors
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            let m = Masking::new(i as u32, round, &keys[i], &publics).unwrap();
-            (i as u32, m.mask(v).unwrap())
-        })
-        .collect();
-    secagg::unmask(&masked, &[], &BTreeMap::new()).unwrap()
+    secagg::run_in_process(round, vectors, 2, &[]).unwrap()
 }
 
 #[test]
@@ -219,6 +205,7 @@ fn the_hub_sees_noise_from_each_site_and_the_exact_sum_even_after_a_dropout() {
     let mut rng = rand::rng();
     let n = 20_000;
     let sites = 4;
+    let threshold = 3;
     let updates: Vec<Vec<f64>> = (0..sites)
         .map(|s| {
             (0..n)
@@ -233,8 +220,14 @@ fn the_hub_sees_noise_from_each_site_and_the_exact_sum_even_after_a_dropout() {
         .map(|(i, k)| (i as u32, k.public))
         .collect();
     let maskers: Vec<Masking> = (0..sites)
-        .map(|i| Masking::new(i as u32, 9, &keys[i], &publics).unwrap())
+        .map(|i| Masking::new(i as u32, 9, &keys[i], &publics, threshold).unwrap())
         .collect();
+    let mut inbox: BTreeMap<u32, BTreeMap<u32, Vec<u8>>> = BTreeMap::new();
+    for m in &maskers {
+        for (to, sealed) in m.encrypted_shares().unwrap() {
+            inbox.entry(to).or_default().insert(m.me, sealed);
+        }
+    }
     let masked: Vec<Vec<u64>> = maskers
         .iter()
         .zip(&updates)
@@ -249,6 +242,19 @@ fn the_hub_sees_noise_from_each_site_and_the_exact_sum_even_after_a_dropout() {
         let top = m.iter().filter(|&&x| x >> 63 == 1).count() as f64 / n as f64;
         assert!((top - 0.5).abs() < 0.02, "top bit {top}");
     }
+    let reveal = |survivors: &[u32], dropped: &[u32]| -> BTreeMap<u32, secagg::Reveal> {
+        survivors
+            .iter()
+            .map(|&i| {
+                (
+                    i,
+                    maskers[i as usize]
+                        .reveal(survivors, dropped, &inbox[&i], 3)
+                        .unwrap(),
+                )
+            })
+            .collect()
+    };
     // All survive: the exact sum.
     let all: BTreeMap<u32, Vec<u64>> = masked
         .iter()
@@ -256,29 +262,53 @@ fn the_hub_sees_noise_from_each_site_and_the_exact_sum_even_after_a_dropout() {
         .enumerate()
         .map(|(i, v)| (i as u32, v))
         .collect();
-    let sum = secagg::unmask(&all, &[], &BTreeMap::new()).unwrap();
+    let sum = secagg::unmask(&all, &[], &reveal(&[0, 1, 2, 3], &[]), threshold).unwrap();
     for i in 0..n {
         let want: f64 = updates.iter().map(|u| u[i]).sum();
         assert!((sum[i] - want).abs() < 1e-8, "{i}");
     }
     // Site 2 masked its update but its vector never arrives: the others reveal the seeds they
-    // shared with it, and the hub gets the exact sum of the three that arrived.
+    // shared with it and their shares of each other's self-masks; the hub gets the exact sum of
+    // the three that arrived.
     let mut arrived = all.clone();
     arrived.remove(&2);
-    let revealed: BTreeMap<u32, BTreeMap<u32, [u8; 32]>> = [0usize, 1, 3]
-        .iter()
-        .map(|&i| (i as u32, maskers[i].reveal(&[2], 3).unwrap()))
-        .collect();
-    let sum = secagg::unmask(&arrived, &[2], &revealed).unwrap();
+    let sum = secagg::unmask(&arrived, &[2], &reveal(&[0, 1, 3], &[2]), threshold).unwrap();
     for i in 0..n {
         let want = updates[0][i] + updates[1][i] + updates[3][i];
         assert!((sum[i] - want).abs() < 1e-8, "{i}");
     }
-    // Without the reveals the masks do not cancel; a site never reveals its own masks, nor
-    // when too few sites would remain.
-    assert!(secagg::unmask(&arrived, &[2], &BTreeMap::new()).is_err());
-    assert!(maskers[0].reveal(&[0], 2).is_err());
-    assert!(maskers[0].reveal(&[1, 2], 3).is_err());
+    // A hub that received site 1's vector and then claims it dropped gets its pairwise seeds but
+    // not its self-mask: what it can compute from site 1 alone is still noise.
+    let lie = reveal(&[0, 2, 3], &[1]);
+    let mut stripped = masked[1].clone();
+    for (&j, r) in &lie {
+        let seed = r.seeds[&1];
+        let mut rng = <rand_chacha::ChaCha20Rng as rand::SeedableRng>::from_seed(seed);
+        for v in stripped.iter_mut() {
+            let m = rand::RngCore::next_u64(&mut rng);
+            // Site 1 added the mask shared with a higher id and subtracted it for a lower one.
+            *v = if j > 1 {
+                v.wrapping_sub(m)
+            } else {
+                v.wrapping_add(m)
+            };
+        }
+    }
+    let decoded = secagg::decode(&stripped);
+    let r = correlation(&updates[1], &decoded);
+    assert!(
+        r.abs() < 0.03,
+        "a lying hub unmasked site 1: correlation {r}"
+    );
+    // The rules a site keeps: never its own masks, never a site on both lists, never below the
+    // threshold, and shares only from sites in the round.
+    assert!(maskers[0].reveal(&[1, 2, 3], &[0], &inbox[&0], 3).is_err());
+    assert!(maskers[0].reveal(&[0, 1, 2], &[2], &inbox[&0], 3).is_err());
+    assert!(maskers[0].reveal(&[0, 1], &[2, 3], &inbox[&0], 2).is_err());
+    assert!(secagg::unmask(&arrived, &[2], &BTreeMap::new(), threshold).is_err());
+    // The whole protocol in one call, with a dropout.
+    let sum = secagg::run_in_process(3, &updates, 3, &[0]).unwrap();
+    assert!((sum[7] - (updates[1][7] + updates[2][7] + updates[3][7])).abs() < 1e-8);
 }
 
 #[test]
