@@ -9,8 +9,8 @@
 use medfed_federated::fedavg::{self, LocalTraining, ModelKind, WeightedUpdate};
 use medfed_federated::regression::{self, NewtonSummary};
 use medfed_federated::secagg;
-use medfed_federated::table::{Design, standardise};
-use medfed_federated::{Disclosure, heart, stats};
+use medfed_federated::table::Design;
+use medfed_federated::{Disclosure, heart};
 
 const RULES: Disclosure = Disclosure {
     min_rows: 10,
@@ -50,22 +50,8 @@ fn main() {
     });
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let mut centres = heart::centres(&text).unwrap();
-    // Standardise with the federated (summed) moments of the training rows.
+    heart::standardise_federated(&mut centres, &RULES).unwrap();
     let p = centres[0].train.width();
-    let (mut mean, mut sd) = (vec![0.0; p], vec![1.0; p]);
-    for j in 1..p {
-        let mut m = stats::Moments::default();
-        for c in &centres {
-            let col: Vec<f64> = c.train.x.iter().map(|x| x[j]).collect();
-            m.add(&stats::site_moments(&col, &RULES).unwrap());
-        }
-        mean[j] = m.mean();
-        sd[j] = m.variance().sqrt();
-    }
-    for c in &mut centres {
-        standardise(&mut c.train, &mean, &sd);
-        standardise(&mut c.test, &mean, &sd);
-    }
     let ridge = 1e-3;
     let mean_acc = |f: &dyn Fn(usize, &[f64]) -> f64| -> (f64, Vec<f64>) {
         let per: Vec<f64> = centres

@@ -4,8 +4,8 @@
 //! first level dropped), FLamby's per-centre train/test split from the file. Used by the tests,
 //! the benchmark and the demo; the data is read from where it lies, never fetched.
 
-use crate::FederatedError;
-use crate::table::{Design, Table};
+use crate::table::{Design, Table, standardise};
+use crate::{Disclosure, FederatedError, stats};
 
 /// Centre ids and names, in the file's order.
 pub const CENTRES: [(f64, &str); 4] = [
@@ -81,4 +81,28 @@ pub fn centres(csv_text: &str) -> Result<Vec<Centre>, FederatedError> {
             })
         })
         .collect()
+}
+
+/// Standardise every centre's features with the pooled mean and standard deviation of the
+/// training rows, computed federatedly (each centre releases its moments; sums are pooled).
+pub fn standardise_federated(
+    centres: &mut [Centre],
+    rules: &Disclosure,
+) -> Result<(), FederatedError> {
+    let p = centres.first().map_or(0, |c| c.train.width());
+    let (mut mean, mut sd) = (vec![0.0; p], vec![1.0; p]);
+    for j in 1..p {
+        let mut m = stats::Moments::default();
+        for c in centres.iter() {
+            let col: Vec<f64> = c.train.x.iter().map(|x| x[j]).collect();
+            m.add(&stats::site_moments(&col, rules)?);
+        }
+        mean[j] = m.mean();
+        sd[j] = m.variance().sqrt();
+    }
+    for c in centres.iter_mut() {
+        standardise(&mut c.train, &mean, &sd);
+        standardise(&mut c.test, &mean, &sd);
+    }
+    Ok(())
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use medfed_federated::fedavg::{self, LocalTraining, ModelKind, WeightedUpdate};
 use medfed_federated::regression::{self, NewtonSummary};
 use medfed_federated::secagg::{self, Masking, RoundKeys};
-use medfed_federated::table::{Design, standardise};
+use medfed_federated::table::Design;
 use medfed_federated::{Disclosure, FederatedError, heart, stats};
 
 const OPEN: Disclosure = Disclosure {
@@ -35,21 +35,7 @@ fn heart_centres() -> Option<Vec<heart::Centre>> {
         return None;
     };
     let mut centres = heart::centres(&text).unwrap();
-    let p = centres[0].train.width();
-    let (mut mean, mut sd) = (vec![0.0; p], vec![1.0; p]);
-    for j in 1..p {
-        let mut m = stats::Moments::default();
-        for c in &centres {
-            let col: Vec<f64> = c.train.x.iter().map(|x| x[j]).collect();
-            m.add(&stats::site_moments(&col, &OPEN).unwrap());
-        }
-        mean[j] = m.mean();
-        sd[j] = m.variance().sqrt();
-    }
-    for c in &mut centres {
-        standardise(&mut c.train, &mean, &sd);
-        standardise(&mut c.test, &mean, &sd);
-    }
+    heart::standardise_federated(&mut centres, &OPEN).unwrap();
     Some(centres)
 }
 

@@ -179,6 +179,19 @@ async fn server_trust(State(hub): State<Arc<Hub>>) -> impl IntoResponse {
     )
 }
 
+/// A study the caller coordinates (ManageStudy), or the policy's answer.
+async fn managed_study(hub: &Hub, c: &Caller, study: &str) -> ApiResult<medfed_catalogue::Study> {
+    require(
+        &c.principal,
+        Action::ManageStudy,
+        &study_resource(c, study).await,
+    )?;
+    hub.catalogue
+        .study(study)
+        .await?
+        .ok_or_else(ApiError::not_found)
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewEnrolment {
@@ -193,16 +206,7 @@ async fn create_enrolment(
     Path(study): Path<String>,
     JsonBody(b): JsonBody<NewEnrolment>,
 ) -> ApiResult<impl IntoResponse> {
-    require(
-        &c.principal,
-        Action::ManageStudy,
-        &study_resource(&c, &study).await,
-    )?;
-    let s = hub
-        .catalogue
-        .study(&study)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
+    let s = managed_study(&hub, &c, &study).await?;
     if !s.organisations.contains(&b.organisation) {
         return Err(ApiError::invalid(
             "the organisation does not take part in this study",
@@ -603,16 +607,7 @@ async fn create_task(
     Path(study): Path<String>,
     JsonBody(b): JsonBody<NewTask>,
 ) -> ApiResult<impl IntoResponse> {
-    require(
-        &c.principal,
-        Action::ManageStudy,
-        &study_resource(&c, &study).await,
-    )?;
-    let s = hub
-        .catalogue
-        .study(&study)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
+    let s = managed_study(&hub, &c, &study).await?;
     let site = hub
         .catalogue
         .site(&b.site)
