@@ -106,3 +106,48 @@ pub fn standardise_federated(
     }
     Ok(())
 }
+
+/// Each centre's own table as CSV text (the rows FLamby keeps; the columns the features are
+/// made from, `target` and `flamby_split`): what one hospital's site node would register.
+pub fn centre_tables(csv_text: &str) -> Result<Vec<(&'static str, String)>, FederatedError> {
+    const KEEP: [&str; 13] = [
+        "age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach", "exang", "oldpeak",
+        "target", "flamby_kept", "flamby_split",
+    ];
+    let mut lines = csv_text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .ok_or_else(|| FederatedError::NoColumn(name.to_string()))
+    };
+    let picks = KEEP.iter().map(|k| col(k)).collect::<Result<Vec<_>, _>>()?;
+    let (centre, kept) = (col("centre_id")?, col("flamby_kept")?);
+    let out_columns: Vec<&str> = KEEP.iter().copied().filter(|k| *k != "flamby_kept").collect();
+    let mut tables: Vec<(&'static str, String)> = CENTRES
+        .iter()
+        .map(|(_, name)| (*name, format!("{}\n", out_columns.join(","))))
+        .collect();
+    for line in lines {
+        let cells: Vec<&str> = line.split(',').collect();
+        if cells.get(kept) != Some(&"1") {
+            continue;
+        }
+        let Some(id) = cells.get(centre).and_then(|c| c.parse::<usize>().ok()) else {
+            continue;
+        };
+        let Some((_, text)) = tables.get_mut(id) else {
+            continue;
+        };
+        let row: Vec<&str> = picks
+            .iter()
+            .zip(KEEP)
+            .filter(|(_, k)| *k != "flamby_kept")
+            .map(|(&i, _)| cells.get(i).copied().unwrap_or(""))
+            .collect();
+        text.push_str(&row.join(","));
+        text.push('\n');
+    }
+    Ok(tables)
+}

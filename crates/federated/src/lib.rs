@@ -17,6 +17,9 @@
 //!   counts (no per-patient prediction leaves a site).
 //! - [`secagg`]: double-masked sums (pairwise masks + secret-shared self-masks) with recovery
 //!   when a site drops out after masking.
+//! - [`spec`]: the study spec (TOML) and the differential-privacy accountant.
+//! - [`run`]: a run as steps: the hub's [`run::Coordinator`] and the site's
+//!   [`run::site_release`].
 //! - [`heart`]: the four-centre UCI Heart Disease benchmark (FLamby's preparation).
 
 pub mod eval;
@@ -24,7 +27,9 @@ pub mod fedavg;
 pub mod heart;
 pub mod linalg;
 pub mod regression;
+pub mod run;
 pub mod secagg;
+pub mod spec;
 pub mod stats;
 pub mod table;
 
@@ -47,6 +52,8 @@ pub enum FederatedError {
     Shape(String),
     #[error("secure aggregation: {0}")]
     SecAgg(String),
+    #[error("study spec: {0}")]
+    Spec(String),
 }
 
 /// A site's disclosure rules for aggregates (from its policy).

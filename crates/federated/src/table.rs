@@ -48,6 +48,15 @@ impl Design {
 impl Table {
     /// Read a CSV with a header row; every selected cell must be a number or empty.
     pub fn from_csv(text: &str) -> Result<Table, FederatedError> {
+        Ok(Table::from_csv_keeping(text, None)?.0)
+    }
+
+    /// As [`Table::from_csv`], also returning the text of column `keep` (a split or group
+    /// column such as `train`/`test`) for every row.
+    pub fn from_csv_keeping(
+        text: &str,
+        keep: Option<&str>,
+    ) -> Result<(Table, Vec<String>), FederatedError> {
         let mut r = csv::ReaderBuilder::new()
             .has_headers(true)
             .from_reader(text.as_bytes());
@@ -57,9 +66,21 @@ impl Table {
             .iter()
             .map(str::to_string)
             .collect();
-        let mut rows = Vec::new();
+        let kept = match keep {
+            Some(name) => Some(
+                columns
+                    .iter()
+                    .position(|c| c == name)
+                    .ok_or_else(|| FederatedError::NoColumn(name.to_string()))?,
+            ),
+            None => None,
+        };
+        let (mut rows, mut texts) = (Vec::new(), Vec::new());
         for (n, rec) in r.records().enumerate() {
             let rec = rec.map_err(|e| FederatedError::Table(format!("row {}: {e}", n + 1)))?;
+            if let Some(k) = kept {
+                texts.push(rec.get(k).unwrap_or("").trim().to_string());
+            }
             rows.push(
                 rec.iter()
                     .map(|c| {
@@ -75,7 +96,18 @@ impl Table {
                     .collect(),
             );
         }
-        Ok(Table { columns, rows })
+        Ok((Table { columns, rows }, texts))
+    }
+
+    /// The rows whose flag is set, in order.
+    pub fn select(&self, keep: impl Fn(usize) -> bool) -> Table {
+        Table {
+            columns: self.columns.clone(),
+            rows: (0..self.rows.len())
+                .filter(|&i| keep(i))
+                .map(|i| self.rows[i].clone())
+                .collect(),
+        }
     }
 
     pub fn column(&self, name: &str) -> Result<usize, FederatedError> {

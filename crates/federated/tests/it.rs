@@ -321,3 +321,162 @@ fn a_statistic_over_fewer_rows_than_the_sites_minimum_is_refused_at_the_site() {
     let t = stats::site_crosstab(&sex, &cle.y, &[0.0, 1.0], &[0.0, 1.0], &OPEN).unwrap();
     assert_eq!(t.iter().sum::<u64>(), 199);
 }
+
+/// The spec the run-engine tests use on the heart centres.
+fn heart_spec(algorithm: &str) -> medfed_federated::spec::StudySpec {
+    let features: Vec<String> = heart::features().iter().map(|f| format!("{f:?}")).collect();
+    medfed_federated::spec::StudySpec::from_toml(&format!(
+        "study = \"heart\"\n[data]\ntable = \"heart\"\nlabel = \"target\"\nfeatures = [{}]\n\
+         split = {{ column = \"flamby_split\" }}\n[algorithm]\n{algorithm}\n[run]\nrounds = 50\n",
+        features.join(", ")
+    ))
+    .unwrap()
+}
+
+/// Drive a whole run in process: every step's releases summed through secure aggregation.
+fn drive(
+    spec: &medfed_federated::spec::StudySpec,
+    sites: &[medfed_federated::run::SiteData],
+) -> medfed_federated::run::Coordinator {
+    drive_under(spec, sites, &OPEN).unwrap()
+}
+
+fn drive_under(
+    spec: &medfed_federated::spec::StudySpec,
+    sites: &[medfed_federated::run::SiteData],
+    rules: &Disclosure,
+) -> Result<medfed_federated::run::Coordinator, FederatedError> {
+    use medfed_federated::run::{Coordinator, site_release};
+    let mut c = Coordinator::new(spec.clone());
+    while let Some(step) = c.step.clone() {
+        let releases: Vec<_> = sites
+            .iter()
+            .enumerate()
+            .map(|(i, d)| site_release(spec, d, &step, i as u64, rules))
+            .collect::<Result<_, _>>()?;
+        let vectors: Vec<Vec<f64>> = releases.iter().map(|r| r.vector.clone()).collect();
+        let metrics = releases
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.metrics.map(|m| (format!("site-{i}"), m)))
+            .collect();
+        c.advance(&masked_sum(step.round, &vectors), sites.len(), metrics)?;
+    }
+    Ok(c)
+}
+
+fn heart_sites(spec: &medfed_federated::spec::StudySpec) -> Option<Vec<medfed_federated::run::SiteData>> {
+    let path = shared_dir().join("datasets/heart_disease_uci_4centres/heart_disease_4centres.csv");
+    let text = std::fs::read_to_string(&path).ok()?;
+    Some(
+        heart::centre_tables(&text)
+            .unwrap()
+            .iter()
+            .map(|(_, csv)| medfed_federated::run::SiteData::from_csv(csv, spec).unwrap())
+            .collect(),
+    )
+}
+
+#[test]
+fn a_whole_newton_run_from_site_tables_equals_pooled_training_and_evaluates_every_site() {
+    let spec = heart_spec("kind = \"newton-logistic\"");
+    let (Some(sites), Some(centres)) = (heart_sites(&spec), heart_centres()) else {
+        return;
+    };
+    let run = drive(&spec, &sites);
+    let result = run.result.clone().unwrap();
+    let pooled_rows = Design::concat(&centres.iter().map(|c| &c.train).collect::<Vec<_>>());
+    let pooled = regression::newton_fit(14, 0.0, 50, 1e-10, |beta| {
+        regression::logistic_site_step(&pooled_rows, beta, &OPEN)
+    })
+    .unwrap();
+    for (j, (a, b)) in result.params.iter().zip(&pooled.beta).enumerate() {
+        assert!((a - b).abs() < 1e-6, "coefficient {j}: {a} vs {b}");
+    }
+    let stages: Vec<&str> = run.history.iter().map(|r| r.stage.as_str()).collect();
+    assert_eq!(stages.first(), Some(&"moments"));
+    assert_eq!(stages.last(), Some(&"evaluate"));
+    // Per-site metrics equal what each centre computes on its own test rows.
+    let eval = result.evaluation.clone().unwrap();
+    for (i, c) in centres.iter().enumerate() {
+        let scores: Vec<f64> = c
+            .test
+            .x
+            .iter()
+            .map(|x| regression::predict_logistic(&result.params, x))
+            .collect();
+        let m = medfed_federated::eval::metrics(&scores, &c.test.y, 0.5, &OPEN).unwrap();
+        let got = eval.per_site[&format!("site-{i}")];
+        assert_eq!(got.n, m.n);
+        assert!((got.accuracy - m.accuracy).abs() < 1e-9);
+        assert!((got.auc - m.auc).abs() < 1e-9);
+    }
+    assert_eq!(eval.overall.n, 254, "FLamby's 104 + 89 + 16 + 45 test rows");
+    // The model travels as safetensors with the scaling.
+    let st = result.model_safetensors().unwrap();
+    let t = safetensors::SafeTensors::deserialize(&st).unwrap();
+    assert_eq!(t.tensor("params").unwrap().shape(), &[14]);
+    assert_eq!(t.tensor("feature_sd").unwrap().shape(), &[14]);
+}
+
+#[test]
+fn a_fedavg_run_equals_plain_fedavg_and_dp_changes_it_by_the_noise() {
+    let spec = heart_spec(
+        "kind = \"fedavg\"\nepochs = 2\nbatch_size = 8\nlearning_rate = 0.05\nseed = 7",
+    );
+    let (Some(sites), Some(centres)) = (heart_sites(&spec), heart_centres()) else {
+        return;
+    };
+    let mut spec = spec;
+    spec.run.rounds = 5;
+    let run = drive(&spec, &sites);
+    let designs: Vec<&Design> = centres.iter().map(|c| &c.train).collect();
+    let plain = plain_fedavg(&designs, 5, &spec.local_training());
+    for (a, b) in run.result.as_ref().unwrap().params.iter().zip(&plain) {
+        assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+    }
+    // With differential privacy the result moves, and the accountant reports epsilon.
+    let mut dp = spec.clone();
+    dp.privacy.dp = Some(medfed_federated::spec::DpSpec {
+        clip: 1.0,
+        noise_multiplier: 1.0,
+        delta: 1e-5,
+    });
+    let noisy = drive(&dp, &sites).result.unwrap();
+    let eps = noisy.epsilon.unwrap();
+    assert!(eps > 1.0 && eps < 100.0, "{eps}");
+    let moved = noisy
+        .params
+        .iter()
+        .zip(&plain)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(moved > 1e-3, "the noise must show: {moved}");
+}
+
+#[test]
+fn a_statistics_run_gives_pooled_means_and_quartiles() {
+    let mut spec = heart_spec("kind = \"statistics\"");
+    spec.data.features = vec!["age".into(), "chol".into()];
+    let Some(sites) = heart_sites(&spec) else {
+        return;
+    };
+    // A histogram cell under a site's minimum cell count never leaves it...
+    let e = drive_under(&spec, &sites, &OPEN).unwrap_err();
+    assert!(matches!(e, FederatedError::SmallCell { .. }), "{e}");
+    // ...and where cells may be small, pooled figures come out.
+    let rules = Disclosure {
+        min_rows: 10,
+        min_cell: 0,
+    };
+    let r = drive_under(&spec, &sites, &rules).unwrap().result.unwrap();
+    let ages: Vec<f64> = sites.iter().flat_map(|s| s.columns[0].clone()).collect();
+    let mean = ages.iter().sum::<f64>() / ages.len() as f64;
+    assert_eq!(r.statistics[0].n, ages.len() as u64);
+    assert!((r.statistics[0].mean - mean).abs() < 1e-6);
+    let mut sorted = ages.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    // Quartiles are exact to the histogram bin (8 sd / 20 bins wide).
+    assert!((r.statistics[0].median - median).abs() < 0.4 * r.statistics[0].sd);
+}
