@@ -11,8 +11,10 @@
 //! caller is a member of (the SQL form of `medfed_policy::visible`, so that paging counts only
 //! visible rows); the hub still asks `medfed_policy::decide` for every row it returns.
 
+mod runs;
 mod sites;
 
+pub use runs::Run;
 pub use sites::{Enrolment, Site, SiteCertificate, TASK_STATES, Task, task_is_final};
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -42,6 +44,7 @@ type Result<T> = std::result::Result<T, CatalogueError>;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_sites.sql")),
+    (3, include_str!("../migrations/0003_runs.sql")),
 ];
 
 pub fn now_ms() -> i64 {

@@ -26,6 +26,7 @@ pub mod eval;
 pub mod fedavg;
 pub mod heart;
 pub mod linalg;
+pub mod protocol;
 pub mod regression;
 pub mod run;
 pub mod secagg;

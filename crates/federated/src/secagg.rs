@@ -146,11 +146,11 @@ fn combine(shares: &[(u8, [u8; 32])]) -> [u8; 32] {
 
 /// One site's view of a round: its id, its keys, every participant's public key, and the Shamir
 /// shares of its self-mask seed (one per participant, made once).
-pub struct Masking<'a> {
+pub struct Masking {
     pub me: u32,
     pub round: u64,
     pub threshold: usize,
-    keys: &'a RoundKeys,
+    keys: RoundKeys,
     peers: BTreeMap<u32, [u8; 32]>,
     /// Every participant, ascending; a participant's Shamir x is its position + 1.
     participants: Vec<u32>,
@@ -159,7 +159,7 @@ pub struct Masking<'a> {
 
 /// What a survivor reveals for the hub to unmask: the pairwise seeds it shares with dropped
 /// sites, and its shares (at its x) of the surviving sites' self-mask seeds.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Reveal {
     pub x: u8,
     pub seeds: BTreeMap<u32, [u8; 32]>,
@@ -171,16 +171,16 @@ fn expand(seed: &[u8; 32], len: usize) -> Vec<u64> {
     (0..len).map(|_| rng.next_u64()).collect()
 }
 
-impl<'a> Masking<'a> {
+impl Masking {
     /// `participants`: every site of the round (this one included) with its public key;
     /// `threshold`: shares needed to rebuild a self-mask (at least 2, at most the sites).
     pub fn new(
         me: u32,
         round: u64,
-        keys: &'a RoundKeys,
+        keys: RoundKeys,
         participants: &BTreeMap<u32, [u8; 32]>,
         threshold: usize,
-    ) -> Result<Masking<'a>, FederatedError> {
+    ) -> Result<Masking, FederatedError> {
         if participants.get(&me) != Some(&keys.public) {
             return Err(err("this site's own key is not in the round"));
         }
@@ -195,6 +195,7 @@ impl<'a> Masking<'a> {
         }
         let mut peers = participants.clone();
         peers.remove(&me);
+        let shares = split(&keys.self_seed, participants.len(), threshold);
         Ok(Masking {
             me,
             round,
@@ -202,7 +203,7 @@ impl<'a> Masking<'a> {
             keys,
             peers,
             participants: participants.keys().copied().collect(),
-            shares: split(&keys.self_seed, participants.len(), threshold),
+            shares,
         })
     }
 
@@ -420,8 +421,10 @@ pub fn run_in_process(
         .enumerate()
         .map(|(i, k)| (i as u32, k.public))
         .collect();
-    let sites = (0..vectors.len())
-        .map(|i| Masking::new(i as u32, round, &keys[i], &publics, threshold))
+    let sites = keys
+        .into_iter()
+        .enumerate()
+        .map(|(i, k)| Masking::new(i as u32, round, k, &publics, threshold))
         .collect::<Result<Vec<_>, _>>()?;
     // Shares travel (encrypted) through the hub: inbox[to][from].
     let mut inbox: BTreeMap<u32, BTreeMap<u32, Vec<u8>>> = BTreeMap::new();

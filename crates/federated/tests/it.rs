@@ -206,7 +206,8 @@ fn the_hub_sees_noise_from_each_site_and_the_exact_sum_even_after_a_dropout() {
         .map(|(i, k)| (i as u32, k.public))
         .collect();
     let maskers: Vec<Masking> = (0..sites)
-        .map(|i| Masking::new(i as u32, 9, &keys[i], &publics, threshold).unwrap())
+        .zip(keys)
+        .map(|(i, k)| Masking::new(i as u32, 9, k, &publics, threshold).unwrap())
         .collect();
     let mut inbox: BTreeMap<u32, BTreeMap<u32, Vec<u8>>> = BTreeMap::new();
     for m in &maskers {
@@ -479,4 +480,19 @@ fn a_statistics_run_gives_pooled_means_and_quartiles() {
     let median = sorted[sorted.len() / 2];
     // Quartiles are exact to the histogram bin (8 sd / 20 bins wide).
     assert!((r.statistics[0].median - median).abs() < 0.4 * r.statistics[0].sd);
+}
+
+#[test]
+fn the_shipped_demo_tables_are_the_centres_of_the_source_table() {
+    let path = shared_dir().join("datasets/heart_disease_uci_4centres/heart_disease_4centres.csv");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        eprintln!("SKIPPED: {} is not present", path.display());
+        return;
+    };
+    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../medfed/demo-data/heart");
+    let files = ["cleveland", "hungary", "switzerland", "long_beach_va"];
+    for ((_, derived), file) in heart::centre_tables(&text).unwrap().iter().zip(files) {
+        let on_disk = std::fs::read_to_string(shipped.join(format!("{file}.csv"))).unwrap();
+        assert_eq!(&on_disk, derived, "{file}.csv");
+    }
 }

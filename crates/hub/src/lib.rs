@@ -19,6 +19,7 @@ mod dicomweb;
 pub mod jwks;
 pub mod keys;
 pub mod openapi;
+mod runs;
 mod sites;
 pub mod tls;
 
@@ -105,6 +106,8 @@ pub struct Hub {
     pub server_trust_pem: String,
     /// Bumped whenever a site's tasks or standing change, to wake its pending poll.
     pub(crate) site_events: watch::Sender<u64>,
+    /// The federated runs this process drives.
+    pub(crate) runs: runs::Registry,
     failpoint: Option<Failpoint>,
 }
 
@@ -166,6 +169,7 @@ impl Hub {
             ca,
             server_trust_pem,
             site_events: watch::channel(0).0,
+            runs: runs::Registry::default(),
             failpoint: Failpoint::from_env(),
         });
         let h = hub.recover().await?;
@@ -330,6 +334,10 @@ impl RunningHub {
 /// Open the hub and serve it over HTTPS (on the configured address; port 0 picks one).
 pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
     let hub = Hub::open(config).await?;
+    let resumed = runs::resume_all(&hub).await?;
+    if resumed > 0 {
+        tracing::info!(resumed, "federated runs resumed");
+    }
     let config = &hub.config;
     let (chain, key, ca_pem) = match (&config.tls.cert_file, &config.tls.key_file) {
         (Some(c), Some(k)) => {

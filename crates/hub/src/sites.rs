@@ -518,6 +518,11 @@ async fn report_task(
             &format!("{} {}", t.kind, detail).trim().to_string(),
         )?;
     }
+    if t.kind == "federated-learning" && matches!(b.status.as_str(), "failed" | "refused") {
+        if let Some(run) = t.params["run"].as_str() {
+            crate::runs::site_left(&hub, run, &site.id, &format!("{}: {detail}", b.status));
+        }
+    }
     hub.sites_changed();
     Ok(StatusCode::NO_CONTENT)
 }
@@ -690,6 +695,9 @@ async fn cancel_task(
             StatusCode::CONFLICT,
             "the task is finished already",
         ));
+    }
+    if let (true, Some(run)) = (t.kind == "federated-learning", t.params["run"].as_str()) {
+        crate::runs::site_left(&hub, run, &t.site_id, "its task was cancelled on the hub");
     }
     hub.sites_changed();
     Ok(StatusCode::NO_CONTENT)

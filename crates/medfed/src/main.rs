@@ -7,6 +7,7 @@ mod demo;
 mod hub_cmd;
 mod radiomics_cmd;
 mod site_cmd;
+mod study_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +48,9 @@ enum Command {
     /// Run the site node's parts that exist so far (the DICOM receiver).
     #[command(subcommand)]
     Site(site_cmd::SiteCommand),
+    /// Federated studies: submit a study spec to the hub and follow its run.
+    #[command(subcommand)]
+    Study(study_cmd::StudyCommand),
     /// Upload files to a dataset on the hub (chunked, resumable, checked by SHA-256).
     Upload(hub_cmd::UploadArgs),
     /// Write a synthetic DICOM set with planted identifying values (for tests and benchmarks).
@@ -107,6 +111,7 @@ fn main() -> ExitCode {
         Command::Hub(cmd) => hub_cmd::run(cmd),
         Command::Upload(args) => hub_cmd::upload(&args),
         Command::Site(cmd) => site_cmd::run(cmd),
+        Command::Study(cmd) => study_cmd::run(cmd),
     };
     match result {
         Ok(code) => code,

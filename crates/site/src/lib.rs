@@ -14,6 +14,7 @@ mod harvest;
 mod identity;
 mod inbox;
 mod node;
+mod participant;
 mod policy;
 mod scp;
 mod scu;

@@ -143,6 +143,21 @@ pub fn backoff(n: u32, max: Duration) -> Duration {
     Duration::from_millis(rand::random_range(ms / 4..=ms))
 }
 
+/// A federated-learning task's spec against the study's rules here, before any data is read.
+fn federated_check(sp: &crate::policy::StudyPolicy, params: &Value) -> Result<(), String> {
+    let text = params["spec"]
+        .as_str()
+        .ok_or("a federated-learning task needs params.spec")?;
+    if params["run"].as_str().is_none() {
+        return Err("a federated-learning task needs params.run".into());
+    }
+    let spec = medfed_federated::spec::StudySpec::from_toml(text).map_err(|e| e.to_string())?;
+    if spec.study != sp.id {
+        return Err(format!("the spec is for study {}, not {}", spec.study, sp.id));
+    }
+    sp.check_run(&spec)
+}
+
 /// Which way of working a task kind asks for.
 fn way_of(kind: &str) -> Option<WayOfWorking> {
     match kind {
@@ -153,26 +168,28 @@ fn way_of(kind: &str) -> Option<WayOfWorking> {
     }
 }
 
-struct Shared {
-    policy: SitePolicy,
-    options: NodeOptions,
+pub(crate) struct Shared {
+    pub(crate) policy: SitePolicy,
+    pub(crate) options: NodeOptions,
     inbox: Arc<Inbox>,
     audit: AuditLog,
     state_dir: PathBuf,
-    tasks: Mutex<BTreeMap<String, LocalTask>>,
+    pub(crate) tasks: Mutex<BTreeMap<String, LocalTask>>,
     status: Mutex<NodeStatus>,
     attempts: Mutex<BTreeMap<PathBuf, ItemFailure>>,
-    client: Mutex<HubClient>,
+    pub(crate) client: Mutex<HubClient>,
     identity: Mutex<SiteIdentity>,
     /// The registered tables as last described, with the (size, mtime) of each file then.
     tables: Mutex<(
         Vec<(u64, Option<std::time::SystemTime>)>,
         Vec<crate::tables::TableInfo>,
     )>,
-    stop: Arc<AtomicBool>,
+    pub(crate) stop: Arc<AtomicBool>,
+    /// Federated-learning tasks with a participant running in this process.
+    participating: Mutex<std::collections::BTreeSet<String>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -181,7 +198,7 @@ impl Shared {
         format!("site:{}", self.policy.organisation)
     }
 
-    fn audit(&self, action: &str, resource: String, outcome: &str) {
+    pub(crate) fn audit(&self, action: &str, resource: String, outcome: &str) {
         if let Err(e) = self.audit.append(Event {
             actor: self.actor(),
             on_behalf_of: None,
@@ -206,7 +223,7 @@ impl Shared {
         }
     }
 
-    fn set_task(&self, id: &str, status: &str, detail: &str) {
+    pub(crate) fn set_task(&self, id: &str, status: &str, detail: &str) {
         if let Some(t) = lock(&self.tasks).get_mut(id) {
             t.status = status.into();
             t.detail = detail.into();
@@ -253,6 +270,14 @@ impl Shared {
                         "awaiting-approval",
                         "waiting for approval at the site (medfed site approve)".into(),
                     ),
+                    (WayOfWorking::FederatedLearning, _) => match federated_check(sp, &params) {
+                        Err(refusal) => ("refused", refusal),
+                        Ok(()) if sp.auto_approve.contains(&way) => ("running", String::new()),
+                        Ok(()) => (
+                            "awaiting-approval",
+                            "waiting for approval at the site (medfed site approve)".into(),
+                        ),
+                    },
                     _ => (
                         "failed",
                         format!(
@@ -285,6 +310,21 @@ impl Shared {
             },
         );
         self.save_tasks();
+    }
+
+    /// Start a participant for every running federated-learning task that has none (after
+    /// approval, and after a restart of the node).
+    fn start_participants(self: &Arc<Self>) {
+        let due: Vec<LocalTask> = lock(&self.tasks)
+            .values()
+            .filter(|t| t.kind == "federated-learning" && t.status == "running")
+            .filter(|t| !lock(&self.participating).contains(&t.id))
+            .cloned()
+            .collect();
+        for t in due {
+            lock(&self.participating).insert(t.id.clone());
+            tokio::spawn(crate::participant::participate(self.clone(), t));
+        }
     }
 
     /// The harvest task of `study` that is running or waiting for approval, if any: the inbox
@@ -444,6 +484,7 @@ impl SiteNode {
                 identity: Mutex::new(identity),
                 tables: Mutex::new((Vec::new(), Vec::new())),
                 stop: Arc::new(AtomicBool::new(false)),
+                participating: Mutex::new(Default::default()),
             }),
             receiver,
         })
@@ -471,6 +512,7 @@ impl SiteNode {
         let harvest = tokio::spawn(harvest_loop(s.clone()));
         while !s.stop.load(Ordering::Relaxed) {
             s.apply_decisions();
+            s.start_participants();
             s.write_status();
             tokio::time::sleep(Duration::from_millis(500)).await;
         }

@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use medfed_federated::Disclosure;
+use medfed_federated::spec::{AlgorithmKind, StudySpec};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +53,98 @@ pub struct StudyPolicy {
     /// Task kinds that run without a person approving them (none by default).
     #[serde(default)]
     pub auto_approve: Vec<WayOfWorking>,
+    /// What federated runs of this study may do here.
+    #[serde(default)]
+    pub federated: FederatedPolicy,
+}
+
+/// The site's rules for federated runs (checked against every run's spec before any row is
+/// read, and again on every release).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederatedPolicy {
+    /// Algorithms allowed (default: every built-in one).
+    #[serde(default = "all_algorithms")]
+    pub algorithms: Vec<AlgorithmKind>,
+    /// The most rounds a run may ask for.
+    #[serde(default = "max_rounds")]
+    pub max_rounds: u64,
+    /// No count (histogram cell, cross-tab cell) below this leaves the site.
+    #[serde(default = "min_cell_count")]
+    pub min_cell_count: u64,
+    /// Refuse runs without differential privacy.
+    #[serde(default)]
+    pub require_dp: bool,
+    /// Refuse runs whose privacy cost exceeds this epsilon.
+    #[serde(default)]
+    pub max_epsilon: Option<f64>,
+    /// Runs with secure aggregation turned off are refused unless this is set.
+    #[serde(default)]
+    pub allow_without_secure_aggregation: bool,
+}
+
+fn all_algorithms() -> Vec<AlgorithmKind> {
+    vec![
+        AlgorithmKind::Statistics,
+        AlgorithmKind::NewtonLogistic,
+        AlgorithmKind::NewtonLinear,
+        AlgorithmKind::Fedavg,
+        AlgorithmKind::Fedprox,
+    ]
+}
+fn max_rounds() -> u64 {
+    1000
+}
+fn min_cell_count() -> u64 {
+    5
+}
+
+impl Default for FederatedPolicy {
+    fn default() -> Self {
+        FederatedPolicy {
+            algorithms: all_algorithms(),
+            max_rounds: max_rounds(),
+            min_cell_count: min_cell_count(),
+            require_dp: false,
+            max_epsilon: None,
+            allow_without_secure_aggregation: false,
+        }
+    }
+}
+
+impl StudyPolicy {
+    /// Whether a federated run may touch this site's data at all; the reason if not.
+    pub fn check_run(&self, spec: &StudySpec) -> Result<(), String> {
+        let f = &self.federated;
+        let kind = spec.algorithm.kind;
+        if !f.algorithms.contains(&kind) {
+            return Err(format!("algorithm {} is not allowed for this study here", kind.name()));
+        }
+        if spec.run.rounds > f.max_rounds {
+            return Err(format!(
+                "{} rounds asked, this site allows at most {}",
+                spec.run.rounds, f.max_rounds
+            ));
+        }
+        if !spec.privacy.secure_aggregation && !f.allow_without_secure_aggregation {
+            return Err("this site requires secure aggregation".into());
+        }
+        match (spec.epsilon(), f.require_dp, f.max_epsilon) {
+            (None, true, _) => Err("this site requires differential privacy".into()),
+            (Some(e), _, Some(max)) if e > max => Err(format!(
+                "the run's privacy cost epsilon = {e:.2} exceeds this site's maximum of {max}"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The disclosure rules releases of this study obey here.
+    pub fn disclosure(&self) -> Disclosure {
+        Disclosure {
+            min_rows: u64::from(self.min_count),
+            min_cell: self.federated.min_cell_count,
+        }
+    }
 }
 
 fn default_min_count() -> u32 {

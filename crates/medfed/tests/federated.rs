@@ -1,0 +1,334 @@
+//! Federated runs as hospitals run them, all as processes on 127.0.0.1: `medfed hub serve`,
+//! site nodes (`medfed site serve`) that each register one real centre's table of the UCI
+//! Heart Disease data (shipped in demo-data/, CC BY 4.0), and `medfed study run` submitting a
+//! study spec. Exactness against pooled training, results stored as a dataset, the sites'
+//! audit logs; then the bad days: a site whose policy refuses the run, a site that stalls
+//! mid-run, a site that dies, and a hub killed and restarted mid-run.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{Api, People, Server, SiteProc, free_port, hub_world, medfed, serve, wait_for};
+use medfed_federated::regression;
+use medfed_federated::run::SiteData;
+use medfed_federated::spec::StudySpec;
+use medfed_federated::table::{Design, standardise};
+use serde_json::Value;
+
+fn demo_table(centre: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("demo-data/heart/{centre}.csv"))
+}
+
+const FEATURES: &str = r#"["age", "sex", "cp=2", "cp=3", "cp=4", "trestbps", "chol", "fbs", "restecg=1", "restecg=2", "thalach", "exang", "oldpeak"]"#;
+
+fn spec(algorithm: &str, run: &str) -> String {
+    format!(
+        "study = \"study-a\"\ntitle = \"Heart disease\"\n[data]\ntable = \"heart\"\nlabel = \"target\"\nfeatures = {FEATURES}\nsplit = {{ column = \"flamby_split\" }}\n[algorithm]\n{algorithm}\n[run]\n{run}\n"
+    )
+}
+
+/// A site node of `org` holding one centre's table for study-a, with extra federated rules.
+fn heart_site(root: &Path, name: &str, org: &str, centre: &str, rules: &str) -> SiteProc {
+    let site = SiteProc::with_config(
+        root,
+        name,
+        &format!(
+            "organisation = \"{org}\"\n[storage]\ndir = \"data\"\nmin_free_disk_bytes = 0\n\
+             [[study]]\nid = \"study-a\"\nallow = [\"federated-learning\"]\nauto_approve = [\"federated-learning\"]\n\
+             [study.federated]\n{rules}\n[[table]]\nid = \"heart\"\nstudy = \"study-a\"\npath = \"heart.csv\"\n"
+        ),
+    );
+    std::fs::copy(demo_table(centre), site.dir.join("heart.csv")).unwrap();
+    site
+}
+
+/// Enrol and serve `sites`; wait until the hub lists their tables.
+fn bring_up(api: &Api, people: &People, url: &str, sites: &mut [SiteProc]) {
+    for (i, s) in sites.iter_mut().enumerate() {
+        let org = if i % 2 == 0 { "org1" } else { "org2" };
+        s.enroll(url, &api.enrolment_token(&people.coord, org));
+        s.serve();
+    }
+    wait_for(60, "every site's table at the hub", || {
+        let v = api.call(&people.coord, "GET", "/api/v1/studies/study-a/sites?limit=100", None);
+        let with_table = v["items"]
+            .as_array()?
+            .iter()
+            .filter(|s| s["state"]["tables"].as_array().is_some_and(|t| !t.is_empty()))
+            .count();
+        (with_table == sites.len()).then_some(())
+    });
+}
+
+/// `medfed study run --json`: the final run (Null if none was printed), stderr, success.
+fn study_run(d: &Path, port: u16, token: &str, spec_text: &str) -> (Value, String, bool) {
+    let path = d.join(format!("spec-{}.toml", rand_suffix()));
+    std::fs::write(&path, spec_text).unwrap();
+    let out = medfed()
+        .args(["study", "run", "--json", "--hub"])
+        .arg(format!("https://127.0.0.1:{port}"))
+        .arg("--ca")
+        .arg(d.join("data/tls/ca.pem"))
+        .arg(&path)
+        .env("MEDFED_TOKEN", token)
+        .output()
+        .unwrap();
+    (
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+        out.status.success(),
+    )
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// Pooled training on the union of the centres' training rows, standardised with the pooled
+/// mean and standard deviation: what federated Newton must equal.
+fn pooled_newton(centres: &[&str], spec_text: &str) -> Vec<f64> {
+    let spec = StudySpec::from_toml(spec_text).unwrap();
+    let parts: Vec<Design> = centres
+        .iter()
+        .map(|c| {
+            SiteData::from_csv(&std::fs::read_to_string(demo_table(c)).unwrap(), &spec)
+                .unwrap()
+                .train
+        })
+        .collect();
+    let mut pooled = Design::concat(&parts.iter().collect::<Vec<_>>());
+    let p = pooled.width();
+    let n = pooled.rows() as f64;
+    let (mut mean, mut sd) = (vec![0.0; p], vec![1.0; p]);
+    for j in 1..p {
+        mean[j] = pooled.x.iter().map(|x| x[j]).sum::<f64>() / n;
+        sd[j] = (pooled.x.iter().map(|x| (x[j] - mean[j]).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+    }
+    standardise(&mut pooled, &mean, &sd);
+    let rules = medfed_federated::Disclosure {
+        min_rows: 1,
+        min_cell: 1,
+    };
+    regression::newton_fit(p, 0.0, 50, 1e-10, |b| {
+        regression::logistic_site_step(&pooled, b, &rules)
+    })
+    .unwrap()
+    .beta
+}
+
+fn start(d: &Path, port: u16) -> Server {
+    serve(d, port, &d.join("hub.log"), None)
+}
+
+#[test]
+fn four_hospitals_train_exactly_what_pooled_training_gives_and_the_results_are_a_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    let people = hub_world(d, port, "");
+    let _hub = start(d, port);
+    let api = Api::new(d, port);
+    let url = format!("https://127.0.0.1:{port}");
+    let centres = ["cleveland", "hungary", "switzerland", "long_beach_va"];
+    let mut sites: Vec<SiteProc> = centres
+        .iter()
+        .enumerate()
+        .map(|(i, c)| heart_site(d, &format!("site{i}"), if i % 2 == 0 { "org1" } else { "org2" }, c, ""))
+        .collect();
+    bring_up(&api, &people, &url, &mut sites);
+
+    // A spec naming a column the sites do not have is refused before anything is sent.
+    let bad = spec("kind = \"newton-logistic\"", "rounds = 30").replace("\"oldpeak\"", "\"weight\"");
+    let (_, err, ok) = study_run(d, port, &people.coord, &bad);
+    assert!(!ok && err.contains("lacks column(s) weight"), "{err}");
+    // Researchers may not start runs.
+    let (_, err, ok) = study_run(d, port, &people.res_a, &spec("kind = \"newton-logistic\"", ""));
+    assert!(!ok && err.contains("403"), "a researcher must not start a run: {err}");
+
+    let text = spec("kind = \"newton-logistic\"", "rounds = 30\nround_timeout_s = 20");
+    let (view, err, ok) = study_run(d, port, &people.coord, &text);
+    if !ok {
+        for s in &sites {
+            let log = s.log();
+            eprintln!("--- {}:\n{}", s.dir.display(), &log[log.len().saturating_sub(3000)..]);
+        }
+        panic!("run failed: {view:#} {err}");
+    }
+    assert_eq!(view["status"], "done");
+    let params: Vec<f64> = view["result"]["params"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let pooled = pooled_newton(&centres, &text);
+    assert_eq!(params.len(), 14);
+    for (j, (a, b)) in params.iter().zip(&pooled).enumerate() {
+        assert!((a - b).abs() < 1e-6, "coefficient {j}: federated {a} vs pooled {b}");
+    }
+    // Every centre evaluated on its own test rows; the overall figures from the secure sum.
+    let eval = &view["result"]["evaluation"];
+    assert_eq!(eval["per_site"].as_object().unwrap().len(), 4);
+    assert_eq!(eval["overall"]["n"], 254);
+    let auc = eval["overall"]["auc"].as_f64().unwrap();
+    assert!(auc > 0.75 && auc < 1.0, "overall AUC {auc}");
+
+    // The results are a dataset of the study: model, results, spec, who ran it.
+    let ds = view["result_dataset"].as_str().unwrap();
+    let objects = api.call(&people.res_a, "GET", &format!("/api/v1/datasets/{ds}/objects"), None);
+    let items = objects["items"].as_array().unwrap();
+    let names: Vec<&str> = items.iter().map(|o| o["name"].as_str().unwrap()).collect();
+    for want in ["model.safetensors", "result.json", "spec.toml", "run.json"] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    let model_id = items
+        .iter()
+        .find(|o| o["name"] == "model.safetensors")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap();
+    let bytes = api.rt.block_on(async {
+        api.client(&people.res_a)
+            .request(
+                reqwest::Method::GET,
+                &format!("/api/v1/datasets/{ds}/objects/{model_id}"),
+            )
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+    });
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor("params").unwrap();
+    let from_file: Vec<f64> = t
+        .data()
+        .chunks(8)
+        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(from_file, params);
+    let run_json_id = items.iter().find(|o| o["name"] == "run.json").unwrap()["id"]
+        .as_str()
+        .unwrap();
+    let record = api.call(
+        &people.res_a,
+        "GET",
+        &format!("/api/v1/datasets/{ds}/objects/{run_json_id}"),
+        None,
+    );
+    assert!(record["submitted_by"].as_str().is_some_and(|s| !s.is_empty()));
+
+    // Each site recorded what it released, and its audit log verifies.
+    for s in &sites {
+        let audit = s.audit();
+        assert!(audit.contains("federated.release"), "{}", s.log());
+        assert!(audit.contains("masked"));
+        assert!(audit.contains("federated.finish"));
+        let key = medfed_audit::load_or_create_key(&s.dir.join("data/audit.key")).unwrap();
+        medfed_audit::verify(&s.dir.join("data/site.audit.jsonl"), &key.verifying_key()).unwrap();
+    }
+    // The sites' tasks ended done at the hub.
+    wait_for(30, "every site's task done", || {
+        let v = api.call(&people.coord, "GET", "/api/v1/studies/study-a/tasks?limit=100", None);
+        let tasks = v["items"].as_array()?.clone();
+        (tasks.iter().filter(|t| t["status"] == "done").count() == 4).then_some(())
+    });
+}
+
+#[cfg(unix)]
+fn signal(child: &std::process::Child, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+#[cfg(unix)]
+#[test]
+fn refusing_stalling_and_dying_sites_are_dropped_and_a_restarted_hub_resumes_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    let people = hub_world(d, port, "");
+    let mut hub = start(d, port);
+    let api = Api::new(d, port);
+    let url = format!("https://127.0.0.1:{port}");
+    let mut sites = vec![
+        heart_site(d, "steady1", "org1", "cleveland", ""),
+        heart_site(d, "steady2", "org2", "hungary", ""),
+        heart_site(d, "staller", "org1", "long_beach_va", ""),
+        heart_site(d, "doomed", "org2", "cleveland", ""),
+        // This hospital allows statistics only: it refuses the training run.
+        heart_site(d, "strict", "org1", "hungary", "algorithms = [\"statistics\"]"),
+    ];
+    bring_up(&api, &people, &url, &mut sites);
+    let text = spec(
+        "kind = \"fedavg\"\nlearning_rate = 0.05\nbatch_size = 16",
+        "rounds = 40\nmin_sites = 2\nround_timeout_s = 2\nstart_timeout_s = 30",
+    );
+    let path = d.join("fedavg.toml");
+    std::fs::write(&path, &text).unwrap();
+    let out = medfed()
+        .args(["study", "run", "--detach", "--hub", &url, "--ca"])
+        .arg(d.join("data/tls/ca.pem"))
+        .arg(&path)
+        .env("MEDFED_TOKEN", &people.coord)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let view = || api.call(&people.coord, "GET", &format!("/api/v1/studies/study-a/runs/{run}"), None);
+    let done_rounds = |v: &Value| v["training_rounds_done"].as_u64().unwrap_or(0);
+    let site_status = |v: &Value, i: usize| v["sites"][i]["status"].as_str().unwrap_or("").to_string();
+
+    // The strict site refused at once (its policy), and the run went on without it.
+    wait_for(30, "the strict site's refusal", || (site_status(&view(), 4) == "refused").then_some(()));
+    wait_for(60, "three rounds", || (done_rounds(&view()) >= 3).then_some(()));
+    // One site stalls (stopped, its connections open), another dies.
+    signal(sites[2].child.as_ref().unwrap(), "-STOP");
+    sites[3].child.as_mut().unwrap().kill().unwrap();
+    wait_for(30, "the stalled and the dead site dropped", || {
+        let v = view();
+        (site_status(&v, 2) == "dropped" && site_status(&v, 3) == "dropped").then_some(())
+    });
+    let before = wait_for(30, "two more rounds", || {
+        let v = view();
+        let r = done_rounds(&v);
+        (r >= 6).then_some(r)
+    });
+    // Kill the hub mid-run; a new hub process resumes from the last completed round (saved
+    // after each round, so at most the round in flight is redone).
+    hub.child.kill().unwrap();
+    hub.child.wait().unwrap();
+    hub = start(d, port);
+    let first = done_rounds(&view());
+    assert!(first + 1 >= before, "resumed at {first}, {before} rounds were done");
+    wait_for(60, "the run to move after the restart", || {
+        (done_rounds(&view()) > first).then_some(())
+    });
+    let final_view = wait_for(120, "the run to finish", || {
+        let v = view();
+        (v["status"] != "running" && v["status"] != "finishing").then_some(v)
+    });
+    assert_eq!(final_view["status"], "done", "{final_view:#}");
+    assert_eq!(final_view["training_rounds_done"], 40);
+    assert_eq!(site_status(&final_view, 0), "active");
+    assert_eq!(site_status(&final_view, 1), "active");
+    assert!(final_view["result_dataset"].as_str().is_some());
+    let hub_log = std::fs::read_to_string(d.join("data/audit/hub.audit.jsonl")).unwrap();
+    assert!(hub_log.contains("run.resume"), "the hub recorded the resumption");
+    assert!(hub_log.contains("run.site.dropped"));
+    assert!(hub_log.contains("run.site.refused"));
+    // The strict site never released anything.
+    let strict = sites[4].audit();
+    assert!(!strict.contains("federated.release"), "{strict}");
+    signal(sites[2].child.as_ref().unwrap(), "-CONT");
+    drop(hub);
+}

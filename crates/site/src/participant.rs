@@ -1,0 +1,267 @@
+//! The site's part in a federated run: read the registered table the spec selects, and for
+//! every step the hub asks for, check the site's rules, compute the release, mask it (secure
+//! aggregation) and send it; reveal what the protocol allows once the hub names the
+//! survivors. Every release and reveal is recorded in the site's audit log first. Rows never
+//! leave; the hub sees only masked vectors and the sum.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use medfed_federated::protocol::{Exchange, Instruction, SiteMessage};
+use medfed_federated::run::{SiteData, site_release};
+use medfed_federated::secagg::{Masking, RoundKeys};
+use medfed_federated::spec::StudySpec;
+use serde_json::json;
+
+use crate::node::{LocalTask, Shared, backoff, lock};
+
+/// How long one exchange may wait at the hub for the next instruction.
+const WAIT_MS: u64 = 20_000;
+
+/// The study spec, the site's data and rules for a task, or why the site cannot take part.
+fn prepare(s: &Shared, task: &LocalTask) -> Result<(StudySpec, SiteData), String> {
+    let spec = StudySpec::from_toml(task.params["spec"].as_str().unwrap_or_default())
+        .map_err(|e| e.to_string())?;
+    if spec.study != task.study {
+        return Err(format!("the spec is for study {}, not {}", spec.study, task.study));
+    }
+    let sp = s.policy.study(&task.study).map_err(|e| e.to_string())?;
+    sp.check_run(&spec)?;
+    let table = s
+        .policy
+        .tables
+        .iter()
+        .find(|t| t.id == spec.data.table && t.study == task.study)
+        .ok_or_else(|| format!("no table {:?} is registered for this study here", spec.data.table))?;
+    if table.path.extension().and_then(|e| e.to_str()) != Some("csv") {
+        return Err(format!(
+            "table {:?}: federated runs read CSV tables; export it as CSV",
+            table.id
+        ));
+    }
+    let text = std::fs::read_to_string(&table.path)
+        .map_err(|e| format!("table {:?} unreadable: {e}", table.id))?;
+    let data = SiteData::from_csv(&text, &spec).map_err(|e| format!("table {:?}: {e}", table.id))?;
+    Ok((spec, data))
+}
+
+fn running(s: &Shared, task: &str) -> bool {
+    !s.stop.load(Ordering::Relaxed)
+        && lock(&s.tasks)
+            .get(task)
+            .is_some_and(|t| t.status == "running")
+}
+
+fn set_progress(s: &Shared, task: &str, progress: serde_json::Value) {
+    if let Some(t) = lock(&s.tasks).get_mut(task) {
+        t.progress = progress;
+        t.reported = false;
+    }
+}
+
+/// Rules under which nothing can be released (used when the site leaves the run).
+fn nothing_leaves() -> medfed_federated::Disclosure {
+    medfed_federated::Disclosure {
+        min_rows: u64::MAX,
+        min_cell: u64::MAX,
+    }
+}
+
+/// Take part in the run of `task` until it finishes, fails, or the task stops here.
+pub(crate) async fn participate(s: Arc<Shared>, task: LocalTask) {
+    let run = task.params["run"].as_str().unwrap_or_default().to_string();
+    let resource = format!("study/{}/run/{run}", task.study);
+    let path = format!("/api/v1/site/runs/{run}/exchange");
+    let mut keys = RoundKeys::generate();
+    let (spec, data, rules, mut message) = match prepare(&s, &task) {
+        Ok((spec, data)) => {
+            let rules = s.policy.study(&task.study).map(|p| p.disclosure());
+            match rules {
+                Ok(rules) => (Some(spec), Some(data), rules, SiteMessage::Join { public: keys.public }),
+                Err(e) => (None, None, nothing_leaves(), SiteMessage::Refuse { reason: e.to_string() }),
+            }
+        }
+        Err(reason) => {
+            s.audit("federated.refuse", resource.clone(), &reason);
+            (None, None, nothing_leaves(), SiteMessage::Refuse { reason })
+        }
+    };
+    let mut masking: Option<Masking> = None;
+    let mut failures = 0u32;
+    while running(&s, &task.id) {
+        let client = lock(&s.client).clone();
+        let body = serde_json::to_value(Exchange {
+            message: message.clone(),
+            wait_ms: WAIT_MS,
+        })
+        .unwrap_or_default();
+        let answer = client.call(reqwest::Method::POST, &path, Some(body)).await;
+        let ins: Instruction = match answer.map(serde_json::from_value) {
+            Ok(Ok(ins)) => {
+                failures = 0;
+                ins
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(run, error = %e, "unreadable instruction from the hub");
+                tokio::time::sleep(backoff(failures, s.options.max_backoff)).await;
+                failures = failures.saturating_add(1);
+                Instruction::Wait
+            }
+            Err(e) => {
+                // The same message again after a pause: the hub takes each one once.
+                tracing::debug!(run, error = %e, "run exchange failed; retrying");
+                tokio::time::sleep(backoff(failures, s.options.max_backoff)).await;
+                failures = failures.saturating_add(1);
+                continue;
+            }
+        };
+        message = match ins {
+            Instruction::Wait => SiteMessage::Poll,
+            Instruction::Join => {
+                keys = RoundKeys::generate();
+                masking = None;
+                SiteMessage::Join { public: keys.public }
+            }
+            Instruction::Compute {
+                me,
+                step,
+                participants,
+                threshold,
+                secure,
+            } => {
+                let (Some(spec), Some(data)) = (&spec, &data) else {
+                    continue;
+                };
+                if secure && participants.get(&me) != Some(&keys.public) {
+                    // The hub holds a key this site no longer has (a restart): start over.
+                    keys = RoundKeys::generate();
+                    SiteMessage::Join { public: keys.public }
+                } else {
+                    match site_release(spec, data, &step, u64::from(me), &rules) {
+                        Err(e) => {
+                            let reason = format!("round {}: {e}", step.round);
+                            s.audit("federated.refuse", resource.clone(), &reason);
+                            SiteMessage::Refuse { reason }
+                        }
+                        Ok(release) => {
+                            let detail = format!(
+                                "round {} {}: {} values over {} rows{}",
+                                step.round,
+                                step.stage.name(),
+                                release.vector.len(),
+                                release.rows,
+                                if secure { ", masked" } else { ", unmasked (secure aggregation off)" },
+                            );
+                            s.audit("federated.release", resource.clone(), &detail);
+                            set_progress(
+                                &s,
+                                &task.id,
+                                json!({"round": step.round, "stage": step.stage.name()}),
+                            );
+                            if secure {
+                                let k = std::mem::replace(&mut keys, RoundKeys::generate());
+                                let masked = Masking::new(me, step.round, k, &participants, threshold)
+                                    .and_then(|m| {
+                                        let y = m.mask(&release.vector)?;
+                                        let shares = m.encrypted_shares()?;
+                                        masking = Some(m);
+                                        Ok((y, shares))
+                                    });
+                                match masked {
+                                    Ok((y, shares)) => SiteMessage::Release {
+                                        round: step.round,
+                                        masked: Some(y),
+                                        plain: None,
+                                        shares,
+                                        metrics: release.metrics,
+                                        next_public: None,
+                                    },
+                                    Err(e) => SiteMessage::Refuse {
+                                        reason: format!("round {}: {e}", step.round),
+                                    },
+                                }
+                            } else {
+                                keys = RoundKeys::generate();
+                                SiteMessage::Release {
+                                    round: step.round,
+                                    masked: None,
+                                    plain: Some(release.vector),
+                                    shares: Default::default(),
+                                    metrics: release.metrics,
+                                    next_public: Some(keys.public),
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            Instruction::Reveal {
+                round,
+                survivors,
+                dropped,
+                shares,
+            } => {
+                let min = spec.as_ref().map_or(2, |s| s.run.min_sites);
+                let revealed = match masking.as_ref().filter(|m| m.round == round) {
+                    None => Err("no masking state for this round (restarted?)".to_string()),
+                    Some(m) => m.reveal(&survivors, &dropped, &shares, min).map_err(|e| e.to_string()),
+                };
+                match revealed {
+                    Ok(reveal) => {
+                        s.audit(
+                            "federated.reveal",
+                            resource.clone(),
+                            &format!(
+                                "round {round}: self-mask shares for sites {survivors:?}, pairwise seeds for dropped sites {dropped:?}"
+                            ),
+                        );
+                        masking = None;
+                        keys = RoundKeys::generate();
+                        SiteMessage::Reveal {
+                            round,
+                            reveal,
+                            next_public: keys.public,
+                        }
+                    }
+                    Err(e) => {
+                        // Refusing to reveal keeps this site's update masked; the hub
+                        // redoes the round without it.
+                        s.audit("federated.reveal-refused", resource.clone(), &e);
+                        masking = None;
+                        keys = RoundKeys::generate();
+                        SiteMessage::Join { public: keys.public }
+                    }
+                }
+            }
+            Instruction::Finished { detail } => {
+                s.audit("federated.finish", resource.clone(), &detail);
+                s.set_task(&task.id, "done", &detail);
+                return;
+            }
+            Instruction::Stop { detail } => {
+                s.audit("federated.stop", resource.clone(), &detail);
+                s.set_task(&task.id, "failed", &detail);
+                return;
+            }
+        };
+        tokio::task::yield_now().await;
+    }
+    if lock(&s.tasks).get(&task.id).is_some_and(|t| t.status == "running") {
+        // The node is stopping: the task stays running and resumes at the next start.
+        return;
+    }
+    // Cancelled or rejected here meanwhile: tell the hub this site leaves.
+    let client = lock(&s.client).clone();
+    let leave = Exchange {
+        message: SiteMessage::Refuse {
+            reason: "the task was stopped at the site".into(),
+        },
+        wait_ms: 0,
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.call(reqwest::Method::POST, &path, serde_json::to_value(leave).ok()),
+    )
+    .await;
+}
