@@ -621,3 +621,55 @@ fn overall(b: &BinnedScores, per_site: &BTreeMap<String, Metrics>) -> Overall {
         }),
     }
 }
+
+/// For comparison only (the rows of every site in one place, which a federated run never
+/// does): logistic regression by Newton on the pooled training rows of `sites`, standardised
+/// with `scaling`, or else with the pooled mean and standard deviation of those rows. Returns
+/// the coefficients and the scaling used.
+pub fn pooled_newton(
+    spec: &StudySpec,
+    sites: &[SiteData],
+    scaling: Option<&Scaling>,
+) -> Result<(Vec<f64>, Scaling), FederatedError> {
+    let pooled = Design::concat(&sites.iter().map(|s| &s.train).collect::<Vec<_>>());
+    let (p, n) = (pooled.width(), pooled.rows() as f64);
+    let s = match scaling {
+        Some(s) => s.clone(),
+        None => {
+            let mut s = Scaling {
+                mean: vec![0.0; p],
+                sd: vec![1.0; p],
+            };
+            if spec.data.standardise {
+                for j in 1..p {
+                    let col = pooled.x.iter().map(|x| x[j]);
+                    s.mean[j] = col.clone().sum::<f64>() / n;
+                    s.sd[j] =
+                        (col.map(|v| (v - s.mean[j]).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+                }
+            }
+            s
+        }
+    };
+    let d = scaled(&pooled, &Some(s.clone()));
+    let open = Disclosure {
+        min_rows: 0,
+        min_cell: 0,
+    };
+    let fit = regression::newton_fit(p, spec.algorithm.ridge, 100, spec.algorithm.tolerance, |b| {
+        regression::logistic_site_step(&d, b, &open)
+    })?;
+    Ok((fit.beta, s))
+}
+
+/// Accuracy (threshold 0.5) of a model on one site's test rows, for comparisons.
+pub fn test_accuracy(spec: &StudySpec, params: &[f64], scaling: &Option<Scaling>, site: &SiteData) -> f64 {
+    let d = scaled(&site.test, scaling);
+    let scores = predict_all(spec, params, &d);
+    let right = scores
+        .iter()
+        .zip(&d.y)
+        .filter(|(s, y)| (**s >= 0.5) == (**y > 0.5))
+        .count();
+    right as f64 / d.rows().max(1) as f64
+}

@@ -496,3 +496,29 @@ fn the_shipped_demo_tables_are_the_centres_of_the_source_table() {
         assert_eq!(&on_disk, derived, "{file}.csv");
     }
 }
+
+#[test]
+fn each_demo_centre_alone_and_all_pooled_fit_with_a_light_ridge_on_the_pooled_scaling() {
+    let mut spec = heart_spec("kind = \"newton-logistic\"\nridge = 0.001");
+    spec.run.rounds = 50;
+    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../medfed/demo-data/heart");
+    let sites: Vec<medfed_federated::run::SiteData> = ["cleveland", "hungary", "switzerland", "long_beach_va"]
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(shipped.join(format!("{f}.csv"))).unwrap();
+            medfed_federated::run::SiteData::from_csv(&text, &spec).unwrap()
+        })
+        .collect();
+    // Each centre alone on the pooled scaling (FLamby's comparison).
+    let (_, scaling) = medfed_federated::run::pooled_newton(&spec, &sites, None).unwrap();
+    for (i, s) in sites.iter().enumerate() {
+        let positives = s.train.y.iter().filter(|y| **y > 0.5).count();
+        if positives == s.train.rows() {
+            // Switzerland's 30 training rows are all diseased: no model separates one class.
+            assert_eq!(i, 2);
+            continue;
+        }
+        let r = medfed_federated::run::pooled_newton(&spec, std::slice::from_ref(s), Some(&scaling));
+        assert!(r.is_ok(), "centre {i}: {r:?}");
+    }
+}

@@ -615,6 +615,9 @@ async fn drive(hub: Arc<Hub>, h: Arc<RunHandle>) {
         h.notify();
         let over = save(&hub, &h).await;
         if over {
+            // Saved, results stored: wake whoever follows the run.
+            lock(&h.state).changed();
+            h.notify();
             return;
         }
     }

@@ -4,6 +4,7 @@
 mod audit_cmd;
 mod deid_cmd;
 mod demo;
+mod demo_federated;
 mod hub_cmd;
 mod radiomics_cmd;
 mod site_cmd;
