@@ -294,6 +294,30 @@ pub const ROUTES: &[Route] = &[
     ),
     r(
         "GET",
+        "/api/v1/studies/{study}/runs",
+        "Federated runs of the study",
+        None,
+    ),
+    r(
+        "POST",
+        "/api/v1/studies/{study}/runs",
+        "Start a federated run from a study spec (TOML in `spec`; study coordinator); the study's sites get a federated-learning task",
+        JSON,
+    ),
+    r(
+        "GET",
+        "/api/v1/studies/{study}/runs/{run}",
+        "A run: round, stage, sites, history, results (`after` + `wait_s`: long poll for a change)",
+        None,
+    ),
+    r(
+        "POST",
+        "/api/v1/site/runs/{run}/exchange",
+        "Site (mutual TLS): one step of a federated run (key, masked release, reveal); answers with the site's next instruction",
+        JSON,
+    ),
+    r(
+        "GET",
         "/api/v1/sites",
         "All enrolled sites (platform admin)",
         None,

@@ -354,6 +354,29 @@ const ROWS: &[Row] = &[
         true,
         COORDINATOR_OF_A,
     ),
+    row("GET", "/api/v1/studies/study-a/runs", None, false, MEMBERS_OF_A),
+    row(
+        "POST",
+        "/api/v1/studies/study-a/runs",
+        // Allowed for the coordinator, then refused: the world's site has no table.
+        Some(r#"{"spec": "study = \"study-a\"\n[data]\ntable = \"t\"\nlabel = \"y\"\nfeatures = [\"x\"]\n[algorithm]\nkind = \"fedavg\"\n"}"#),
+        false,
+        [401, 404, 403, 422, 403, 404, 403, 403, 403, 403, 404],
+    ),
+    row(
+        "GET",
+        "/api/v1/studies/study-a/runs/no-such-run",
+        None,
+        false,
+        [401, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404],
+    ),
+    row(
+        "POST",
+        "/api/v1/site/runs/no-such-run/exchange",
+        Some(r#"{"message": "poll", "wait_ms": 0}"#),
+        false,
+        SITES_ONLY,
+    ),
     row("GET", "/api/v1/sites", None, false, ADMIN_ONLY),
     row(
         "POST",
