@@ -111,8 +111,19 @@ pub fn standardise_federated(
 /// made from, `target` and `flamby_split`): what one hospital's site node would register.
 pub fn centre_tables(csv_text: &str) -> Result<Vec<(&'static str, String)>, FederatedError> {
     const KEEP: [&str; 13] = [
-        "age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach", "exang", "oldpeak",
-        "target", "flamby_kept", "flamby_split",
+        "age",
+        "sex",
+        "cp",
+        "trestbps",
+        "chol",
+        "fbs",
+        "restecg",
+        "thalach",
+        "exang",
+        "oldpeak",
+        "target",
+        "flamby_kept",
+        "flamby_split",
     ];
     let mut lines = csv_text.lines();
     let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
@@ -124,7 +135,11 @@ pub fn centre_tables(csv_text: &str) -> Result<Vec<(&'static str, String)>, Fede
     };
     let picks = KEEP.iter().map(|k| col(k)).collect::<Result<Vec<_>, _>>()?;
     let (centre, kept) = (col("centre_id")?, col("flamby_kept")?);
-    let out_columns: Vec<&str> = KEEP.iter().copied().filter(|k| *k != "flamby_kept").collect();
+    let out_columns: Vec<&str> = KEEP
+        .iter()
+        .copied()
+        .filter(|k| *k != "flamby_kept")
+        .collect();
     let mut tables: Vec<(&'static str, String)> = CENTRES
         .iter()
         .map(|(_, name)| (*name, format!("{}\n", out_columns.join(","))))

@@ -148,7 +148,11 @@ pub fn site_release(
             rules.check_rows(n)?;
             let mut v = vec![n as f64];
             v.extend(data.columns.iter().map(|c| c.iter().sum::<f64>()));
-            v.extend(data.columns.iter().map(|c| c.iter().map(|x| x * x).sum::<f64>()));
+            v.extend(
+                data.columns
+                    .iter()
+                    .map(|c| c.iter().map(|x| x * x).sum::<f64>()),
+            );
             (v, None, n)
         }
         Stage::Histogram { edges } => {
@@ -157,7 +161,11 @@ pub fn site_release(
             }
             let mut v = Vec::new();
             for (c, e) in data.columns.iter().zip(edges) {
-                v.extend(stats::site_histogram(c, e, rules)?.iter().map(|&k| k as f64));
+                v.extend(
+                    stats::site_histogram(c, e, rules)?
+                        .iter()
+                        .map(|&k| k as f64),
+                );
             }
             (v, None, data.train.rows() as u64)
         }
@@ -217,11 +225,11 @@ pub fn site_release(
 
 fn predict_all(spec: &StudySpec, params: &[f64], d: &Design) -> Vec<f64> {
     match spec.algorithm.kind {
-        AlgorithmKind::NewtonLogistic => d
-            .x
-            .iter()
-            .map(|x| regression::predict_logistic(params, x))
-            .collect(),
+        AlgorithmKind::NewtonLogistic => {
+            d.x.iter()
+                .map(|x| regression::predict_logistic(params, x))
+                .collect()
+        }
         _ => {
             let m = spec.model_kind();
             d.x.iter().map(|x| m.predict(params, x)).collect()
@@ -347,8 +355,7 @@ fn shape(msg: String) -> FederatedError {
 
 impl Coordinator {
     pub fn new(spec: StudySpec) -> Coordinator {
-        let first = if spec.data.standardise || spec.algorithm.kind == AlgorithmKind::Statistics
-        {
+        let first = if spec.data.standardise || spec.algorithm.kind == AlgorithmKind::Statistics {
             Stage::Moments
         } else {
             Self::first_training(&spec)
@@ -496,12 +503,16 @@ impl Coordinator {
                     record.loss = Some(total.loss / total.n as f64);
                 }
                 let (next, done) = if spec.algorithm.kind == AlgorithmKind::NewtonLinear {
-                    (regression::linear_solve(&total, spec.algorithm.ridge)?, true)
+                    (
+                        regression::linear_solve(&total, spec.algorithm.ridge)?,
+                        true,
+                    )
                 } else {
                     let b = regression::newton_update(beta, &total, spec.algorithm.ridge)?;
                     let change = max_change(beta, &b);
                     record.change = Some(change);
-                    let done = change < spec.algorithm.tolerance || iteration + 1 >= spec.run.rounds;
+                    let done =
+                        change < spec.algorithm.tolerance || iteration + 1 >= spec.run.rounds;
                     (b, done)
                 };
                 if done {
@@ -517,7 +528,11 @@ impl Coordinator {
                 let total = WeightedUpdate::from_vec(sum)?;
                 let next = fedavg::average(&total)?;
                 if next.len() != params.len() {
-                    return Err(shape(format!("{} parameters, not {}", next.len(), params.len())));
+                    return Err(shape(format!(
+                        "{} parameters, not {}",
+                        next.len(),
+                        params.len()
+                    )));
                 }
                 record.change = Some(max_change(params, &next));
                 if iteration + 1 >= spec.run.rounds {
@@ -608,7 +623,13 @@ fn overall(b: &BinnedScores, per_site: &BTreeMap<String, Metrics>) -> Overall {
     let tn: u64 = b.negatives[..half].iter().sum();
     let fp: u64 = b.negatives[half..].iter().sum();
     let n = tp + fneg + tn + fp;
-    let ratio = |a: u64, d: u64| if d == 0 { f64::NAN } else { a as f64 / d as f64 };
+    let ratio = |a: u64, d: u64| {
+        if d == 0 {
+            f64::NAN
+        } else {
+            a as f64 / d as f64
+        }
+    };
     Overall {
         n,
         accuracy: ratio(tp + tn, n),
@@ -616,9 +637,8 @@ fn overall(b: &BinnedScores, per_site: &BTreeMap<String, Metrics>) -> Overall {
         specificity: ratio(tn, tn + fp),
         auc: b.auc(),
         calibration: b.calibration(),
-        mean_site_accuracy: (!per_site.is_empty()).then(|| {
-            per_site.values().map(|m| m.accuracy).sum::<f64>() / per_site.len() as f64
-        }),
+        mean_site_accuracy: (!per_site.is_empty())
+            .then(|| per_site.values().map(|m| m.accuracy).sum::<f64>() / per_site.len() as f64),
     }
 }
 
@@ -656,14 +676,23 @@ pub fn pooled_newton(
         min_rows: 0,
         min_cell: 0,
     };
-    let fit = regression::newton_fit(p, spec.algorithm.ridge, 100, spec.algorithm.tolerance, |b| {
-        regression::logistic_site_step(&d, b, &open)
-    })?;
+    let fit = regression::newton_fit(
+        p,
+        spec.algorithm.ridge,
+        100,
+        spec.algorithm.tolerance,
+        |b| regression::logistic_site_step(&d, b, &open),
+    )?;
     Ok((fit.beta, s))
 }
 
 /// Accuracy (threshold 0.5) of a model on one site's test rows, for comparisons.
-pub fn test_accuracy(spec: &StudySpec, params: &[f64], scaling: &Option<Scaling>, site: &SiteData) -> f64 {
+pub fn test_accuracy(
+    spec: &StudySpec,
+    params: &[f64],
+    scaling: &Option<Scaling>,
+    site: &SiteData,
+) -> f64 {
     let d = scaled(&site.test, scaling);
     let scores = predict_all(spec, params, &d);
     let right = scores

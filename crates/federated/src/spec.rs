@@ -336,8 +336,7 @@ impl StudySpec {
                     "differential privacy applies to fedavg/fedprox updates",
                 ));
             }
-            if !(dp.clip > 0.0 && dp.noise_multiplier > 0.0 && dp.delta > 0.0 && dp.delta < 1.0)
-            {
+            if !(dp.clip > 0.0 && dp.noise_multiplier > 0.0 && dp.delta > 0.0 && dp.delta < 1.0) {
                 return Err(invalid(
                     "dp needs clip > 0, noise_multiplier > 0, 0 < delta < 1",
                 ));
@@ -415,9 +414,16 @@ kind = "fedavg"
             (format!("{SPEC}mu = 0.1\n"), "fedprox"),
             (SPEC.replace("\"sex\"", "\"target\""), "label is also"),
             (format!("{SPEC}[run]\nmin_sites = 1\n"), "at least 2"),
-            (SPEC.replace("fedavg", "newton-logistic") + "[privacy.dp]\nclip = 1.0\nnoise_multiplier = 1.0\n", "fedavg/fedprox"),
+            (
+                SPEC.replace("fedavg", "newton-logistic")
+                    + "[privacy.dp]\nclip = 1.0\nnoise_multiplier = 1.0\n",
+                "fedavg/fedprox",
+            ),
             (format!("{SPEC}colour = 1\n"), "unknown field"),
-            (SPEC.replace("fedavg", "gradient-boosting"), "unknown variant"),
+            (
+                SPEC.replace("fedavg", "gradient-boosting"),
+                "unknown variant",
+            ),
         ];
         for (text, want) in cases {
             let e = StudySpec::from_toml(&text).unwrap_err().to_string();
@@ -433,7 +439,10 @@ kind = "fedavg"
             let b = (1.0f64 / delta).ln();
             let closed = a + 2.0 * (a * b).sqrt();
             let eps = gaussian_epsilon(sigma, rounds, delta);
-            assert!(eps >= closed - 1e-9 && eps < closed * 1.01, "{eps} vs {closed}");
+            assert!(
+                eps >= closed - 1e-9 && eps < closed * 1.01,
+                "{eps} vs {closed}"
+            );
         }
         // More noise, less epsilon; more rounds, more.
         assert!(gaussian_epsilon(2.0, 20, 1e-5) < gaussian_epsilon(1.0, 20, 1e-5));

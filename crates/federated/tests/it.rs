@@ -366,7 +366,9 @@ fn drive_under(
     Ok(c)
 }
 
-fn heart_sites(spec: &medfed_federated::spec::StudySpec) -> Option<Vec<medfed_federated::run::SiteData>> {
+fn heart_sites(
+    spec: &medfed_federated::spec::StudySpec,
+) -> Option<Vec<medfed_federated::run::SiteData>> {
     let path = shared_dir().join("datasets/heart_disease_uci_4centres/heart_disease_4centres.csv");
     let text = std::fs::read_to_string(&path).ok()?;
     Some(
@@ -422,9 +424,8 @@ fn a_whole_newton_run_from_site_tables_equals_pooled_training_and_evaluates_ever
 
 #[test]
 fn a_fedavg_run_equals_plain_fedavg_and_dp_changes_it_by_the_noise() {
-    let spec = heart_spec(
-        "kind = \"fedavg\"\nepochs = 2\nbatch_size = 8\nlearning_rate = 0.05\nseed = 7",
-    );
+    let spec =
+        heart_spec("kind = \"fedavg\"\nepochs = 2\nbatch_size = 8\nlearning_rate = 0.05\nseed = 7");
     let (Some(sites), Some(centres)) = (heart_sites(&spec), heart_centres()) else {
         return;
     };
@@ -502,13 +503,14 @@ fn each_demo_centre_alone_and_all_pooled_fit_with_a_light_ridge_on_the_pooled_sc
     let mut spec = heart_spec("kind = \"newton-logistic\"\nridge = 0.001");
     spec.run.rounds = 50;
     let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../medfed/demo-data/heart");
-    let sites: Vec<medfed_federated::run::SiteData> = ["cleveland", "hungary", "switzerland", "long_beach_va"]
-        .iter()
-        .map(|f| {
-            let text = std::fs::read_to_string(shipped.join(format!("{f}.csv"))).unwrap();
-            medfed_federated::run::SiteData::from_csv(&text, &spec).unwrap()
-        })
-        .collect();
+    let sites: Vec<medfed_federated::run::SiteData> =
+        ["cleveland", "hungary", "switzerland", "long_beach_va"]
+            .iter()
+            .map(|f| {
+                let text = std::fs::read_to_string(shipped.join(format!("{f}.csv"))).unwrap();
+                medfed_federated::run::SiteData::from_csv(&text, &spec).unwrap()
+            })
+            .collect();
     // Each centre alone on the pooled scaling (FLamby's comparison).
     let (_, scaling) = medfed_federated::run::pooled_newton(&spec, &sites, None).unwrap();
     for (i, s) in sites.iter().enumerate() {
@@ -518,7 +520,8 @@ fn each_demo_centre_alone_and_all_pooled_fit_with_a_light_ridge_on_the_pooled_sc
             assert_eq!(i, 2);
             continue;
         }
-        let r = medfed_federated::run::pooled_newton(&spec, std::slice::from_ref(s), Some(&scaling));
+        let r =
+            medfed_federated::run::pooled_newton(&spec, std::slice::from_ref(s), Some(&scaling));
         assert!(r.is_ok(), "centre {i}: {r:?}");
     }
 }

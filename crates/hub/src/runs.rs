@@ -154,8 +154,10 @@ impl RunState {
         if s.status == "active" {
             s.status = status.into();
             s.detail = detail.clone();
-            self.events
-                .push((format!("run.site.{status}"), format!("{}: {detail}", s.site_id)));
+            self.events.push((
+                format!("run.site.{status}"),
+                format!("{}: {detail}", s.site_id),
+            ));
             self.dirty = true;
         }
     }
@@ -461,7 +463,10 @@ impl RunState {
                     .copied()
                     .filter(|i| !reveals.contains_key(i) && active.contains(i))
                     .collect();
-                let gone = survivors.iter().filter(|i| !reveals.contains_key(i)).count();
+                let gone = survivors
+                    .iter()
+                    .filter(|i| !reveals.contains_key(i))
+                    .count();
                 if !missing.is_empty() && !late {
                     self.phase = Phase::Reveal {
                         step,
@@ -522,7 +527,11 @@ impl RunState {
         }
         self.events.push((
             "run.round".into(),
-            format!("round {} ({}) aggregated over {sites} sites", step.round, step.stage.name()),
+            format!(
+                "round {} ({}) aggregated over {sites} sites",
+                step.round,
+                step.stage.name()
+            ),
         ));
         self.dirty = true;
         if self.saved.coordinator.step.is_none() {
@@ -655,7 +664,13 @@ async fn save(hub: &Arc<Hub>, h: &Arc<RunHandle>) -> bool {
                 tracing::error!(run = %id, error = %e, "storing the run's results failed");
                 let r = hub
                     .catalogue
-                    .update_run(&id, "failed", &format!("results could not be stored: {e}"), &state, None)
+                    .update_run(
+                        &id,
+                        "failed",
+                        &format!("results could not be stored: {e}"),
+                        &state,
+                        None,
+                    )
                     .await;
                 if let Err(e) = r {
                     tracing::error!(run = %id, error = %e, "saving the run failed");
@@ -678,7 +693,12 @@ async fn save(hub: &Arc<Hub>, h: &Arc<RunHandle>) -> bool {
 /// The results as a dataset of the study: `model.safetensors` (when there is a model),
 /// `result.json` (metrics, statistics, rounds, sites, timings), `spec.toml`, `run.json` (who
 /// ran it, when).
-async fn store_results(hub: &Arc<Hub>, id: &str, study: &str, saved: &Saved) -> Result<String, String> {
+async fn store_results(
+    hub: &Arc<Hub>,
+    id: &str,
+    study: &str,
+    saved: &Saved,
+) -> Result<String, String> {
     let run = hub
         .catalogue
         .run(id)
@@ -691,7 +711,11 @@ async fn store_results(hub: &Arc<Hub>, id: &str, study: &str, saved: &Saved) -> 
         .await
         .map_err(|e| e.to_string())?
         .ok_or("the study is gone")?;
-    let creator = hub.catalogue.user(&run.created_by).await.map_err(|e| e.to_string())?;
+    let creator = hub
+        .catalogue
+        .user(&run.created_by)
+        .await
+        .map_err(|e| e.to_string())?;
     let owner = creator
         .organisation
         .filter(|o| s.organisations.contains(o))
@@ -708,7 +732,11 @@ async fn store_results(hub: &Arc<Hub>, id: &str, study: &str, saved: &Saved) -> 
         title: format!(
             "Federated run {id}: {} ({})",
             result.algorithm,
-            if saved.coordinator.spec.title.is_empty() { study } else { &saved.coordinator.spec.title }
+            if saved.coordinator.spec.title.is_empty() {
+                study
+            } else {
+                &saved.coordinator.spec.title
+            }
         ),
         licence: "study terms".into(),
         provenance: Provenance {
@@ -752,7 +780,11 @@ async fn store_results(hub: &Arc<Hub>, id: &str, study: &str, saved: &Saved) -> 
             .unwrap_or_default(),
         ),
         ("spec.toml", "application/toml", run.spec.into_bytes()),
-        ("run.json", "application/json", serde_json::to_vec_pretty(&record).unwrap_or_default()),
+        (
+            "run.json",
+            "application/json",
+            serde_json::to_vec_pretty(&record).unwrap_or_default(),
+        ),
     ];
     if let Some(model) = result.model_safetensors() {
         objects.insert(0, ("model.safetensors", "application/octet-stream", model));
@@ -782,7 +814,10 @@ async fn store_results(hub: &Arc<Hub>, id: &str, study: &str, saved: &Saved) -> 
     .await
     .map_err(|e| e.to_string())?;
     for e in &entries {
-        hub.catalogue.add_object(e, None).await.map_err(|e| e.to_string())?;
+        hub.catalogue
+            .add_object(e, None)
+            .await
+            .map_err(|e| e.to_string())?;
     }
     Ok(dataset_id)
 }
@@ -806,7 +841,12 @@ pub(crate) fn site_left(hub: &Hub, run: &str, site: &str, detail: &str) {
     {
         let mut st = lock(&h.state);
         if let Some(i) = st.saved.sites.iter().position(|x| x.site_id == site) {
-            st.apply(i as u32, SiteMessage::Refuse { reason: detail.to_string() });
+            st.apply(
+                i as u32,
+                SiteMessage::Refuse {
+                    reason: detail.to_string(),
+                },
+            );
         }
     }
     h.notify();
@@ -828,7 +868,13 @@ pub(crate) async fn resume_all(hub: &Arc<Hub>) -> Result<usize, crate::HubError>
             Ok(s) => s,
             Err(e) => {
                 hub.catalogue
-                    .update_run(&run.id, "failed", &format!("saved state unreadable: {e}"), &run.state, None)
+                    .update_run(
+                        &run.id,
+                        "failed",
+                        &format!("saved state unreadable: {e}"),
+                        &run.state,
+                        None,
+                    )
                     .await?;
                 continue;
             }
@@ -899,7 +945,10 @@ fn table_problem(site: &medfed_catalogue::Site, study: &str, spec: &StudySpec) -
     if let Some(s) = &spec.data.split {
         wanted.push(&s.column);
     }
-    let missing: Vec<&str> = wanted.into_iter().filter(|w| !columns.contains(w)).collect();
+    let missing: Vec<&str> = wanted
+        .into_iter()
+        .filter(|w| !columns.contains(w))
+        .collect();
     (!missing.is_empty()).then(|| {
         format!(
             "site {}'s table {:?} lacks column(s) {}",
@@ -916,7 +965,11 @@ async fn create_run(
     Path(study): Path<String>,
     JsonBody(b): JsonBody<NewRun>,
 ) -> ApiResult<impl IntoResponse> {
-    require(&c.principal, Action::ManageStudy, &study_resource(&c, &study).await)?;
+    require(
+        &c.principal,
+        Action::ManageStudy,
+        &study_resource(&c, &study).await,
+    )?;
     let s = hub
         .catalogue
         .study(&study)
@@ -931,18 +984,26 @@ async fn create_run(
     }
     let enrolled = hub
         .catalogue
-        .list_sites(Some(&s.organisations), medfed_catalogue::Page { limit: 1000, offset: 0 })
+        .list_sites(
+            Some(&s.organisations),
+            medfed_catalogue::Page {
+                limit: 1000,
+                offset: 0,
+            },
+        )
         .await?;
-    let enrolled: Vec<_> = enrolled.into_iter().filter(|x| x.revoked_ms.is_none()).collect();
+    let enrolled: Vec<_> = enrolled
+        .into_iter()
+        .filter(|x| x.revoked_ms.is_none())
+        .collect();
     let chosen: Vec<_> = if spec.sites.is_empty() {
         enrolled
     } else {
         let mut v = Vec::new();
         for id in &spec.sites {
-            let site = enrolled
-                .iter()
-                .find(|x| &x.id == id)
-                .ok_or_else(|| ApiError::invalid(format!("{id} is not an active site of this study")))?;
+            let site = enrolled.iter().find(|x| &x.id == id).ok_or_else(|| {
+                ApiError::invalid(format!("{id} is not an active site of this study"))
+            })?;
             v.push(site.clone());
         }
         v
@@ -1026,7 +1087,9 @@ async fn create_run(
     hub.sites_changed();
     Ok((
         StatusCode::CREATED,
-        Json(json!({"id": id, "study": study, "sites": chosen.iter().map(|x| &x.id).collect::<Vec<_>>(), "epsilon": spec.epsilon()})),
+        Json(
+            json!({"id": id, "study": study, "sites": chosen.iter().map(|x| &x.id).collect::<Vec<_>>(), "epsilon": spec.epsilon()}),
+        ),
     ))
 }
 
@@ -1133,11 +1196,18 @@ async fn exchange(
     JsonBody(b): JsonBody<Exchange>,
 ) -> ApiResult<Json<Instruction>> {
     let site = c.site.as_ref().ok_or_else(|| {
-        ApiError::new(StatusCode::FORBIDDEN, "only enrolled site nodes (mutual TLS)")
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "only enrolled site nodes (mutual TLS)",
+        )
     })?;
     let Some(h) = hub.runs.get(&id) else {
         // Not driven by this hub process: finished before a restart, or unknown.
-        let run = hub.catalogue.run(&id).await?.ok_or_else(ApiError::not_found)?;
+        let run = hub
+            .catalogue
+            .run(&id)
+            .await?
+            .ok_or_else(ApiError::not_found)?;
         let member = serde_json::from_value::<Saved>(run.state.clone())
             .map(|s| s.sites.iter().any(|x| x.site_id == site.id))
             .unwrap_or(false);
@@ -1169,8 +1239,7 @@ async fn exchange(
         st.apply(index, b.message);
     }
     h.notify();
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_millis(b.wait_ms.min(25_000));
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(b.wait_ms.min(25_000));
     loop {
         rx.borrow_and_update();
         let ins = lock(&h.state).instruction_for(index);
@@ -1181,5 +1250,284 @@ async fn exchange(
             r = rx.changed() => if r.is_err() { return Ok(Json(Instruction::Wait)) },
             _ = tokio::time::sleep_until(deadline) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The run state machine without a network: simulated sites answer its instructions with
+    //! the real site computations and secure aggregation; sites stall, die and withhold
+    //! reveals; deadlines are made to pass by hand.
+
+    use super::*;
+    use medfed_federated::Disclosure;
+    use medfed_federated::run::{SiteData, site_release};
+    use medfed_federated::secagg::{Masking, RoundKeys};
+
+    const RULES: Disclosure = Disclosure {
+        min_rows: 10,
+        min_cell: 5,
+    };
+
+    fn spec(extra: &str) -> StudySpec {
+        StudySpec::from_toml(&format!(
+            "study = \"s\"\n[data]\ntable = \"heart\"\nlabel = \"target\"\nfeatures = [\"age\", \"sex\", \"thalach\", \"oldpeak\", \"cp=4\"]\nsplit = {{ column = \"flamby_split\" }}\n[algorithm]\nkind = \"fedavg\"\nlearning_rate = 0.05\n[run]\nrounds = 6\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    fn heart(spec: &StudySpec, n: usize) -> Vec<SiteData> {
+        let dir =
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../medfed/demo-data/heart");
+        ["cleveland", "hungary", "long_beach_va", "cleveland"][..n]
+            .iter()
+            .map(|f| {
+                let text = std::fs::read_to_string(dir.join(format!("{f}.csv"))).unwrap();
+                SiteData::from_csv(&text, spec).unwrap()
+            })
+            .collect()
+    }
+
+    fn state(spec: &StudySpec, n: usize) -> RunState {
+        RunState {
+            id: "run".into(),
+            study: "s".into(),
+            saved: Saved {
+                coordinator: Coordinator::new(spec.clone()),
+                sites: (0..n)
+                    .map(|i| RunSite {
+                        site_id: format!("site{i}"),
+                        organisation: "org".into(),
+                        status: "active".into(),
+                        detail: String::new(),
+                    })
+                    .collect(),
+                round_ms: Vec::new(),
+            },
+            status: "running".into(),
+            detail: String::new(),
+            phase: Phase::Keys,
+            keys: BTreeMap::new(),
+            deadline: Instant::now() + Duration::from_secs(3600),
+            round_started: None,
+            version: 0,
+            dirty: false,
+            events: Vec::new(),
+        }
+    }
+
+    /// A site: `silent_from` (round) it answers nothing more; `no_reveal_at` it releases but
+    /// never reveals.
+    struct Sim {
+        data: SiteData,
+        keys: Option<RoundKeys>,
+        masking: Option<Masking>,
+        silent_from: u64,
+        no_reveal_at: u64,
+    }
+
+    fn act(st: &mut RunState, i: u32, s: &mut Sim, spec: &StudySpec) -> bool {
+        let round = st.saved.coordinator.step.as_ref().map_or(0, |x| x.round);
+        if round >= s.silent_from {
+            return false;
+        }
+        let msg = match st.instruction_for(i) {
+            Instruction::Join => {
+                let k = RoundKeys::generate();
+                let public = k.public;
+                s.keys = Some(k);
+                SiteMessage::Join { public }
+            }
+            Instruction::Compute {
+                me,
+                step,
+                participants,
+                threshold,
+                secure,
+            } => {
+                let r = site_release(spec, &s.data, &step, u64::from(me), &RULES).unwrap();
+                if secure {
+                    let m = Masking::new(
+                        me,
+                        step.round,
+                        s.keys.take().unwrap(),
+                        &participants,
+                        threshold,
+                    )
+                    .unwrap();
+                    let msg = SiteMessage::Release {
+                        round: step.round,
+                        masked: Some(m.mask(&r.vector).unwrap()),
+                        plain: None,
+                        shares: m.encrypted_shares().unwrap(),
+                        metrics: r.metrics,
+                        next_public: None,
+                    };
+                    s.masking = Some(m);
+                    msg
+                } else {
+                    let k = RoundKeys::generate();
+                    let next = k.public;
+                    s.keys = Some(k);
+                    SiteMessage::Release {
+                        round: step.round,
+                        masked: None,
+                        plain: Some(r.vector),
+                        shares: BTreeMap::new(),
+                        metrics: r.metrics,
+                        next_public: Some(next),
+                    }
+                }
+            }
+            Instruction::Reveal {
+                round,
+                survivors,
+                dropped,
+                shares,
+            } => {
+                if round == s.no_reveal_at {
+                    return false;
+                }
+                let reveal = s
+                    .masking
+                    .take()
+                    .unwrap()
+                    .reveal(&survivors, &dropped, &shares, 2)
+                    .unwrap();
+                let k = RoundKeys::generate();
+                let next_public = k.public;
+                s.keys = Some(k);
+                SiteMessage::Reveal {
+                    round,
+                    reveal,
+                    next_public,
+                }
+            }
+            _ => return false,
+        };
+        st.apply(i, msg);
+        true
+    }
+
+    /// Run to the end; when nobody can act, the deadline passes.
+    fn drive(st: &mut RunState, sims: &mut [Sim], spec: &StudySpec) {
+        for _ in 0..10_000 {
+            if st.status != "running" {
+                return;
+            }
+            let mut moved = false;
+            for (i, s) in sims.iter_mut().enumerate() {
+                moved |= act(st, i as u32, s, spec);
+            }
+            if !moved {
+                st.deadline = Instant::now() - Duration::from_millis(1);
+                st.progress(true);
+            }
+        }
+        panic!("the run never ended");
+    }
+
+    /// The same run with plain sums over the sites that took part in each round (the first
+    /// `sites` of them: dropped sites are the last ones here).
+    fn replay(
+        spec: &StudySpec,
+        data: &[SiteData],
+        history: &[medfed_federated::run::RoundRecord],
+    ) -> Vec<f64> {
+        let mut c = Coordinator::new(spec.clone());
+        for h in history {
+            let step = c.step.clone().unwrap();
+            let mut sum: Vec<f64> = Vec::new();
+            for (i, d) in data.iter().enumerate().take(h.sites) {
+                let v = site_release(spec, d, &step, i as u64, &RULES)
+                    .unwrap()
+                    .vector;
+                if sum.is_empty() {
+                    sum = vec![0.0; v.len()];
+                }
+                sum.iter_mut().zip(&v).for_each(|(a, b)| *a += b);
+            }
+            c.advance(&sum, h.sites, BTreeMap::new()).unwrap();
+        }
+        c.result.unwrap().params
+    }
+
+    fn sims(data: &[SiteData]) -> Vec<Sim> {
+        data.iter()
+            .map(|d| Sim {
+                data: d.clone(),
+                keys: None,
+                masking: None,
+                silent_from: u64::MAX,
+                no_reveal_at: u64::MAX,
+            })
+            .collect()
+    }
+
+    fn assert_close(a: &[f64], b: &[f64]) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() < 1e-6, "{x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn a_run_with_every_site_equals_the_plain_sum_and_so_does_one_without_secure_aggregation() {
+        for extra in ["", "[privacy]\nsecure_aggregation = false\n"] {
+            let spec = spec(extra);
+            let data = heart(&spec, 3);
+            let mut st = state(&spec, 3);
+            drive(&mut st, &mut sims(&data), &spec);
+            assert_eq!(st.status, "done", "{}", st.detail);
+            let c = &st.saved.coordinator;
+            assert!(c.history.iter().all(|h| h.sites == 3));
+            assert_close(
+                &c.result.as_ref().unwrap().params,
+                &replay(&spec, &data, &c.history),
+            );
+        }
+    }
+
+    #[test]
+    fn a_site_silent_after_its_key_and_one_that_withholds_its_reveal_are_dropped_and_the_sums_stay_exact()
+     {
+        let spec = spec("min_sites = 2\n");
+        let data = heart(&spec, 4);
+        let mut st = state(&spec, 4);
+        let mut s = sims(&data);
+        s[3].silent_from = 3;
+        s[2].no_reveal_at = 5;
+        drive(&mut st, &mut s, &spec);
+        assert_eq!(st.status, "done", "{}", st.detail);
+        let status: Vec<&str> = st.saved.sites.iter().map(|x| x.status.as_str()).collect();
+        assert_eq!(status, ["active", "active", "dropped", "dropped"]);
+        let c = &st.saved.coordinator;
+        let sites: Vec<usize> = c.history.iter().map(|h| h.sites).collect();
+        // Moments and round 2 with four; site 3 silent from round 3 (masks recovered); site 2
+        // withheld its round-5 reveal (the round was redone without it).
+        assert_eq!(sites, [4, 4, 3, 3, 2, 2, 2, 2]);
+        assert_close(
+            &c.result.as_ref().unwrap().params,
+            &replay(&spec, &data, &c.history),
+        );
+        assert!(st.events.iter().any(|(a, _)| a == "run.round.retry"));
+    }
+
+    #[test]
+    fn too_few_sites_fail_the_run_with_the_reason_instead_of_waiting() {
+        let spec = spec("min_sites = 3\n");
+        let data = heart(&spec, 3);
+        let mut st = state(&spec, 3);
+        let mut s = sims(&data);
+        s[0].silent_from = 2;
+        drive(&mut st, &mut s, &spec);
+        assert_eq!(st.status, "failed");
+        assert!(st.detail.contains("at least 3"), "{}", st.detail);
+        assert_eq!(
+            st.instruction_for(1),
+            Instruction::Stop {
+                detail: format!("the run failed: {}", st.detail)
+            }
+        );
     }
 }

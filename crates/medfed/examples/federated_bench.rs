@@ -60,7 +60,12 @@ fn spawn(medfed: &Path, args: &[&str], config: &Path, log: &Path) -> Killed {
 fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<f64>>) {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut lines = text.lines();
-    let header = lines.next().unwrap().split(',').map(str::to_string).collect();
+    let header = lines
+        .next()
+        .unwrap()
+        .split(',')
+        .map(str::to_string)
+        .collect();
     let rows = lines
         .map(|l| l.split(',').map(|c| c.parse().unwrap()).collect())
         .collect();
@@ -95,13 +100,21 @@ fn main() {
         c.create_study("bench", "Federated benchmark", &["org1".into()])
             .await
             .unwrap();
-        let u = c.create_user("local:coord", Some("org1"), false).await.unwrap();
+        let u = c
+            .create_user("local:coord", Some("org1"), false)
+            .await
+            .unwrap();
         c.grant(&u.id, "bench", StudyRole::StudyCoordinator)
             .await
             .unwrap();
         medfed_hub::issue_token(&hub, &u.id, 1).await.unwrap()
     });
-    let _hub = spawn(&medfed, &["hub", "serve", "--config"], &d.join("hub.toml"), &d.join("hub.log"));
+    let _hub = spawn(
+        &medfed,
+        &["hub", "serve", "--config"],
+        &d.join("hub.toml"),
+        &d.join("hub.log"),
+    );
     let base = format!("https://127.0.0.1:{hub_port}");
     for _ in 0..600 {
         if std::net::TcpStream::connect(("127.0.0.1", hub_port)).is_ok() {
@@ -139,7 +152,9 @@ fn main() {
             .unwrap()
             .to_string();
         let enrolled = Command::new(&medfed)
-            .args(["site", "enroll", "--hub", &base, "--token", &token, "--config"])
+            .args([
+                "site", "enroll", "--hub", &base, "--token", &token, "--config",
+            ])
             .arg(sd.join("site.toml"))
             .output()
             .unwrap();
@@ -155,7 +170,11 @@ fn main() {
         let v = call(reqwest::Method::GET, "/api/v1/studies/bench/sites", None);
         let ready = v["items"].as_array().map_or(0, |a| {
             a.iter()
-                .filter(|s| s["state"]["tables"].as_array().is_some_and(|t| !t.is_empty()))
+                .filter(|s| {
+                    s["state"]["tables"]
+                        .as_array()
+                        .is_some_and(|t| !t.is_empty())
+                })
                 .count()
         });
         if ready == sites {

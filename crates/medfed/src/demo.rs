@@ -204,7 +204,11 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         f.fedavg_median_round_ms,
         f.overall_auc,
         f.dataset,
-        if f.site_audit_ok { "verify" } else { "DO NOT VERIFY" },
+        if f.site_audit_ok {
+            "verify"
+        } else {
+            "DO NOT VERIFY"
+        },
         hub.federated_secs
     );
     let ok = v.is_clean()

@@ -93,7 +93,11 @@ pub(crate) async fn run(
     let orgs: Vec<&str> = CENTRES.iter().map(|c| c.0).collect();
     for (id, name, _) in CENTRES {
         admin
-            .call(Method::POST, "/api/v1/organisations", Some(json!({"id": id, "name": name})))
+            .call(
+                Method::POST,
+                "/api/v1/organisations",
+                Some(json!({"id": id, "name": name})),
+            )
             .await?;
     }
     admin
@@ -136,7 +140,11 @@ pub(crate) async fn run(
             .await?;
         let ready = v["items"].as_array().map_or(0, |a| {
             a.iter()
-                .filter(|s| s["state"]["tables"].as_array().is_some_and(|t| !t.is_empty()))
+                .filter(|s| {
+                    s["state"]["tables"]
+                        .as_array()
+                        .is_some_and(|t| !t.is_empty())
+                })
                 .count()
         });
         if ready == CENTRES.len() {
@@ -174,7 +182,11 @@ pub(crate) async fn run(
     let (pooled, pooled_scaling) = pooled_newton(&spec, &sites, None)?;
     let scaling = Some(pooled_scaling.clone());
     let per_centre = |params: &[f64], s: &Option<_>| -> f64 {
-        sites.iter().map(|d| test_accuracy(&spec, params, s, d)).sum::<f64>() / sites.len() as f64
+        sites
+            .iter()
+            .map(|d| test_accuracy(&spec, params, s, d))
+            .sum::<f64>()
+            / sites.len() as f64
     };
     let pooled_accuracy = per_centre(&pooled, &scaling);
     let mut alone = 0.0;
@@ -196,11 +208,14 @@ pub(crate) async fn run(
         .iter()
         .filter_map(Value::as_f64)
         .collect();
-    let max_coefficient_difference = params
-        .iter()
-        .zip(&pooled)
-        .map(|(a, b)| (a - b).abs())
-        .fold(if params.len() == pooled.len() { 0.0 } else { f64::INFINITY }, f64::max);
+    let max_coefficient_difference = params.iter().zip(&pooled).map(|(a, b)| (a - b).abs()).fold(
+        if params.len() == pooled.len() {
+            0.0
+        } else {
+            f64::INFINITY
+        },
+        f64::max,
+    );
     let mut round_ms: Vec<f64> = fedavg["round_ms"]
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_f64).collect())
@@ -226,8 +241,14 @@ pub(crate) async fn run(
             .as_f64()
             .unwrap_or(f64::NAN),
         newton_rounds: newton["history"].as_array().map_or(0, Vec::len),
-        fedavg_median_round_ms: round_ms.get(round_ms.len() / 2).copied().unwrap_or(f64::NAN),
-        dataset: newton["result_dataset"].as_str().unwrap_or_default().to_string(),
+        fedavg_median_round_ms: round_ms
+            .get(round_ms.len() / 2)
+            .copied()
+            .unwrap_or(f64::NAN),
+        dataset: newton["result_dataset"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
         site_audit_ok,
     })
 }

@@ -65,8 +65,8 @@ pub fn run(cmd: StudyCommand) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("reading {}", a.spec.display()))?;
                 let spec = medfed_federated::spec::StudySpec::from_toml(&text)
                     .with_context(|| a.spec.display().to_string())?;
-                let client = HubClient::new(&a.hub.hub, a.hub.ca.as_deref())?
-                    .with_token(&a.hub.token);
+                let client =
+                    HubClient::new(&a.hub.hub, a.hub.ca.as_deref())?.with_token(&a.hub.token);
                 let id = submit(&client, &spec.study, &text).await?;
                 if a.detach {
                     println!("{id}");
@@ -76,8 +76,8 @@ pub fn run(cmd: StudyCommand) -> anyhow::Result<ExitCode> {
                 finish(&view, a.json)
             }
             StudyCommand::Show(a) => {
-                let client = HubClient::new(&a.hub.hub, a.hub.ca.as_deref())?
-                    .with_token(&a.hub.token);
+                let client =
+                    HubClient::new(&a.hub.hub, a.hub.ca.as_deref())?.with_token(&a.hub.token);
                 let view = client
                     .call(
                         reqwest::Method::GET,
@@ -208,7 +208,10 @@ pub fn summary(view: &Value) -> String {
     if let Some(eval) = result.get("evaluation").filter(|e| !e.is_null()) {
         line(
             &mut out,
-            format!("  {:<36} {:>6} {:>8} {:>8} {:>8} {:>8}", "evaluation", "n", "accuracy", "AUC", "sens.", "spec."),
+            format!(
+                "  {:<36} {:>6} {:>8} {:>8} {:>8} {:>8}",
+                "evaluation", "n", "accuracy", "AUC", "sens.", "spec."
+            ),
         );
         for (site, m) in eval["per_site"].as_object().into_iter().flatten() {
             line(

@@ -51,11 +51,20 @@ fn bring_up(api: &Api, people: &People, url: &str, sites: &mut [SiteProc]) {
         s.serve();
     }
     wait_for(60, "every site's table at the hub", || {
-        let v = api.call(&people.coord, "GET", "/api/v1/studies/study-a/sites?limit=100", None);
+        let v = api.call(
+            &people.coord,
+            "GET",
+            "/api/v1/studies/study-a/sites?limit=100",
+            None,
+        );
         let with_table = v["items"]
             .as_array()?
             .iter()
-            .filter(|s| s["state"]["tables"].as_array().is_some_and(|t| !t.is_empty()))
+            .filter(|s| {
+                s["state"]["tables"]
+                    .as_array()
+                    .is_some_and(|t| !t.is_empty())
+            })
             .count();
         (with_table == sites.len()).then_some(())
     });
@@ -106,7 +115,13 @@ fn pooled_newton(centres: &[&str], spec_text: &str) -> Vec<f64> {
     let (mut mean, mut sd) = (vec![0.0; p], vec![1.0; p]);
     for j in 1..p {
         mean[j] = pooled.x.iter().map(|x| x[j]).sum::<f64>() / n;
-        sd[j] = (pooled.x.iter().map(|x| (x[j] - mean[j]).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+        sd[j] = (pooled
+            .x
+            .iter()
+            .map(|x| (x[j] - mean[j]).powi(2))
+            .sum::<f64>()
+            / (n - 1.0))
+            .sqrt();
     }
     standardise(&mut pooled, &mean, &sd);
     let rules = medfed_federated::Disclosure {
@@ -137,24 +152,48 @@ fn four_hospitals_train_exactly_what_pooled_training_gives_and_the_results_are_a
     let mut sites: Vec<SiteProc> = centres
         .iter()
         .enumerate()
-        .map(|(i, c)| heart_site(d, &format!("site{i}"), if i % 2 == 0 { "org1" } else { "org2" }, c, ""))
+        .map(|(i, c)| {
+            heart_site(
+                d,
+                &format!("site{i}"),
+                if i % 2 == 0 { "org1" } else { "org2" },
+                c,
+                "",
+            )
+        })
         .collect();
     bring_up(&api, &people, &url, &mut sites);
 
     // A spec naming a column the sites do not have is refused before anything is sent.
-    let bad = spec("kind = \"newton-logistic\"", "rounds = 30").replace("\"oldpeak\"", "\"weight\"");
+    let bad =
+        spec("kind = \"newton-logistic\"", "rounds = 30").replace("\"oldpeak\"", "\"weight\"");
     let (_, err, ok) = study_run(d, port, &people.coord, &bad);
     assert!(!ok && err.contains("lacks column(s) weight"), "{err}");
     // Researchers may not start runs.
-    let (_, err, ok) = study_run(d, port, &people.res_a, &spec("kind = \"newton-logistic\"", ""));
-    assert!(!ok && err.contains("403"), "a researcher must not start a run: {err}");
+    let (_, err, ok) = study_run(
+        d,
+        port,
+        &people.res_a,
+        &spec("kind = \"newton-logistic\"", ""),
+    );
+    assert!(
+        !ok && err.contains("403"),
+        "a researcher must not start a run: {err}"
+    );
 
-    let text = spec("kind = \"newton-logistic\"", "rounds = 30\nround_timeout_s = 20");
+    let text = spec(
+        "kind = \"newton-logistic\"",
+        "rounds = 30\nround_timeout_s = 20",
+    );
     let (view, err, ok) = study_run(d, port, &people.coord, &text);
     if !ok {
         for s in &sites {
             let log = s.log();
-            eprintln!("--- {}:\n{}", s.dir.display(), &log[log.len().saturating_sub(3000)..]);
+            eprintln!(
+                "--- {}:\n{}",
+                s.dir.display(),
+                &log[log.len().saturating_sub(3000)..]
+            );
         }
         panic!("run failed: {view:#} {err}");
     }
@@ -168,7 +207,10 @@ fn four_hospitals_train_exactly_what_pooled_training_gives_and_the_results_are_a
     let pooled = pooled_newton(&centres, &text);
     assert_eq!(params.len(), 14);
     for (j, (a, b)) in params.iter().zip(&pooled).enumerate() {
-        assert!((a - b).abs() < 1e-6, "coefficient {j}: federated {a} vs pooled {b}");
+        assert!(
+            (a - b).abs() < 1e-6,
+            "coefficient {j}: federated {a} vs pooled {b}"
+        );
     }
     // Every centre evaluated on its own test rows; the overall figures from the secure sum.
     let eval = &view["result"]["evaluation"];
@@ -179,7 +221,12 @@ fn four_hospitals_train_exactly_what_pooled_training_gives_and_the_results_are_a
 
     // The results are a dataset of the study: model, results, spec, who ran it.
     let ds = view["result_dataset"].as_str().unwrap();
-    let objects = api.call(&people.res_a, "GET", &format!("/api/v1/datasets/{ds}/objects"), None);
+    let objects = api.call(
+        &people.res_a,
+        "GET",
+        &format!("/api/v1/datasets/{ds}/objects"),
+        None,
+    );
     let items = objects["items"].as_array().unwrap();
     let names: Vec<&str> = items.iter().map(|o| o["name"].as_str().unwrap()).collect();
     for want in ["model.safetensors", "result.json", "spec.toml", "run.json"] {
@@ -221,7 +268,11 @@ fn four_hospitals_train_exactly_what_pooled_training_gives_and_the_results_are_a
         &format!("/api/v1/datasets/{ds}/objects/{run_json_id}"),
         None,
     );
-    assert!(record["submitted_by"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(
+        record["submitted_by"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty())
+    );
 
     // Each site recorded what it released, and its audit log verifies.
     for s in &sites {
@@ -234,7 +285,12 @@ fn four_hospitals_train_exactly_what_pooled_training_gives_and_the_results_are_a
     }
     // The sites' tasks ended done at the hub.
     wait_for(30, "every site's task done", || {
-        let v = api.call(&people.coord, "GET", "/api/v1/studies/study-a/tasks?limit=100", None);
+        let v = api.call(
+            &people.coord,
+            "GET",
+            "/api/v1/studies/study-a/tasks?limit=100",
+            None,
+        );
         let tasks = v["items"].as_array()?.clone();
         (tasks.iter().filter(|t| t["status"] == "done").count() == 4).then_some(())
     });
@@ -266,7 +322,13 @@ fn refusing_stalling_and_dying_sites_are_dropped_and_a_restarted_hub_resumes_the
         heart_site(d, "staller", "org1", "long_beach_va", ""),
         heart_site(d, "doomed", "org2", "cleveland", ""),
         // This hospital allows statistics only: it refuses the training run.
-        heart_site(d, "strict", "org1", "hungary", "algorithms = [\"statistics\"]"),
+        heart_site(
+            d,
+            "strict",
+            "org1",
+            "hungary",
+            "algorithms = [\"statistics\"]",
+        ),
     ];
     bring_up(&api, &people, &url, &mut sites);
     let text = spec(
@@ -283,9 +345,20 @@ fn refusing_stalling_and_dying_sites_are_dropped_and_a_restarted_hub_resumes_the
         .env("MEDFED_TOKEN", &people.coord)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let run = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let view = || api.call(&people.coord, "GET", &format!("/api/v1/studies/study-a/runs/{run}"), None);
+    let view = || {
+        api.call(
+            &people.coord,
+            "GET",
+            &format!("/api/v1/studies/study-a/runs/{run}"),
+            None,
+        )
+    };
     let done_rounds = |v: &Value| v["training_rounds_done"].as_u64().unwrap_or(0);
     let ids: Vec<String> = sites.iter().map(|s| s.site_id()).collect();
     // The run lists sites in its own order: find each of ours by id.
@@ -299,8 +372,12 @@ fn refusing_stalling_and_dying_sites_are_dropped_and_a_restarted_hub_resumes_the
     };
 
     // The strict site refused at once (its policy), and the run went on without it.
-    wait_for(30, "the strict site's refusal", || (site_status(&view(), 4) == "refused").then_some(()));
-    wait_for(60, "three rounds", || (done_rounds(&view()) >= 3).then_some(()));
+    wait_for(30, "the strict site's refusal", || {
+        (site_status(&view(), 4) == "refused").then_some(())
+    });
+    wait_for(60, "three rounds", || {
+        (done_rounds(&view()) >= 3).then_some(())
+    });
     // One site stalls (stopped, its connections open), another dies.
     signal(sites[2].child.as_ref().unwrap(), "-STOP");
     sites[3].child.as_mut().unwrap().kill().unwrap();
@@ -319,7 +396,10 @@ fn refusing_stalling_and_dying_sites_are_dropped_and_a_restarted_hub_resumes_the
     hub.child.wait().unwrap();
     hub = start(d, port);
     let first = done_rounds(&view());
-    assert!(first + 1 >= before, "resumed at {first}, {before} rounds were done");
+    assert!(
+        first + 1 >= before,
+        "resumed at {first}, {before} rounds were done"
+    );
     wait_for(60, "the run to move after the restart", || {
         (done_rounds(&view()) > first).then_some(())
     });
@@ -333,7 +413,10 @@ fn refusing_stalling_and_dying_sites_are_dropped_and_a_restarted_hub_resumes_the
     assert_eq!(site_status(&final_view, 1), "active");
     assert!(final_view["result_dataset"].as_str().is_some());
     let hub_log = std::fs::read_to_string(d.join("data/audit/hub.audit.jsonl")).unwrap();
-    assert!(hub_log.contains("run.resume"), "the hub recorded the resumption");
+    assert!(
+        hub_log.contains("run.resume"),
+        "the hub recorded the resumption"
+    );
     assert!(hub_log.contains("run.site.dropped"));
     assert!(hub_log.contains("run.site.refused"));
     // The strict site never released anything.

@@ -153,7 +153,10 @@ fn federated_check(sp: &crate::policy::StudyPolicy, params: &Value) -> Result<()
     }
     let spec = medfed_federated::spec::StudySpec::from_toml(text).map_err(|e| e.to_string())?;
     if spec.study != sp.id {
-        return Err(format!("the spec is for study {}, not {}", spec.study, sp.id));
+        return Err(format!(
+            "the spec is for study {}, not {}",
+            spec.study, sp.id
+        ));
     }
     sp.check_run(&spec)
 }

@@ -24,7 +24,10 @@ fn prepare(s: &Shared, task: &LocalTask) -> Result<(StudySpec, SiteData), String
     let spec = StudySpec::from_toml(task.params["spec"].as_str().unwrap_or_default())
         .map_err(|e| e.to_string())?;
     if spec.study != task.study {
-        return Err(format!("the spec is for study {}, not {}", spec.study, task.study));
+        return Err(format!(
+            "the spec is for study {}, not {}",
+            spec.study, task.study
+        ));
     }
     let sp = s.policy.study(&task.study).map_err(|e| e.to_string())?;
     sp.check_run(&spec)?;
@@ -33,7 +36,12 @@ fn prepare(s: &Shared, task: &LocalTask) -> Result<(StudySpec, SiteData), String
         .tables
         .iter()
         .find(|t| t.id == spec.data.table && t.study == task.study)
-        .ok_or_else(|| format!("no table {:?} is registered for this study here", spec.data.table))?;
+        .ok_or_else(|| {
+            format!(
+                "no table {:?} is registered for this study here",
+                spec.data.table
+            )
+        })?;
     if table.path.extension().and_then(|e| e.to_str()) != Some("csv") {
         return Err(format!(
             "table {:?}: federated runs read CSV tables; export it as CSV",
@@ -42,7 +50,8 @@ fn prepare(s: &Shared, task: &LocalTask) -> Result<(StudySpec, SiteData), String
     }
     let text = std::fs::read_to_string(&table.path)
         .map_err(|e| format!("table {:?} unreadable: {e}", table.id))?;
-    let data = SiteData::from_csv(&text, &spec).map_err(|e| format!("table {:?}: {e}", table.id))?;
+    let data =
+        SiteData::from_csv(&text, &spec).map_err(|e| format!("table {:?}: {e}", table.id))?;
     Ok((spec, data))
 }
 
@@ -78,8 +87,22 @@ pub(crate) async fn participate(s: Arc<Shared>, task: LocalTask) {
         Ok((spec, data)) => {
             let rules = s.policy.study(&task.study).map(|p| p.disclosure());
             match rules {
-                Ok(rules) => (Some(spec), Some(data), rules, SiteMessage::Join { public: keys.public }),
-                Err(e) => (None, None, nothing_leaves(), SiteMessage::Refuse { reason: e.to_string() }),
+                Ok(rules) => (
+                    Some(spec),
+                    Some(data),
+                    rules,
+                    SiteMessage::Join {
+                        public: keys.public,
+                    },
+                ),
+                Err(e) => (
+                    None,
+                    None,
+                    nothing_leaves(),
+                    SiteMessage::Refuse {
+                        reason: e.to_string(),
+                    },
+                ),
             }
         }
         Err(reason) => {
@@ -121,7 +144,9 @@ pub(crate) async fn participate(s: Arc<Shared>, task: LocalTask) {
             Instruction::Join => {
                 keys = RoundKeys::generate();
                 masking = None;
-                SiteMessage::Join { public: keys.public }
+                SiteMessage::Join {
+                    public: keys.public,
+                }
             }
             Instruction::Compute {
                 me,
@@ -136,7 +161,9 @@ pub(crate) async fn participate(s: Arc<Shared>, task: LocalTask) {
                 if secure && participants.get(&me) != Some(&keys.public) {
                     // The hub holds a key this site no longer has (a restart): start over.
                     keys = RoundKeys::generate();
-                    SiteMessage::Join { public: keys.public }
+                    SiteMessage::Join {
+                        public: keys.public,
+                    }
                 } else {
                     match site_release(spec, data, &step, u64::from(me), &rules) {
                         Err(e) => {
@@ -151,7 +178,11 @@ pub(crate) async fn participate(s: Arc<Shared>, task: LocalTask) {
                                 step.stage.name(),
                                 release.vector.len(),
                                 release.rows,
-                                if secure { ", masked" } else { ", unmasked (secure aggregation off)" },
+                                if secure {
+                                    ", masked"
+                                } else {
+                                    ", unmasked (secure aggregation off)"
+                                },
                             );
                             s.audit("federated.release", resource.clone(), &detail);
                             set_progress(
@@ -161,13 +192,14 @@ pub(crate) async fn participate(s: Arc<Shared>, task: LocalTask) {
                             );
                             if secure {
                                 let k = std::mem::replace(&mut keys, RoundKeys::generate());
-                                let masked = Masking::new(me, step.round, k, &participants, threshold)
-                                    .and_then(|m| {
-                                        let y = m.mask(&release.vector)?;
-                                        let shares = m.encrypted_shares()?;
-                                        masking = Some(m);
-                                        Ok((y, shares))
-                                    });
+                                let masked =
+                                    Masking::new(me, step.round, k, &participants, threshold)
+                                        .and_then(|m| {
+                                            let y = m.mask(&release.vector)?;
+                                            let shares = m.encrypted_shares()?;
+                                            masking = Some(m);
+                                            Ok((y, shares))
+                                        });
                                 match masked {
                                     Ok((y, shares)) => SiteMessage::Release {
                                         round: step.round,
@@ -205,7 +237,9 @@ pub(crate) async fn participate(s: Arc<Shared>, task: LocalTask) {
                 let min = spec.as_ref().map_or(2, |s| s.run.min_sites);
                 let revealed = match masking.as_ref().filter(|m| m.round == round) {
                     None => Err("no masking state for this round (restarted?)".to_string()),
-                    Some(m) => m.reveal(&survivors, &dropped, &shares, min).map_err(|e| e.to_string()),
+                    Some(m) => m
+                        .reveal(&survivors, &dropped, &shares, min)
+                        .map_err(|e| e.to_string()),
                 };
                 match revealed {
                     Ok(reveal) => {
@@ -230,7 +264,9 @@ pub(crate) async fn participate(s: Arc<Shared>, task: LocalTask) {
                         s.audit("federated.reveal-refused", resource.clone(), &e);
                         masking = None;
                         keys = RoundKeys::generate();
-                        SiteMessage::Join { public: keys.public }
+                        SiteMessage::Join {
+                            public: keys.public,
+                        }
                     }
                 }
             }
@@ -247,7 +283,10 @@ pub(crate) async fn participate(s: Arc<Shared>, task: LocalTask) {
         };
         tokio::task::yield_now().await;
     }
-    if lock(&s.tasks).get(&task.id).is_some_and(|t| t.status == "running") {
+    if lock(&s.tasks)
+        .get(&task.id)
+        .is_some_and(|t| t.status == "running")
+    {
         // The node is stopping: the task stays running and resumes at the next start.
         return;
     }
@@ -261,7 +300,11 @@ pub(crate) async fn participate(s: Arc<Shared>, task: LocalTask) {
     };
     let _ = tokio::time::timeout(
         Duration::from_secs(5),
-        client.call(reqwest::Method::POST, &path, serde_json::to_value(leave).ok()),
+        client.call(
+            reqwest::Method::POST,
+            &path,
+            serde_json::to_value(leave).ok(),
+        ),
     )
     .await;
 }

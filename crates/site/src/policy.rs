@@ -118,7 +118,10 @@ impl StudyPolicy {
         let f = &self.federated;
         let kind = spec.algorithm.kind;
         if !f.algorithms.contains(&kind) {
-            return Err(format!("algorithm {} is not allowed for this study here", kind.name()));
+            return Err(format!(
+                "algorithm {} is not allowed for this study here",
+                kind.name()
+            ));
         }
         if spec.run.rounds > f.max_rounds {
             return Err(format!(
@@ -419,6 +422,57 @@ allow = ["federated-learning"]
         ));
         // The default minimum applies where the study names none.
         assert!(p.may_release_aggregate("brain-mr", 9).is_err());
+    }
+
+    #[test]
+    fn federated_runs_are_checked_against_the_studys_rules_before_any_data_is_read() {
+        let spec = |extra: &str| {
+            StudySpec::from_toml(&format!(
+                "study = \"brain-mr\"\n[data]\ntable = \"t\"\nlabel = \"y\"\nfeatures = [\"x\"]\n[algorithm]\nkind = \"fedavg\"\n{extra}"
+            ))
+            .unwrap()
+        };
+        let dp = "[privacy.dp]\nclip = 1.0\nnoise_multiplier = 1.0\n";
+        let p = SitePolicy::parse(EXAMPLE).unwrap();
+        let open = p.study("brain-mr").unwrap();
+        assert!(
+            open.check_run(&spec("")).is_ok(),
+            "defaults allow the built-ins"
+        );
+        assert_eq!(open.disclosure().min_rows, 10);
+        assert_eq!(open.disclosure().min_cell, 5);
+        let e = open
+            .check_run(&spec("[privacy]\nsecure_aggregation = false\n"))
+            .unwrap_err();
+        assert!(e.contains("requires secure aggregation"), "{e}");
+        let strict = SitePolicy::parse(&format!(
+            "{EXAMPLE}[study.federated]\nalgorithms = [\"fedavg\"]\nmax_rounds = 50\nrequire_dp = true\nmax_epsilon = 20.0\n"
+        ))
+        .unwrap();
+        let strict = strict.study("brain-mr").unwrap();
+        let refusal = |extra: &str| strict.check_run(&spec(extra)).unwrap_err();
+        assert!(refusal("").contains("requires differential privacy"));
+        assert!(
+            refusal(&format!("{dp}")).contains("exceeds"),
+            "20 rounds at sigma 1 cost more than 20"
+        );
+        assert!(refusal(&format!("[run]\nrounds = 60\n{dp}")).contains("at most 50"));
+        let newton = StudySpec::from_toml(
+            "study = \"brain-mr\"\n[data]\ntable = \"t\"\nlabel = \"y\"\nfeatures = [\"x\"]\n[algorithm]\nkind = \"newton-logistic\"\n",
+        )
+        .unwrap();
+        assert!(
+            strict
+                .check_run(&newton)
+                .unwrap_err()
+                .contains("not allowed")
+        );
+        let cheap = "[run]\nrounds = 5\n[privacy.dp]\nclip = 1.0\nnoise_multiplier = 2.0\n";
+        assert!(
+            strict.check_run(&spec(cheap)).is_ok(),
+            "{:?}",
+            spec(cheap).epsilon()
+        );
     }
 
     #[test]

@@ -354,12 +354,20 @@ const ROWS: &[Row] = &[
         true,
         COORDINATOR_OF_A,
     ),
-    row("GET", "/api/v1/studies/study-a/runs", None, false, MEMBERS_OF_A),
+    row(
+        "GET",
+        "/api/v1/studies/study-a/runs",
+        None,
+        false,
+        MEMBERS_OF_A,
+    ),
     row(
         "POST",
         "/api/v1/studies/study-a/runs",
         // Allowed for the coordinator, then refused: the world's site has no table.
-        Some(r#"{"spec": "study = \"study-a\"\n[data]\ntable = \"t\"\nlabel = \"y\"\nfeatures = [\"x\"]\n[algorithm]\nkind = \"fedavg\"\n"}"#),
+        Some(
+            r#"{"spec": "study = \"study-a\"\n[data]\ntable = \"t\"\nlabel = \"y\"\nfeatures = [\"x\"]\n[algorithm]\nkind = \"fedavg\"\n"}"#,
+        ),
         false,
         [401, 404, 403, 422, 403, 404, 403, 403, 403, 403, 404],
     ),

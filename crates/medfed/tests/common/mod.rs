@@ -358,7 +358,9 @@ impl SiteProc {
         if port == 0 {
             // No DICOM receiver: the node is up once it writes its status.
             let status = self.dir.join("data/state/status.json");
-            wait_for(30, "the site node's status", || status.exists().then_some(()));
+            wait_for(30, "the site node's status", || {
+                status.exists().then_some(())
+            });
         } else {
             wait_for(30, "the site's DICOM receiver", || {
                 TcpStream::connect(("127.0.0.1", port)).ok()
@@ -413,4 +415,3 @@ impl SiteProc {
             .success()
     }
 }
-
