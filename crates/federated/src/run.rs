@@ -23,6 +23,9 @@ use crate::spec::{AlgorithmKind, StudySpec};
 use crate::table::{Design, Table, standardise};
 use crate::{Disclosure, FederatedError, stats};
 
+/// The label's levels in cross-tabs.
+const LABEL_LEVELS: [f64; 2] = [0.0, 1.0];
+
 /// Feature means and standard deviations (index 0, the intercept, is 0 and 1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Scaling {
@@ -167,6 +170,15 @@ pub fn site_release(
                         .map(|&k| k as f64),
                 );
             }
+            for (column, levels) in &spec.algorithm.crosstab {
+                let j = spec.data.features.iter().position(|f| f == column);
+                let col = j
+                    .map(|j| &data.columns[j])
+                    .ok_or_else(|| FederatedError::NoColumn(column.clone()))?;
+                let counts =
+                    stats::site_crosstab(col, &data.train.y, levels, &LABEL_LEVELS, rules)?;
+                v.extend(counts.iter().map(|&k| k as f64));
+            }
             (v, None, data.train.rows() as u64)
         }
         Stage::Newton { beta, .. } => {
@@ -249,7 +261,8 @@ pub struct RoundRecord {
     pub change: Option<f64>,
 }
 
-/// Per feature: pooled count, mean, standard deviation, quartiles (from the summed histogram).
+/// Per feature: pooled count, mean, standard deviation, quartiles (from the summed histogram),
+/// and the histogram itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FeatureStatistics {
     pub feature: String,
@@ -259,6 +272,18 @@ pub struct FeatureStatistics {
     pub q25: f64,
     pub median: f64,
     pub q75: f64,
+    /// Bin edges (the end bins also hold what falls outside) and pooled counts.
+    pub edges: Vec<f64>,
+    pub counts: Vec<u64>,
+}
+
+/// A pooled cross-tab of a feature's levels (rows) against the label's 0/1 (columns).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CrossTab {
+    pub feature: String,
+    pub levels: Vec<f64>,
+    /// Row-major: `counts[level * 2 + label]`.
+    pub counts: Vec<u64>,
 }
 
 /// The overall evaluation, from the summed binned scores.
@@ -294,6 +319,7 @@ pub struct RunResult {
     pub params: Vec<f64>,
     pub scaling: Option<Scaling>,
     pub statistics: Vec<FeatureStatistics>,
+    pub crosstabs: Vec<CrossTab>,
     pub evaluation: Option<Evaluation>,
     /// Per-site privacy cost of the run, when it used differential privacy.
     pub epsilon: Option<f64>,
@@ -423,6 +449,7 @@ impl Coordinator {
         };
         let mut scaling = step.scaling.clone();
         let mut statistics = Vec::new();
+        let mut crosstabs = Vec::new();
         let mut evaluation = None;
         let mut final_params = Vec::new();
         let next = match &step.stage {
@@ -469,8 +496,25 @@ impl Coordinator {
             Stage::Histogram { edges } => {
                 let moments = self.moments.take().unwrap_or_default();
                 let bins = spec.algorithm.histogram_bins;
-                if sum.len() != bins * edges.len() || moments.len() != edges.len() {
-                    return Err(shape(format!("{} histogram counts", sum.len())));
+                let tabs: usize = spec.algorithm.crosstab.values().map(|l| l.len() * 2).sum();
+                if sum.len() != bins * edges.len() + tabs || moments.len() != edges.len() {
+                    return Err(shape(format!(
+                        "{} histogram and cross-tab counts",
+                        sum.len()
+                    )));
+                }
+                let count = |v: &[f64]| -> Vec<u64> {
+                    v.iter().map(|c| c.round().max(0.0) as u64).collect()
+                };
+                let mut at = bins * edges.len();
+                for (feature, levels) in &spec.algorithm.crosstab {
+                    let k = levels.len() * 2;
+                    crosstabs.push(CrossTab {
+                        feature: feature.clone(),
+                        levels: levels.clone(),
+                        counts: count(&sum[at..at + k]),
+                    });
+                    at += k;
                 }
                 statistics = spec
                     .data
@@ -480,10 +524,7 @@ impl Coordinator {
                     .zip(&moments)
                     .enumerate()
                     .map(|(j, ((f, e), m))| {
-                        let counts: Vec<u64> = sum[j * bins..(j + 1) * bins]
-                            .iter()
-                            .map(|c| c.round().max(0.0) as u64)
-                            .collect();
+                        let counts = count(&sum[j * bins..(j + 1) * bins]);
                         FeatureStatistics {
                             feature: f.clone(),
                             n: m.n,
@@ -492,6 +533,8 @@ impl Coordinator {
                             q25: stats::quantile(e, &counts, 0.25),
                             median: stats::quantile(e, &counts, 0.5),
                             q75: stats::quantile(e, &counts, 0.75),
+                            edges: e.clone(),
+                            counts,
                         }
                     })
                     .collect();
@@ -562,7 +605,7 @@ impl Coordinator {
             scaling: scaling.clone(),
         });
         if self.step.is_none() {
-            self.finish(final_params, scaling, statistics, evaluation);
+            self.finish(final_params, scaling, (statistics, crosstabs), evaluation);
         }
         Ok(())
     }
@@ -581,7 +624,7 @@ impl Coordinator {
         &mut self,
         params: Vec<f64>,
         scaling: Option<Scaling>,
-        statistics: Vec<FeatureStatistics>,
+        (statistics, crosstabs): (Vec<FeatureStatistics>, Vec<CrossTab>),
         evaluation: Option<Evaluation>,
     ) {
         let spec = &self.spec;
@@ -600,6 +643,7 @@ impl Coordinator {
             params,
             scaling,
             statistics,
+            crosstabs,
             evaluation,
             epsilon: spec.epsilon(),
             delta: spec.privacy.dp.as_ref().map(|d| d.delta),

@@ -137,6 +137,10 @@ pub struct AlgorithmSpec {
     /// Statistics: histogram bins per feature (quartiles are read from them).
     #[serde(default = "bins")]
     pub histogram_bins: usize,
+    /// Statistics: cross-tabs of features against the label (0/1), by the feature's agreed
+    /// levels, e.g. `crosstab = { sex = [0, 1], cp = [1, 2, 3, 4] }`.
+    #[serde(default)]
+    pub crosstab: std::collections::BTreeMap<String, Vec<f64>>,
 }
 
 fn hidden() -> usize {
@@ -326,6 +330,21 @@ impl StudySpec {
         }
         if a.kind == AlgorithmKind::Statistics && !(2..=1000).contains(&a.histogram_bins) {
             return Err(invalid("histogram_bins must be 2 to 1000"));
+        }
+        if !a.crosstab.is_empty() && a.kind != AlgorithmKind::Statistics {
+            return Err(invalid("crosstab applies to kind = \"statistics\""));
+        }
+        for (column, levels) in &a.crosstab {
+            if !self.data.features.contains(column) {
+                return Err(invalid(format!(
+                    "crosstab column {column:?} is not a feature"
+                )));
+            }
+            if levels.is_empty() || levels.len() > 1000 {
+                return Err(invalid(format!(
+                    "crosstab {column:?} needs 1 to 1000 levels"
+                )));
+            }
         }
         if !(a.ridge >= 0.0 && a.tolerance > 0.0) {
             return Err(invalid("ridge must be >= 0 and tolerance > 0"));

@@ -459,7 +459,8 @@ fn a_fedavg_run_equals_plain_fedavg_and_dp_changes_it_by_the_noise() {
 #[test]
 fn a_statistics_run_gives_pooled_means_and_quartiles() {
     let mut spec = heart_spec("kind = \"statistics\"");
-    spec.data.features = vec!["age".into(), "chol".into()];
+    spec.data.features = vec!["age".into(), "chol".into(), "sex".into()];
+    spec.algorithm.crosstab.insert("sex".into(), vec![0.0, 1.0]);
     let Some(sites) = heart_sites(&spec) else {
         return;
     };
@@ -481,6 +482,19 @@ fn a_statistics_run_gives_pooled_means_and_quartiles() {
     let median = sorted[sorted.len() / 2];
     // Quartiles are exact to the histogram bin (8 sd / 20 bins wide).
     assert!((r.statistics[0].median - median).abs() < 0.4 * r.statistics[0].sd);
+    assert_eq!(
+        r.statistics[0].counts.iter().sum::<u64>(),
+        ages.len() as u64
+    );
+    // The pooled cross-tab of sex by outcome is the count over every centre's rows.
+    let mut want = vec![0u64; 4];
+    for s in &sites {
+        for (sex, y) in s.columns[2].iter().zip(&s.train.y) {
+            want[*sex as usize * 2 + *y as usize] += 1;
+        }
+    }
+    assert_eq!(r.crosstabs[0].feature, "sex");
+    assert_eq!(r.crosstabs[0].counts, want);
 }
 
 #[test]
@@ -524,4 +538,20 @@ fn each_demo_centre_alone_and_all_pooled_fit_with_a_light_ridge_on_the_pooled_sc
             medfed_federated::run::pooled_newton(&spec, std::slice::from_ref(s), Some(&scaling));
         assert!(r.is_ok(), "centre {i}: {r:?}");
     }
+}
+
+#[test]
+fn a_fedprox_mlp_run_trains_a_model_that_separates_the_classes() {
+    let mut spec = heart_spec(
+        "kind = \"fedprox\"\nmodel = \"mlp\"\nhidden = 6\nmu = 0.01\nepochs = 2\nbatch_size = 8\nlearning_rate = 0.05",
+    );
+    spec.run.rounds = 15;
+    let Some(sites) = heart_sites(&spec) else {
+        return;
+    };
+    let r = drive(&spec, &sites).result.unwrap();
+    assert_eq!(r.params.len(), 6 * 14 + 6 + 1);
+    let overall = r.evaluation.unwrap().overall;
+    assert!(overall.auc > 0.8, "overall AUC {}", overall.auc);
+    assert!(overall.calibration.iter().map(|c| c.2).sum::<u64>() == overall.n);
 }

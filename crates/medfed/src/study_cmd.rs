@@ -260,6 +260,29 @@ pub fn summary(view: &Value) -> String {
             ),
         );
     }
+    for t in result["crosstabs"].as_array().into_iter().flatten() {
+        let counts: Vec<u64> = t["counts"]
+            .as_array()
+            .map(|c| c.iter().filter_map(Value::as_u64).collect())
+            .unwrap_or_default();
+        let levels: Vec<String> = t["levels"]
+            .as_array()
+            .map(|l| l.iter().map(|v| v.to_string()).collect())
+            .unwrap_or_default();
+        let cells: Vec<String> = levels
+            .iter()
+            .zip(counts.chunks(2))
+            .map(|(l, c)| format!("{l}: {}/{}", c[0], c.get(1).copied().unwrap_or(0)))
+            .collect();
+        line(
+            &mut out,
+            format!(
+                "  {} by label (label 0/1): {}",
+                t["feature"].as_str().unwrap_or("?"),
+                cells.join(", ")
+            ),
+        );
+    }
     if let Some(eps) = result["epsilon"].as_f64() {
         line(
             &mut out,
