@@ -203,7 +203,10 @@ impl RunState {
                 ..
             } if participants.contains_key(&i)
                 && !masked.contains_key(&i)
-                && !plain.contains_key(&i) =>
+                && !plain.contains_key(&i)
+                // A participant that sent a new key lost this round's (it restarted): it
+                // cannot mask for this round and waits for the next.
+                && !self.keys.contains_key(&i) =>
             {
                 Instruction::Compute {
                     me: i,
@@ -220,12 +223,17 @@ impl RunState {
                 shares,
                 reveals,
                 ..
-            } if survivors.contains(&i) && !reveals.contains_key(&i) => Instruction::Reveal {
-                round: step.round,
-                survivors: survivors.clone(),
-                dropped: dropped.clone(),
-                shares: shares.get(&i).cloned().unwrap_or_default(),
-            },
+            } if survivors.contains(&i)
+                && !reveals.contains_key(&i)
+                && !self.keys.contains_key(&i) =>
+            {
+                Instruction::Reveal {
+                    round: step.round,
+                    survivors: survivors.clone(),
+                    dropped: dropped.clone(),
+                    shares: shares.get(&i).cloned().unwrap_or_default(),
+                }
+            }
             _ => Instruction::Wait,
         }
     }
@@ -402,7 +410,6 @@ impl RunState {
                     return;
                 }
                 self.changed();
-                let need = need.max(threshold);
                 if delivered.len() < need {
                     self.fail(format!(
                         "round {}: only {} site(s) delivered; at least {need} are needed",
@@ -423,7 +430,21 @@ impl RunState {
                         format!("no release within the round timeout (round {})", step.round),
                     );
                 }
-                if self.secure() {
+                if self.secure() && delivered.len() < threshold {
+                    // Enough sites for the study, too few to rebuild the self-masks: nothing
+                    // is revealed; the round is redone with fresh keys among those left.
+                    self.events.push((
+                        "run.round.retry".into(),
+                        format!(
+                            "round {}: {} of {} sites delivered, below the threshold of {threshold}",
+                            step.round,
+                            delivered.len(),
+                            participants.len()
+                        ),
+                    ));
+                    self.phase = Phase::Keys;
+                    self.deadline = Instant::now() + round_timeout;
+                } else if self.secure() {
                     self.phase = Phase::Reveal {
                         step,
                         threshold,
@@ -1511,6 +1532,25 @@ mod tests {
             &replay(&spec, &data, &c.history),
         );
         assert!(st.events.iter().any(|(a, _)| a == "run.round.retry"));
+    }
+
+    #[test]
+    fn two_of_four_sites_silent_in_one_round_leave_enough_for_the_study_and_the_round_is_redone() {
+        let spec = spec("min_sites = 2\n");
+        let data = heart(&spec, 4);
+        let mut st = state(&spec, 4);
+        let mut s = sims(&data);
+        s[2].silent_from = 4;
+        s[3].silent_from = 4;
+        drive(&mut st, &mut s, &spec);
+        assert_eq!(st.status, "done", "{}", st.detail);
+        let c = &st.saved.coordinator;
+        let sites: Vec<usize> = c.history.iter().map(|h| h.sites).collect();
+        assert_eq!(sites, [4, 4, 4, 2, 2, 2, 2, 2]);
+        assert_close(
+            &c.result.as_ref().unwrap().params,
+            &replay(&spec, &data, &c.history),
+        );
     }
 
     #[test]

@@ -145,8 +145,20 @@ pub async fn follow(
         bar.set_length(view["rounds"].as_u64().unwrap_or(0));
         bar.set_position(view["training_rounds_done"].as_u64().unwrap_or(0));
         let sites = view["sites"].as_array().map_or(0, Vec::len);
+        // The last completed round's figures: training loss (Newton), largest change.
+        let last = view["history"].as_array().and_then(|h| h.last()).cloned();
+        let figures = last.map_or(String::new(), |h| {
+            let mut f = String::new();
+            if let Some(l) = h["loss"].as_f64() {
+                f.push_str(&format!(" · loss {l:.4}"));
+            }
+            if let Some(c) = h["change"].as_f64() {
+                f.push_str(&format!(" · change {c:.1e}"));
+            }
+            f
+        });
         bar.set_message(format!(
-            "{} · {} · {}/{} sites active · {} reporting",
+            "{} · {} · {}/{} sites active · {} reporting{figures}",
             status,
             view["stage"].as_str().unwrap_or("-"),
             view["active_sites"].as_u64().unwrap_or(0),

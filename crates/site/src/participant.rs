@@ -131,6 +131,13 @@ pub(crate) async fn participate(s: Arc<Shared>, task: LocalTask) {
                 failures = failures.saturating_add(1);
                 Instruction::Wait
             }
+            Err(medfed_hub::client::ClientError::Status { status, .. })
+                if status.as_u16() == 404 =>
+            {
+                Instruction::Stop {
+                    detail: "the hub does not know this run".into(),
+                }
+            }
             Err(e) => {
                 // The same message again after a pause: the hub takes each one once.
                 tracing::debug!(run, error = %e, "run exchange failed; retrying");
