@@ -87,9 +87,25 @@ pub struct SiteData {
 impl SiteData {
     /// The design the spec selects from a CSV table's text.
     pub fn from_csv(text: &str, spec: &StudySpec) -> Result<SiteData, FederatedError> {
+        let split = spec.data.split.as_ref().map(|s| s.column.as_str());
+        let (table, texts) = Table::from_csv_keeping(text, split)?;
+        SiteData::from_table(table, &texts, spec)
+    }
+
+    /// The design the spec selects from a table already read (any format); `texts` holds the
+    /// split column's text for every row when the spec splits.
+    pub fn from_table(
+        table: Table,
+        texts: &[String],
+        spec: &StudySpec,
+    ) -> Result<SiteData, FederatedError> {
         let d = &spec.data;
         let split = d.split.as_ref();
-        let (table, texts) = Table::from_csv_keeping(text, split.map(|s| s.column.as_str()))?;
+        if split.is_some() && texts.len() != table.rows.len() {
+            return Err(FederatedError::Table(
+                "the split column was not read".into(),
+            ));
+        }
         let (train, test) = match split {
             Some(s) => (
                 table.select(|i| texts[i] == s.train),

@@ -19,8 +19,12 @@ use crate::node::{LocalTask, Shared, backoff, lock};
 /// How long one exchange may wait at the hub for the next instruction.
 const WAIT_MS: u64 = 20_000;
 
-/// The study spec, the site's data and rules for a task, or why the site cannot take part.
-fn prepare(s: &Shared, task: &LocalTask) -> Result<(StudySpec, SiteData), String> {
+/// The study spec, the site's data and disclosure rules for a task, or why the site cannot
+/// take part.
+fn prepare(
+    s: &Shared,
+    task: &LocalTask,
+) -> Result<(StudySpec, SiteData, medfed_federated::Disclosure), String> {
     let spec = StudySpec::from_toml(task.params["spec"].as_str().unwrap_or_default())
         .map_err(|e| e.to_string())?;
     if spec.study != task.study {
@@ -42,17 +46,23 @@ fn prepare(s: &Shared, task: &LocalTask) -> Result<(StudySpec, SiteData), String
                 spec.data.table
             )
         })?;
-    if table.path.extension().and_then(|e| e.to_str()) != Some("csv") {
-        return Err(format!(
-            "table {:?}: federated runs read CSV tables; export it as CSV",
-            table.id
-        ));
-    }
-    let text = std::fs::read_to_string(&table.path)
-        .map_err(|e| format!("table {:?} unreadable: {e}", table.id))?;
-    let data =
-        SiteData::from_csv(&text, &spec).map_err(|e| format!("table {:?}: {e}", table.id))?;
-    Ok((spec, data))
+    let split = spec.data.split.as_ref().map(|s| s.column.as_str());
+    let read = match table.path.extension().and_then(|e| e.to_str()) {
+        Some("csv") => std::fs::read_to_string(&table.path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| {
+                medfed_federated::table::Table::from_csv_keeping(&text, split)
+                    .map_err(|e| e.to_string())
+            }),
+        Some("parquet") => crate::tables::parquet_table(&table.path, split),
+        other => Err(format!(
+            "unsupported table format {other:?} (csv or parquet)"
+        )),
+    };
+    let (rows, texts) = read.map_err(|e| format!("table {:?} unreadable: {e}", table.id))?;
+    let data = SiteData::from_table(rows, &texts, &spec)
+        .map_err(|e| format!("table {:?}: {e}", table.id))?;
+    Ok((spec, data, sp.disclosure()))
 }
 
 fn running(s: &Shared, task: &str) -> bool {
@@ -84,27 +94,14 @@ pub(crate) async fn participate(s: Arc<Shared>, task: LocalTask) {
     let path = format!("/api/v1/site/runs/{run}/exchange");
     let mut keys = RoundKeys::generate();
     let (spec, data, rules, mut message) = match prepare(&s, &task) {
-        Ok((spec, data)) => {
-            let rules = s.policy.study(&task.study).map(|p| p.disclosure());
-            match rules {
-                Ok(rules) => (
-                    Some(spec),
-                    Some(data),
-                    rules,
-                    SiteMessage::Join {
-                        public: keys.public,
-                    },
-                ),
-                Err(e) => (
-                    None,
-                    None,
-                    nothing_leaves(),
-                    SiteMessage::Refuse {
-                        reason: e.to_string(),
-                    },
-                ),
-            }
-        }
+        Ok((spec, data, rules)) => (
+            Some(spec),
+            Some(data),
+            rules,
+            SiteMessage::Join {
+                public: keys.public,
+            },
+        ),
         Err(reason) => {
             s.audit("federated.refuse", resource.clone(), &reason);
             (None, None, nothing_leaves(), SiteMessage::Refuse { reason })
