@@ -29,7 +29,7 @@ use medfed_federated::protocol::{Exchange, Instruction, SiteMessage};
 use medfed_federated::run::{Coordinator, Step};
 use medfed_federated::secagg::{self, Reveal};
 use medfed_federated::spec::StudySpec;
-use medfed_policy::Action;
+use medfed_policy::{Action, StudyRole};
 use medfed_store::ObjectKey;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -1155,8 +1155,24 @@ async fn get_run(
         .filter(|r| r.study == study)
         .ok_or_else(ApiError::not_found)?;
     c.note.resource(format!("study/{study}/run/{id}"));
+    let mut v = get_run_view(&hub, &run, q).await?;
+    // The model and metrics are for the study's coordinators and researchers, as the results
+    // dataset is; other members follow the progress only.
+    let sees_results = c.principal.grants.iter().any(|g| {
+        g.study == study && matches!(g.role, StudyRole::StudyCoordinator | StudyRole::Researcher)
+    });
+    if !sees_results {
+        if let Some(o) = v.as_object_mut() {
+            o.remove("result");
+        }
+    }
+    Ok(Json(v))
+}
+
+async fn get_run_view(hub: &Arc<Hub>, run: &Run, q: RunQuery) -> ApiResult<Value> {
+    let id = run.id.clone();
     let Some(h) = hub.runs.get(&id) else {
-        return Ok(Json(stored_view(&run)));
+        return Ok(stored_view(run));
     };
     if let Some(after) = q.after {
         let mut rx = h.changed.subscribe();
@@ -1171,7 +1187,7 @@ async fn get_run(
     }
     let mut v = lock(&h.state).view();
     // Stored fields (who, when, the results dataset) once the driver has saved them.
-    let run = hub.catalogue.run(&id).await?.unwrap_or(run);
+    let run = hub.catalogue.run(&id).await?.unwrap_or_else(|| run.clone());
     v["created_by"] = json!(run.created_by);
     v["created_ms"] = json!(run.created_ms);
     v["result_dataset"] = json!(run.result_dataset);
@@ -1179,7 +1195,7 @@ async fn get_run(
         // Over, but not saved yet: report it as still finishing.
         v["status"] = json!("finishing");
     }
-    Ok(Json(v))
+    Ok(v)
 }
 
 async fn list_runs(

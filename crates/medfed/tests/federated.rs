@@ -219,6 +219,15 @@ fn four_hospitals_train_exactly_what_pooled_training_gives_and_the_results_are_a
     let auc = eval["overall"]["auc"].as_f64().unwrap();
     assert!(auc > 0.75 && auc < 1.0, "overall AUC {auc}");
 
+    // Members without a researcher's or coordinator's role follow the run, not its results.
+    let run_path = format!(
+        "/api/v1/studies/study-a/runs/{}",
+        view["id"].as_str().unwrap()
+    );
+    let as_operator = api.call(&people.op1, "GET", &run_path, None);
+    assert_eq!(as_operator["status"], "done");
+    assert!(as_operator["result"].is_null(), "{as_operator:#}");
+    assert!(!api.call(&people.res_a, "GET", &run_path, None)["result"].is_null());
     // The results are a dataset of the study: model, results, spec, who ran it.
     let ds = view["result_dataset"].as_str().unwrap();
     let objects = api.call(
