@@ -33,6 +33,9 @@ pub struct StudySpec {
 pub struct DataSpec {
     /// A table id from the sites' `[[table]]` entries.
     pub table: String,
+    /// Where a site registered the data under another id: site id -> table id.
+    #[serde(default)]
+    pub site_tables: std::collections::BTreeMap<String, String>,
     /// The outcome column (0/1 for classification).
     pub label: String,
     /// Feature columns; `name=v` is the indicator of `name == v`.
@@ -362,6 +365,11 @@ impl StudySpec {
             }
         }
         Ok(())
+    }
+
+    /// The table id the spec selects at `site`.
+    pub fn table_of(&self, site: &str) -> &str {
+        self.data.site_tables.get(site).unwrap_or(&self.data.table)
     }
 
     /// The run's privacy cost per site, if it uses differential privacy.

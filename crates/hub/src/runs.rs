@@ -945,11 +945,12 @@ fn table_problem(site: &medfed_catalogue::Site, study: &str, spec: &StudySpec) -
     let tables = site.state["tables"].as_array().cloned().unwrap_or_default();
     let Some(t) = tables
         .iter()
-        .find(|t| t["study"] == study && t["id"] == spec.data.table.as_str())
+        .find(|t| t["study"] == study && t["id"] == spec.table_of(&site.id))
     else {
         return Some(format!(
             "site {} has not registered a table {:?} for this study",
-            site.id, spec.data.table
+            site.id,
+            spec.table_of(&site.id)
         ));
     };
     let columns: Vec<&str> = t["columns"]
@@ -974,7 +975,7 @@ fn table_problem(site: &medfed_catalogue::Site, study: &str, spec: &StudySpec) -
         format!(
             "site {}'s table {:?} lacks column(s) {}",
             site.id,
-            spec.data.table,
+            spec.table_of(&site.id),
             missing.join(", ")
         )
     })
@@ -1034,6 +1035,16 @@ async fn create_run(
             "{} active site(s) in the study; the spec needs at least {}",
             chosen.len(),
             spec.run.min_sites
+        )));
+    }
+    if let Some(unknown) = spec
+        .data
+        .site_tables
+        .keys()
+        .find(|k| !chosen.iter().any(|x| &x.id == *k))
+    {
+        return Err(ApiError::invalid(format!(
+            "data.site_tables names {unknown}, which is not a site of this run"
         )));
     }
     if let Some(p) = chosen.iter().find_map(|x| table_problem(x, &study, &spec)) {

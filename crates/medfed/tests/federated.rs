@@ -162,11 +162,33 @@ fn four_hospitals_train_exactly_what_pooled_training_gives_and_the_results_are_a
             )
         })
         .collect();
+    // The last hospital registered its table under its own name: the spec maps it.
+    let renamed = std::fs::read_to_string(sites[3].config())
+        .unwrap()
+        .replace("id = \"heart\"", "id = \"cardiology-2024\"");
+    std::fs::write(sites[3].config(), renamed).unwrap();
     bring_up(&api, &people, &url, &mut sites);
+    let mapping = format!(
+        "site_tables = {{ \"{}\" = \"cardiology-2024\" }}\n[algorithm]",
+        sites[3].site_id()
+    );
+    let mapped = |t: String| t.replacen("[algorithm]", &mapping, 1);
 
+    // Without the mapping the hub names the site that lacks the table.
+    let (_, err, ok) = study_run(
+        d,
+        port,
+        &people.coord,
+        &spec("kind = \"newton-logistic\"", ""),
+    );
+    assert!(
+        !ok && err.contains("has not registered a table \"heart\""),
+        "{err}"
+    );
     // A spec naming a column the sites do not have is refused before anything is sent.
-    let bad =
-        spec("kind = \"newton-logistic\"", "rounds = 30").replace("\"oldpeak\"", "\"weight\"");
+    let bad = mapped(
+        spec("kind = \"newton-logistic\"", "rounds = 30").replace("\"oldpeak\"", "\"weight\""),
+    );
     let (_, err, ok) = study_run(d, port, &people.coord, &bad);
     assert!(!ok && err.contains("lacks column(s) weight"), "{err}");
     // Researchers may not start runs.
@@ -181,10 +203,10 @@ fn four_hospitals_train_exactly_what_pooled_training_gives_and_the_results_are_a
         "a researcher must not start a run: {err}"
     );
 
-    let text = spec(
+    let text = mapped(spec(
         "kind = \"newton-logistic\"",
         "rounds = 30\nround_timeout_s = 20",
-    );
+    ));
     let (view, err, ok) = study_run(d, port, &people.coord, &text);
     if !ok {
         for s in &sites {

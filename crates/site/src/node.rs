@@ -181,7 +181,7 @@ pub(crate) struct Shared {
     status: Mutex<NodeStatus>,
     attempts: Mutex<BTreeMap<PathBuf, ItemFailure>>,
     pub(crate) client: Mutex<HubClient>,
-    identity: Mutex<SiteIdentity>,
+    pub(crate) identity: Mutex<SiteIdentity>,
     /// The registered tables as last described, with the (size, mtime) of each file then.
     tables: Mutex<(
         Vec<(u64, Option<std::time::SystemTime>)>,

@@ -35,15 +35,16 @@ fn prepare(
     }
     let sp = s.policy.study(&task.study).map_err(|e| e.to_string())?;
     sp.check_run(&spec)?;
+    let site_id = lock(&s.identity).enrolled.site_id.clone();
     let table = s
         .policy
         .tables
         .iter()
-        .find(|t| t.id == spec.data.table && t.study == task.study)
+        .find(|t| t.id == spec.table_of(&site_id) && t.study == task.study)
         .ok_or_else(|| {
             format!(
                 "no table {:?} is registered for this study here",
-                spec.data.table
+                spec.table_of(&site_id)
             )
         })?;
     let split = spec.data.split.as_ref().map(|s| s.column.as_str());
