@@ -311,6 +311,12 @@ pub const ROUTES: &[Route] = &[
         None,
     ),
     r(
+        "DELETE",
+        "/api/v1/studies/{study}/runs/{run}",
+        "Cancel a running run (study coordinator); its sites stop, no results are stored",
+        None,
+    ),
+    r(
         "POST",
         "/api/v1/site/runs/{run}/exchange",
         "Site (mutual TLS): one step of a federated run (key, masked release, reveal); answers with the site's next instruction",

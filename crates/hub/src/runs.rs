@@ -47,7 +47,10 @@ pub fn routes() -> Router<Arc<Hub>> {
             "/api/v1/studies/{study}/runs",
             get(list_runs).post(create_run),
         )
-        .route("/api/v1/studies/{study}/runs/{run}", get(get_run))
+        .route(
+            "/api/v1/studies/{study}/runs/{run}",
+            get(get_run).delete(cancel_run),
+        )
         .route("/api/v1/site/runs/{run}/exchange", post(exchange))
 }
 
@@ -359,6 +362,9 @@ impl RunState {
                     self.drop_site(*i, "dropped", "no answer within the round timeout".into());
                 }
                 let Some(step) = self.saved.coordinator.step.clone() else {
+                    // Finished before a restart, results not stored yet: store them now.
+                    self.status = "done".into();
+                    self.dirty = true;
                     return;
                 };
                 let participants: BTreeMap<u32, [u8; 32]> =
@@ -1233,6 +1239,50 @@ async fn list_runs(
             .collect(),
         page,
     ))
+}
+
+/// Stop a running run (study coordinator): its sites are told to stop at their next exchange;
+/// nothing more is aggregated and no results are stored.
+async fn cancel_run(
+    State(hub): State<Arc<Hub>>,
+    c: Caller,
+    Path((study, id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    require(
+        &c.principal,
+        Action::ManageStudy,
+        &study_resource(&c, &study).await,
+    )?;
+    let run = hub
+        .catalogue
+        .run(&id)
+        .await?
+        .filter(|r| r.study == study)
+        .ok_or_else(ApiError::not_found)?;
+    c.note.resource(format!("study/{study}/run/{id}"));
+    let who = c.user.id.clone();
+    let Some(h) = hub.runs.get(&id).filter(|_| run.status == "running") else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "the run is not running",
+        ));
+    };
+    {
+        let mut st = lock(&h.state);
+        if st.status != "running" {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "the run is not running",
+            ));
+        }
+        st.status = "cancelled".into();
+        st.detail = format!("cancelled by {who}");
+        st.phase = Phase::Over;
+        st.dirty = true;
+        st.changed();
+    }
+    h.notify();
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// A site's step in a run: apply its message, answer with its next instruction (waiting for

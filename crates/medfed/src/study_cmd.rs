@@ -18,6 +18,16 @@ pub enum StudyCommand {
     Run(RunArgs),
     /// Print a run: status, rounds, sites, metrics, where the results are.
     Show(ShowArgs),
+    /// Cancel a running run (study coordinator): its sites stop; no results are stored.
+    Cancel(CancelArgs),
+}
+
+#[derive(Args)]
+pub struct CancelArgs {
+    study: String,
+    run: String,
+    #[command(flatten)]
+    hub: HubArgs,
 }
 
 #[derive(Args)]
@@ -74,6 +84,24 @@ pub fn run(cmd: StudyCommand) -> anyhow::Result<ExitCode> {
                 }
                 let view = follow(&client, &spec.study, &id, true).await?;
                 finish(&view, a.json)
+            }
+            StudyCommand::Cancel(a) => {
+                let client =
+                    HubClient::new(&a.hub.hub, a.hub.ca.as_deref())?.with_token(&a.hub.token);
+                let (status, v) = client
+                    .send(client.request(
+                        reqwest::Method::DELETE,
+                        &format!("/api/v1/studies/{}/runs/{}", a.study, a.run),
+                    ))
+                    .await?;
+                if !status.is_success() {
+                    anyhow::bail!(
+                        "the hub refused: {status} {}",
+                        v["detail"].as_str().unwrap_or_default()
+                    );
+                }
+                println!("run {} cancelled", a.run);
+                Ok(ExitCode::SUCCESS)
             }
             StudyCommand::Show(a) => {
                 let client =

@@ -314,7 +314,48 @@ fn four_hospitals_train_exactly_what_pooled_training_gives_and_the_results_are_a
         let key = medfed_audit::load_or_create_key(&s.dir.join("data/audit.key")).unwrap();
         medfed_audit::verify(&s.dir.join("data/site.audit.jsonl"), &key.verifying_key()).unwrap();
     }
-    // The sites' tasks ended done at the hub.
+    // A long run, cancelled by the coordinator: the sites stop, nothing is stored.
+    let long = d.join("long.toml");
+    std::fs::write(
+        &long,
+        mapped(spec(
+            "kind = \"fedavg\"\nlearning_rate = 0.01",
+            "rounds = 1000",
+        )),
+    )
+    .unwrap();
+    let hub_args = |cmd: &mut std::process::Command| {
+        cmd.args(["--hub", &url, "--ca"])
+            .arg(d.join("data/tls/ca.pem"))
+            .env("MEDFED_TOKEN", &people.coord);
+    };
+    let mut submit = medfed();
+    submit.args(["study", "run", "--detach"]).arg(&long);
+    hub_args(&mut submit);
+    let out = submit.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let long_run = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let long_path = format!("/api/v1/studies/study-a/runs/{long_run}");
+    wait_for(30, "the long run to start", || {
+        let v = api.call(&people.coord, "GET", &long_path, None);
+        (v["training_rounds_done"].as_u64() > Some(0)).then_some(())
+    });
+    let mut cancel = medfed();
+    cancel.args(["study", "cancel", "study-a", &long_run]);
+    hub_args(&mut cancel);
+    assert!(cancel.output().unwrap().status.success());
+    let cancelled = wait_for(30, "the cancellation saved", || {
+        let v = api.call(&people.coord, "GET", &long_path, None);
+        (v["status"] == "cancelled").then_some(v)
+    });
+    assert!(cancelled["result_dataset"].is_null());
+    assert!(cancelled["training_rounds_done"].as_u64().unwrap() < 1000);
+
+    // The sites' tasks for the first run ended done at the hub; the cancelled run's stopped.
     wait_for(30, "every site's task done", || {
         let v = api.call(
             &people.coord,
@@ -323,7 +364,9 @@ fn four_hospitals_train_exactly_what_pooled_training_gives_and_the_results_are_a
             None,
         );
         let tasks = v["items"].as_array()?.clone();
-        (tasks.iter().filter(|t| t["status"] == "done").count() == 4).then_some(())
+        let done = tasks.iter().filter(|t| t["status"] == "done").count();
+        let stopped = tasks.iter().filter(|t| t["status"] == "failed").count();
+        (done == 4 && stopped == 4).then_some(())
     });
 }
 

@@ -379,6 +379,13 @@ const ROWS: &[Row] = &[
         [401, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404],
     ),
     row(
+        "DELETE",
+        "/api/v1/studies/study-a/runs/no-such-run",
+        None,
+        false,
+        [401, 404, 403, 404, 403, 404, 403, 403, 403, 403, 404],
+    ),
+    row(
         "POST",
         "/api/v1/site/runs/no-such-run/exchange",
         Some(r#"{"message": "poll", "wait_ms": 0}"#),
