@@ -256,6 +256,10 @@ fn delta() -> f64 {
     1e-5
 }
 
+/// The most values one release may have (a site message stays within the hub's limit for
+/// run messages: about 21 bytes of JSON per masked value).
+pub const MAX_RELEASE_VALUES: usize = 1_000_000;
+
 /// Epsilon of `rounds` Gaussian mechanisms of noise multiplier `sigma` at `delta`, by Rényi
 /// DP (Mironov 2017): each round costs `alpha / (2 sigma^2)` at order alpha, composition adds,
 /// and `eps = rdp + ln(1/delta) / (alpha - 1)` minimised over the orders.
@@ -352,6 +356,12 @@ impl StudySpec {
         if !(a.ridge >= 0.0 && a.tolerance > 0.0) {
             return Err(invalid("ridge must be >= 0 and tolerance > 0"));
         }
+        if self.release_len() > MAX_RELEASE_VALUES {
+            return Err(invalid(format!(
+                "a site would release {} values per round; at most {MAX_RELEASE_VALUES} (fewer features or hidden units)",
+                self.release_len()
+            )));
+        }
         if let Some(dp) = &self.privacy.dp {
             if !a.kind.iterative() {
                 return Err(invalid(
@@ -370,6 +380,27 @@ impl StudySpec {
     /// The table id the spec selects at `site`.
     pub fn table_of(&self, site: &str) -> &str {
         self.data.site_tables.get(site).unwrap_or(&self.data.table)
+    }
+
+    /// The longest vector a site releases in this run (any stage).
+    pub fn release_len(&self) -> usize {
+        let k = self.data.features.len();
+        let p = k + 1;
+        let a = &self.algorithm;
+        let moments = 1 + 2 * k;
+        let stage = match a.kind {
+            AlgorithmKind::Statistics => {
+                a.histogram_bins * k + a.crosstab.values().map(|l| 2 * l.len()).sum::<usize>()
+            }
+            AlgorithmKind::NewtonLogistic | AlgorithmKind::NewtonLinear => 2 + p + p * (p + 1) / 2,
+            _ => 1 + self.model_kind().parameters(p),
+        };
+        let evaluate = if self.run.evaluate && self.classifies() {
+            3 * self.run.evaluation_bins
+        } else {
+            0
+        };
+        moments.max(stage).max(evaluate)
     }
 
     /// The run's privacy cost per site, if it uses differential privacy.
@@ -447,6 +478,23 @@ kind = "fedavg"
                 "fedavg/fedprox",
             ),
             (format!("{SPEC}colour = 1\n"), "unknown field"),
+            (
+                SPEC.replace(
+                    "kind = \"fedavg\"",
+                    "kind = \"fedavg\"\nmodel = \"mlp\"\nhidden = 1024",
+                )
+                .replace(
+                    "[\"age\", \"sex\"]",
+                    &format!(
+                        "[{}]",
+                        (0..1000)
+                            .map(|i| format!("\"f{i}\""))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ),
+                "at most 1000000",
+            ),
             (
                 SPEC.replace("fedavg", "gradient-boosting"),
                 "unknown variant",

@@ -577,7 +577,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/api/v1/uploads/{upload}/complete", post(complete_upload))
         .merge(crate::dicomweb::routes(&l))
         .merge(crate::sites::routes())
-        .merge(crate::runs::routes())
+        .merge(crate::runs::routes(&l))
         .route_layer(middleware::from_fn(record_route))
         .fallback(|| async { ApiError::not_found() })
         .layer(DefaultBodyLimit::max(l.max_json_bytes))

@@ -113,6 +113,8 @@ pub struct Limits {
     pub max_chunk_bytes: usize,
     /// One STOW-RS request.
     pub max_stow_bytes: usize,
+    /// One site message of a federated run (a masked release with its shares).
+    pub max_run_message_bytes: usize,
     /// All request headers together.
     pub max_header_bytes: usize,
     /// Nesting depth of JSON bodies.
@@ -132,6 +134,7 @@ impl Default for Limits {
             max_json_bytes: 64 * 1024,
             max_chunk_bytes: 16 << 20,
             max_stow_bytes: 256 << 20,
+            max_run_message_bytes: 32 << 20,
             max_header_bytes: 16 * 1024,
             max_json_depth: 16,
             default_page: 50,

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -41,7 +41,7 @@ use crate::api::{
     study_resource,
 };
 
-pub fn routes() -> Router<Arc<Hub>> {
+pub fn routes(l: &crate::config::Limits) -> Router<Arc<Hub>> {
     Router::new()
         .route(
             "/api/v1/studies/{study}/runs",
@@ -51,7 +51,10 @@ pub fn routes() -> Router<Arc<Hub>> {
             "/api/v1/studies/{study}/runs/{run}",
             get(get_run).delete(cancel_run),
         )
-        .route("/api/v1/site/runs/{run}/exchange", post(exchange))
+        .route(
+            "/api/v1/site/runs/{run}/exchange",
+            post(exchange).layer(DefaultBodyLimit::max(l.max_run_message_bytes)),
+        )
 }
 
 /// The runs this hub drives, by id (finished ones stay, so late sites hear that they are).
