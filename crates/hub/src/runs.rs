@@ -29,17 +29,15 @@ use medfed_federated::protocol::{Exchange, Instruction, SiteMessage};
 use medfed_federated::run::{Coordinator, Step};
 use medfed_federated::secagg::{self, Reveal};
 use medfed_federated::spec::StudySpec;
-use medfed_policy::{Action, StudyRole};
+use medfed_policy::StudyRole;
 use medfed_store::ObjectKey;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::Hub;
-use crate::api::{
-    ApiError, ApiResult, Caller, JsonBody, PageQuery, paged, peek, require, study_for,
-    study_resource,
-};
+use crate::api::{ApiError, ApiResult, Caller, JsonBody, PageQuery, paged, peek, study_for};
+use crate::sites::managed_study;
 
 pub fn routes(l: &crate::config::Limits) -> Router<Arc<Hub>> {
     Router::new()
@@ -336,11 +334,36 @@ impl RunState {
         self.version += 1;
     }
 
+    /// Whether the phase still waits for an active site.
+    fn waits(&self, active: &[u32]) -> bool {
+        match &self.phase {
+            Phase::Over => false,
+            Phase::Keys => active.iter().any(|i| !self.keys.contains_key(i)),
+            Phase::Collect {
+                participants,
+                masked,
+                plain,
+                ..
+            } => participants
+                .keys()
+                .any(|i| !masked.contains_key(i) && !plain.contains_key(i) && active.contains(i)),
+            Phase::Reveal {
+                survivors, reveals, ..
+            } => survivors
+                .iter()
+                .any(|i| !reveals.contains_key(i) && active.contains(i)),
+        }
+    }
+
     fn step_phase(&mut self, late: bool) {
         let active = self.active();
         let round_timeout = timeout(self.spec().run.round_timeout_s);
         let need = self.needed();
-        // Owned while deciding; put back unchanged when the phase is not complete.
+        if matches!(self.phase, Phase::Over) || (self.waits(&active) && !late) {
+            return;
+        }
+        self.changed();
+        // The phase is complete (or late): owned from here on, replaced by the next one.
         match std::mem::replace(&mut self.phase, Phase::Over) {
             Phase::Over => {}
             Phase::Keys => {
@@ -349,11 +372,6 @@ impl RunState {
                     .copied()
                     .filter(|i| self.keys.contains_key(i))
                     .collect();
-                if ready.len() < active.len() && !late {
-                    self.phase = Phase::Keys;
-                    return;
-                }
-                self.changed();
                 if ready.len() < need {
                     self.fail(format!(
                         "only {} site(s) ready within the timeout; the spec needs at least {need}",
@@ -406,19 +424,6 @@ impl RunState {
                     .copied()
                     .filter(|i| !delivered.contains(i) && active.contains(i))
                     .collect();
-                if !waiting.is_empty() && !late {
-                    self.phase = Phase::Collect {
-                        step,
-                        participants,
-                        threshold,
-                        masked,
-                        plain,
-                        shares,
-                        metrics,
-                    };
-                    return;
-                }
-                self.changed();
                 if delivered.len() < need {
                     self.fail(format!(
                         "round {}: only {} site(s) delivered; at least {need} are needed",
@@ -484,9 +489,9 @@ impl RunState {
                 survivors,
                 dropped,
                 masked,
-                shares,
                 metrics,
                 reveals,
+                ..
             } => {
                 let missing: Vec<u32> = survivors
                     .iter()
@@ -497,20 +502,6 @@ impl RunState {
                     .iter()
                     .filter(|i| !reveals.contains_key(i))
                     .count();
-                if !missing.is_empty() && !late {
-                    self.phase = Phase::Reveal {
-                        step,
-                        threshold,
-                        survivors,
-                        dropped,
-                        masked,
-                        shares,
-                        metrics,
-                        reveals,
-                    };
-                    return;
-                }
-                self.changed();
                 if gone > 0 {
                     // A survivor vanished before revealing: its masks cannot be removed.
                     // Redo the round with fresh keys without it (nothing was unmasked).
@@ -996,16 +987,7 @@ async fn create_run(
     Path(study): Path<String>,
     JsonBody(b): JsonBody<NewRun>,
 ) -> ApiResult<impl IntoResponse> {
-    require(
-        &c.principal,
-        Action::ManageStudy,
-        &study_resource(&c, &study).await,
-    )?;
-    let s = hub
-        .catalogue
-        .study(&study)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
+    let s = managed_study(&hub, &c, &study).await?;
     let spec = StudySpec::from_toml(&b.spec).map_err(|e| ApiError::invalid(e.to_string()))?;
     if spec.study != study {
         return Err(ApiError::invalid(format!(
@@ -1251,40 +1233,35 @@ async fn cancel_run(
     c: Caller,
     Path((study, id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    require(
-        &c.principal,
-        Action::ManageStudy,
-        &study_resource(&c, &study).await,
-    )?;
-    let run = hub
-        .catalogue
+    managed_study(&hub, &c, &study).await?;
+    hub.catalogue
         .run(&id)
         .await?
         .filter(|r| r.study == study)
         .ok_or_else(ApiError::not_found)?;
     c.note.resource(format!("study/{study}/run/{id}"));
-    let who = c.user.id.clone();
-    let Some(h) = hub.runs.get(&id).filter(|_| run.status == "running") else {
+    let h = hub.runs.get(&id);
+    let cancelled = h.as_ref().is_some_and(|h| {
+        let mut st = lock(&h.state);
+        if st.status != "running" {
+            return false;
+        }
+        st.status = "cancelled".into();
+        st.detail = format!("cancelled by {}", c.user.id);
+        st.phase = Phase::Over;
+        st.dirty = true;
+        st.changed();
+        true
+    });
+    if !cancelled {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "the run is not running",
         ));
-    };
-    {
-        let mut st = lock(&h.state);
-        if st.status != "running" {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "the run is not running",
-            ));
-        }
-        st.status = "cancelled".into();
-        st.detail = format!("cancelled by {who}");
-        st.phase = Phase::Over;
-        st.dirty = true;
-        st.changed();
     }
-    h.notify();
+    if let Some(h) = h {
+        h.notify();
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

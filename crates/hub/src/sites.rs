@@ -180,7 +180,11 @@ async fn server_trust(State(hub): State<Arc<Hub>>) -> impl IntoResponse {
 }
 
 /// A study the caller coordinates (ManageStudy), or the policy's answer.
-async fn managed_study(hub: &Hub, c: &Caller, study: &str) -> ApiResult<medfed_catalogue::Study> {
+pub(crate) async fn managed_study(
+    hub: &Hub,
+    c: &Caller,
+    study: &str,
+) -> ApiResult<medfed_catalogue::Study> {
     require(
         &c.principal,
         Action::ManageStudy,

@@ -10,37 +10,16 @@
 //! Usage: federated_bench --medfed target/release/medfed --task DIR [--rounds 20] [--out FILE]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{Killed, arg, free_port, wait_port};
 
 use medfed_federated::Disclosure;
 use medfed_hub::client::HubClient;
 use medfed_policy::StudyRole;
 use serde_json::{Value, json};
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
 
 fn spawn(medfed: &Path, args: &[&str], config: &Path, log: &Path) -> Killed {
     let log = std::fs::File::create(log).unwrap();
@@ -116,12 +95,7 @@ fn main() {
         &d.join("hub.log"),
     );
     let base = format!("https://127.0.0.1:{hub_port}");
-    for _ in 0..600 {
-        if std::net::TcpStream::connect(("127.0.0.1", hub_port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_port(hub_port, Some(&d.join("hub.log")));
     let client = HubClient::new(&base, Some(&d.join("hub/tls/ca.pem")))
         .unwrap()
         .with_token(&coord);

@@ -7,49 +7,15 @@
 //! Usage: harvest_bench --medfed target/release/medfed [--instances N] [--matrix M]
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{Killed, arg, free_port, wait_port};
 
 use medfed_hub::client::HubClient;
 use medfed_policy::StudyRole;
 use serde_json::json;
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_port(port: u16, log: Option<&std::path::Path>) {
-    for _ in 0..600 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let log = log
-        .and_then(|l| std::fs::read_to_string(l).ok())
-        .unwrap_or_default();
-    panic!("nothing listens on {port}: {log}");
-}
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
 
 fn storescu(aet: &str, port: u16, files: &[PathBuf]) -> Duration {
     let t = Instant::now();
