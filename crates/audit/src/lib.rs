@@ -1,8 +1,9 @@
 //! The tamper-evident audit log shared by the hub and the site nodes: every event is one JSON line
-//! whose hash covers the previous line's hash, checkpoints signed with an Ed25519 key are
-//! interleaved, and a signed head beside the log records the last event, so that
-//! [`verify`] detects a changed, removed, reordered or truncated record and names the first bad
-//! one.
+//! whose hash covers the previous line's hash and which the writer signs (Ed25519), checkpoints
+//! are interleaved, and a signed head beside the log records the last event, so that [`verify`]
+//! detects a changed, removed, reordered or truncated record and names the first bad one. A
+//! writer killed between a record and its head leaves signed records after the head: the log
+//! still verifies and reopens (the head is then rewritten); unsigned records there do not.
 //!
 //! Records carry who (an opaque principal id), for whom, what, which resource, the outcome and
 //! when. They must never carry identifying data of patients: callers pass ids and pseudonyms,
@@ -70,6 +71,10 @@ pub struct Record {
     pub prev: String,
     /// SHA-256 over `prev` and this record's other fields.
     pub hash: String,
+    /// Ed25519 signature over `seq` and `hash` (as for checkpoints): a record found after the
+    /// signed head (an append interrupted before its head was written) must carry one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 /// A signature over the chain up to `seq`.
@@ -97,6 +102,9 @@ pub struct Verified {
     pub records: u64,
     pub checkpoints: u64,
     pub last_hash: String,
+    /// Signed records after the signed head: the writer stopped between a record and its head
+    /// (a crash); opening the log for appending seals them with a new head.
+    pub after_head: u64,
 }
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -158,14 +166,14 @@ impl AuditLog {
             source,
         };
         let fresh = !path.exists();
-        let (seq, last_hash) = if !fresh {
+        let (seq, last_hash, unsealed) = if !fresh {
             let v = verify(path, &key.verifying_key()).map_err(|problem| AuditError::Broken {
                 path: path.to_path_buf(),
                 problem,
             })?;
-            (v.records, v.last_hash)
+            (v.records, v.last_hash, v.after_head > 0)
         } else {
-            (0, GENESIS.to_string())
+            (0, GENESIS.to_string(), false)
         };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(io)?;
@@ -193,6 +201,10 @@ impl AuditLog {
         if fresh {
             log.write_head(0, GENESIS)?;
         }
+        if unsealed {
+            let st = log.state.lock().unwrap_or_else(|p| p.into_inner());
+            log.write_head(st.seq, &st.last_hash)?;
+        }
         Ok(log)
     }
 
@@ -217,6 +229,9 @@ impl AuditLog {
             event,
             prev: st.last_hash.clone(),
             hash: hash.clone(),
+            signature: Some(hex::encode(
+                self.key.sign(&checkpoint_message(seq, &hash)).to_bytes(),
+            )),
         };
         let mut line = serde_json::to_string(&Line::Record(record.clone())).unwrap_or_default();
         line.push('\n');
@@ -289,6 +304,10 @@ pub fn key_id(key: &VerifyingKey) -> String {
 pub fn verify(path: &Path, key: &VerifyingKey) -> Result<Verified, Problem> {
     let bad = |line: usize, reason: String| Problem { line, reason };
     let file = File::open(path).map_err(|e| bad(0, format!("cannot open the log: {e}")))?;
+    // The head is checked at the end; read first to know which records must be signed.
+    let head = read_head(path, key);
+    let head_seq = head.as_ref().map_or(u64::MAX, |h| h.seq);
+    let mut hash_at_head = (head_seq == 0).then(|| GENESIS.to_string());
     let (mut seq, mut last_hash, mut checkpoints) = (0u64, GENESIS.to_string(), 0u64);
     for (i, line) in BufReader::new(file).lines().enumerate() {
         let n = i + 1;
@@ -326,6 +345,24 @@ pub fn verify(path: &Path, key: &VerifyingKey) -> Result<Verified, Problem> {
                         ),
                     ));
                 }
+                if r.seq > head_seq {
+                    let signed = r
+                        .signature
+                        .as_deref()
+                        .is_some_and(|sig| check_signature(key, r.seq, &r.hash, sig).is_ok());
+                    if !signed {
+                        return Err(bad(
+                            n,
+                            format!(
+                                "record {} comes after the signed head (record {head_seq}) and is not signed with the log's key",
+                                r.seq
+                            ),
+                        ));
+                    }
+                }
+                if r.seq == head_seq {
+                    hash_at_head = Some(r.hash.clone());
+                }
                 seq = r.seq;
                 last_hash = r.hash;
             }
@@ -342,16 +379,7 @@ pub fn verify(path: &Path, key: &VerifyingKey) -> Result<Verified, Problem> {
         }
     }
     // The head says where the log ended when last written: fewer records means truncation.
-    let head_text = std::fs::read_to_string(head_path(path)).map_err(|e| {
-        bad(
-            0,
-            format!("the signed head is missing ({e}): the log cannot be checked for truncation"),
-        )
-    })?;
-    let head: Head = serde_json::from_str(&head_text)
-        .map_err(|e| bad(0, format!("the signed head is unreadable: {e}")))?;
-    check_signature(key, head.seq, &head.hash, &head.signature)
-        .map_err(|r| bad(0, format!("head: {r}")))?;
+    let head = head?;
     if head.seq > seq {
         return Err(bad(
             0,
@@ -361,11 +389,11 @@ pub fn verify(path: &Path, key: &VerifyingKey) -> Result<Verified, Problem> {
             ),
         ));
     }
-    if head.seq < seq || head.hash != last_hash {
+    if hash_at_head.as_deref() != Some(head.hash.as_str()) {
         return Err(bad(
             0,
             format!(
-                "the signed head (record {}) does not match the log's end (record {seq})",
+                "the signed head (record {}) does not match the log at that record",
                 head.seq
             ),
         ));
@@ -374,7 +402,23 @@ pub fn verify(path: &Path, key: &VerifyingKey) -> Result<Verified, Problem> {
         records: seq,
         checkpoints,
         last_hash,
+        after_head: seq - head.seq,
     })
+}
+
+/// The signed head beside the log, its signature checked.
+fn read_head(path: &Path, key: &VerifyingKey) -> Result<Head, Problem> {
+    let bad = |reason: String| Problem { line: 0, reason };
+    let head_text = std::fs::read_to_string(head_path(path)).map_err(|e| {
+        bad(format!(
+            "the signed head is missing ({e}): the log cannot be checked for truncation"
+        ))
+    })?;
+    let head: Head = serde_json::from_str(&head_text)
+        .map_err(|e| bad(format!("the signed head is unreadable: {e}")))?;
+    check_signature(key, head.seq, &head.hash, &head.signature)
+        .map_err(|r| bad(format!("head: {r}")))?;
+    Ok(head)
 }
 
 fn check_signature(

@@ -120,3 +120,39 @@ fn changed_removed_reordered_and_truncated_records_are_named() {
     write_lines(&path, &l);
     assert!(AuditLog::open(&path, key(1), 4).is_err());
 }
+
+#[test]
+fn a_crash_between_a_record_and_its_head_reopens_but_a_foreign_record_after_the_head_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    write_log(&path, 6);
+    let vk = key(1).verifying_key();
+    // The writer is killed after appending record 7 and before writing its head: the head
+    // still says 6. The record is signed, so it is the writer's, and the log verifies.
+    let head_at_6 = std::fs::read(head_path(&path)).unwrap();
+    write_log(&path, 1);
+    let with_7 = lines(&path);
+    std::fs::write(head_path(&path), &head_at_6).unwrap();
+    let v = verify(&path, &vk).unwrap();
+    assert_eq!((v.records, v.after_head), (7, 1));
+    // Reopening seals it with a new head and goes on.
+    let log = AuditLog::open(&path, key(1), 4).unwrap();
+    assert_eq!(log.len(), 7);
+    drop(log);
+    assert_eq!(verify(&path, &vk).unwrap().after_head, 0);
+
+    // Someone without the key appends a record after the head: named, and the log is closed
+    // to appends.
+    std::fs::write(head_path(&path), &head_at_6).unwrap();
+    let mut forged = with_7.clone();
+    let unsigned: serde_json::Value = serde_json::from_str(&forged[forged.len() - 1]).unwrap();
+    let mut unsigned = unsigned.as_object().unwrap().clone();
+    unsigned.remove("signature");
+    let n = forged.len();
+    forged[n - 1] = serde_json::Value::Object(unsigned).to_string();
+    write_lines(&path, &forged);
+    let e = verify(&path, &vk).unwrap_err();
+    assert_eq!(e.line, n, "{e}");
+    assert!(e.reason.contains("not signed"), "{e}");
+    assert!(AuditLog::open(&path, key(1), 4).is_err());
+}

@@ -56,16 +56,17 @@ pub fn serve(dir: &Path, port: u16, log: &Path, failpoint: Option<&str>) -> Serv
         child: cmd.spawn().unwrap(),
         port,
     };
-    for _ in 0..200 {
+    for _ in 0..600 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return server;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     drop(server);
+    let log = std::fs::read_to_string(log).unwrap_or_default();
     panic!(
-        "hub did not start: {}",
-        std::fs::read_to_string(log).unwrap_or_default()
+        "hub did not start within 30 s; its log ends: {}",
+        &log[log.len().saturating_sub(4000)..]
     );
 }
 
