@@ -403,7 +403,13 @@ fn refusing_stalling_and_dying_sites_are_dropped_and_a_restarted_hub_resumes_the
             "hungary",
             "algorithms = [\"statistics\"]",
         ),
+        // This one releases nothing over fewer than 50 rows; it has 30 training rows.
+        heart_site(d, "tiny", "org2", "switzerland", ""),
     ];
+    let tiny = std::fs::read_to_string(sites[5].config())
+        .unwrap()
+        .replace("[study.federated]", "min_count = 50\n[study.federated]");
+    std::fs::write(sites[5].config(), tiny).unwrap();
     bring_up(&api, &people, &url, &mut sites);
     let text = spec(
         // Rounds of a few milliseconds each: enough of them to act mid-run.
@@ -493,9 +499,13 @@ fn refusing_stalling_and_dying_sites_are_dropped_and_a_restarted_hub_resumes_the
     );
     assert!(hub_log.contains("run.site.dropped"));
     assert!(hub_log.contains("run.site.refused"));
-    // The strict site never released anything.
+    // The strict site never released anything; the tiny one refused its first release.
     let strict = sites[4].audit();
     assert!(!strict.contains("federated.release"), "{strict}");
+    assert_eq!(site_status(&final_view, 5), "refused");
+    let tiny = sites[5].audit();
+    assert!(!tiny.contains("federated.release"), "{tiny}");
+    assert!(tiny.contains("below this site's minimum of 50"), "{tiny}");
     signal(sites[2].child.as_ref().unwrap(), "-CONT");
     drop(hub);
 }
