@@ -309,13 +309,17 @@ impl StudySpec {
         if !(self.run.round_timeout_s > 0.0 && self.run.start_timeout_s > 0.0) {
             return Err(invalid("timeouts must be positive"));
         }
-        if self.run.evaluation_bins < 2 || self.run.evaluation_bins % 2 != 0 {
+        if self.run.evaluation_bins < 2 || !self.run.evaluation_bins.is_multiple_of(2) {
             return Err(invalid(
                 "run.evaluation_bins must be even (0.5 is the decision threshold)",
             ));
         }
         if a.kind.iterative() {
-            if a.epochs == 0 || a.batch_size == 0 || !(a.learning_rate > 0.0) {
+            if a.epochs == 0
+                || a.batch_size == 0
+                || a.learning_rate.is_nan()
+                || a.learning_rate <= 0.0
+            {
                 return Err(invalid(
                     "epochs, batch_size and learning_rate must be positive",
                 ));
@@ -324,7 +328,7 @@ impl StudySpec {
                 return Err(invalid("hidden must be 1 to 1024"));
             }
             match (a.kind, a.mu) {
-                (AlgorithmKind::Fedprox, mu) if !(mu > 0.0) => {
+                (AlgorithmKind::Fedprox, mu) if mu.is_nan() || mu <= 0.0 => {
                     return Err(invalid("fedprox needs mu > 0"));
                 }
                 (AlgorithmKind::Fedavg, mu) if mu != 0.0 => {

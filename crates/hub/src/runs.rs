@@ -1163,10 +1163,8 @@ async fn get_run(
     let sees_results = c.principal.grants.iter().any(|g| {
         g.study == study && matches!(g.role, StudyRole::StudyCoordinator | StudyRole::Researcher)
     });
-    if !sees_results {
-        if let Some(o) = v.as_object_mut() {
-            o.remove("result");
-        }
+    if let (false, Some(o)) = (sees_results, v.as_object_mut()) {
+        o.remove("result");
     }
     Ok(Json(v))
 }

@@ -522,10 +522,11 @@ async fn report_task(
             &format!("{} {}", t.kind, detail).trim().to_string(),
         )?;
     }
-    if t.kind == "federated-learning" && matches!(b.status.as_str(), "failed" | "refused") {
-        if let Some(run) = t.params["run"].as_str() {
-            crate::runs::site_left(&hub, run, &site.id, &format!("{}: {detail}", b.status));
-        }
+    let left = matches!(b.status.as_str(), "failed" | "refused");
+    if let (true, "federated-learning", Some(run)) =
+        (left, t.kind.as_str(), t.params["run"].as_str())
+    {
+        crate::runs::site_left(&hub, run, &site.id, &format!("{}: {detail}", b.status));
     }
     hub.sites_changed();
     Ok(StatusCode::NO_CONTENT)

@@ -453,7 +453,7 @@ allow = ["federated-learning"]
         let refusal = |extra: &str| strict.check_run(&spec(extra)).unwrap_err();
         assert!(refusal("").contains("requires differential privacy"));
         assert!(
-            refusal(&format!("{dp}")).contains("exceeds"),
+            refusal(dp).contains("exceeds"),
             "20 rounds at sigma 1 cost more than 20"
         );
         assert!(refusal(&format!("[run]\nrounds = 60\n{dp}")).contains("at most 50"));
