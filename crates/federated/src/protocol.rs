@@ -90,3 +90,186 @@ pub struct Exchange {
     #[serde(default)]
     pub wait_ms: u64,
 }
+
+/// What a site should record (in its audit log) about an answer before sending it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Note {
+    Released {
+        round: u64,
+        stage: &'static str,
+        values: usize,
+        rows: u64,
+        masked: bool,
+    },
+    Refused(String),
+    Revealed {
+        round: u64,
+        survivors: Vec<u32>,
+        dropped: Vec<u32>,
+    },
+    RevealRefused(String),
+}
+
+/// A site's next move.
+#[derive(Debug)]
+pub enum Outcome {
+    Send {
+        message: SiteMessage,
+        note: Option<Note>,
+    },
+    Finished(String),
+    Stopped(String),
+}
+
+/// A site's side of the protocol without I/O: its keys and masking state, and the answer to
+/// each instruction. The site node adds the network and the audit log; the hub's tests drive
+/// the run state machine with it.
+pub struct Participant {
+    keys: crate::secagg::RoundKeys,
+    masking: Option<crate::secagg::Masking>,
+    /// Fewer survivors than this and the site reveals nothing.
+    min_survivors: usize,
+}
+
+impl Participant {
+    pub fn new(min_survivors: usize) -> Participant {
+        Participant {
+            keys: crate::secagg::RoundKeys::generate(),
+            masking: None,
+            min_survivors,
+        }
+    }
+
+    /// Ready for a round with fresh keys (also after a restart or a lost round).
+    pub fn join(&mut self) -> SiteMessage {
+        SiteMessage::Join {
+            public: self.fresh_key(),
+        }
+    }
+
+    /// New keys for the next round (the old masking state is dropped); the public key.
+    fn fresh_key(&mut self) -> [u8; 32] {
+        self.keys = crate::secagg::RoundKeys::generate();
+        self.masking = None;
+        self.keys.public
+    }
+
+    /// The answer to `ins`; `release` computes the site's vector for a step (after the site's
+    /// rules, which may refuse).
+    pub fn answer(
+        &mut self,
+        ins: Instruction,
+        release: impl FnOnce(&Step, u32) -> Result<crate::run::Release, crate::FederatedError>,
+    ) -> Outcome {
+        let send = |message, note| Outcome::Send { message, note };
+        match ins {
+            Instruction::Wait => send(SiteMessage::Poll, None),
+            Instruction::Join => send(self.join(), None),
+            Instruction::Finished { detail } => Outcome::Finished(detail),
+            Instruction::Stop { detail } => Outcome::Stopped(detail),
+            Instruction::Compute {
+                me, participants, ..
+            } if participants
+                .get(&me)
+                .is_some_and(|k| *k != self.keys.public) =>
+            {
+                // The hub holds a key this site no longer has (a restart): start over.
+                send(self.join(), None)
+            }
+            Instruction::Compute {
+                me,
+                step,
+                participants,
+                threshold,
+                secure,
+            } => {
+                let refuse = |reason: String| {
+                    send(
+                        SiteMessage::Refuse {
+                            reason: reason.clone(),
+                        },
+                        Some(Note::Refused(reason)),
+                    )
+                };
+                let r = match release(&step, me) {
+                    Ok(r) => r,
+                    Err(e) => return refuse(format!("round {}: {e}", step.round)),
+                };
+                let note = Note::Released {
+                    round: step.round,
+                    stage: step.stage.name(),
+                    values: r.vector.len(),
+                    rows: r.rows,
+                    masked: secure,
+                };
+                if !secure {
+                    let public = self.fresh_key();
+                    let message = SiteMessage::Release {
+                        round: step.round,
+                        masked: None,
+                        plain: Some(r.vector),
+                        shares: BTreeMap::new(),
+                        metrics: r.metrics,
+                        next_public: Some(public),
+                    };
+                    return send(message, Some(note));
+                }
+                let keys = std::mem::replace(&mut self.keys, crate::secagg::RoundKeys::generate());
+                let masked =
+                    crate::secagg::Masking::new(me, step.round, keys, &participants, threshold)
+                        .and_then(|m| {
+                            let y = m.mask(&r.vector)?;
+                            let shares = m.encrypted_shares()?;
+                            Ok((m, y, shares))
+                        });
+                match masked {
+                    Ok((m, y, shares)) => {
+                        self.masking = Some(m);
+                        let message = SiteMessage::Release {
+                            round: step.round,
+                            masked: Some(y),
+                            plain: None,
+                            shares,
+                            metrics: r.metrics,
+                            next_public: None,
+                        };
+                        send(message, Some(note))
+                    }
+                    Err(e) => refuse(format!("round {}: {e}", step.round)),
+                }
+            }
+            Instruction::Reveal {
+                round,
+                survivors,
+                dropped,
+                shares,
+            } => {
+                let revealed = match self.masking.take().filter(|m| m.round == round) {
+                    None => Err("no masking state for this round (restarted?)".to_string()),
+                    Some(m) => m
+                        .reveal(&survivors, &dropped, &shares, self.min_survivors)
+                        .map_err(|e| e.to_string()),
+                };
+                match revealed {
+                    Ok(reveal) => {
+                        let public = self.fresh_key();
+                        let note = Note::Revealed {
+                            round,
+                            survivors,
+                            dropped,
+                        };
+                        let message = SiteMessage::Reveal {
+                            round,
+                            reveal,
+                            next_public: public,
+                        };
+                        send(message, Some(note))
+                    }
+                    // Refusing to reveal keeps this site's update masked; the hub redoes the
+                    // round without it.
+                    Err(e) => send(self.join(), Some(Note::RevealRefused(e))),
+                }
+            }
+        }
+    }
+}

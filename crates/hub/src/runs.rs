@@ -1337,8 +1337,8 @@ mod tests {
 
     use super::*;
     use medfed_federated::Disclosure;
+    use medfed_federated::protocol::Participant;
     use medfed_federated::run::{SiteData, site_release};
-    use medfed_federated::secagg::{Masking, RoundKeys};
 
     const RULES: Disclosure = Disclosure {
         min_rows: 10,
@@ -1392,12 +1392,11 @@ mod tests {
         }
     }
 
-    /// A site: `silent_from` (round) it answers nothing more; `no_reveal_at` it releases but
-    /// never reveals.
+    /// A site (the protocol side the site node runs): `silent_from` (round) it answers
+    /// nothing more; `no_reveal_at` it releases but never reveals.
     struct Sim {
         data: SiteData,
-        keys: Option<RoundKeys>,
-        masking: Option<Masking>,
+        site: Participant,
         silent_from: u64,
         no_reveal_at: u64,
     }
@@ -1407,81 +1406,21 @@ mod tests {
         if round >= s.silent_from {
             return false;
         }
-        let msg = match st.instruction_for(i) {
-            Instruction::Join => {
-                let k = RoundKeys::generate();
-                let public = k.public;
-                s.keys = Some(k);
-                SiteMessage::Join { public }
+        let ins = st.instruction_for(i);
+        match &ins {
+            Instruction::Wait | Instruction::Finished { .. } | Instruction::Stop { .. } => {
+                return false;
             }
-            Instruction::Compute {
-                me,
-                step,
-                participants,
-                threshold,
-                secure,
-            } => {
-                let r = site_release(spec, &s.data, &step, u64::from(me), &RULES).unwrap();
-                if secure {
-                    let m = Masking::new(
-                        me,
-                        step.round,
-                        s.keys.take().unwrap(),
-                        &participants,
-                        threshold,
-                    )
-                    .unwrap();
-                    let msg = SiteMessage::Release {
-                        round: step.round,
-                        masked: Some(m.mask(&r.vector).unwrap()),
-                        plain: None,
-                        shares: m.encrypted_shares().unwrap(),
-                        metrics: r.metrics,
-                        next_public: None,
-                    };
-                    s.masking = Some(m);
-                    msg
-                } else {
-                    let k = RoundKeys::generate();
-                    let next = k.public;
-                    s.keys = Some(k);
-                    SiteMessage::Release {
-                        round: step.round,
-                        masked: None,
-                        plain: Some(r.vector),
-                        shares: BTreeMap::new(),
-                        metrics: r.metrics,
-                        next_public: Some(next),
-                    }
-                }
-            }
-            Instruction::Reveal {
-                round,
-                survivors,
-                dropped,
-                shares,
-            } => {
-                if round == s.no_reveal_at {
-                    return false;
-                }
-                let reveal = s
-                    .masking
-                    .take()
-                    .unwrap()
-                    .reveal(&survivors, &dropped, &shares, 2)
-                    .unwrap();
-                let k = RoundKeys::generate();
-                let next_public = k.public;
-                s.keys = Some(k);
-                SiteMessage::Reveal {
-                    round,
-                    reveal,
-                    next_public,
-                }
-            }
-            _ => return false,
-        };
-        st.apply(i, msg);
+            Instruction::Reveal { round, .. } if *round == s.no_reveal_at => return false,
+            _ => {}
+        }
+        let data = &s.data;
+        match s.site.answer(ins, |step, me| {
+            site_release(spec, data, step, u64::from(me), &RULES)
+        }) {
+            medfed_federated::protocol::Outcome::Send { message, .. } => st.apply(i, message),
+            other => panic!("unexpected {other:?}"),
+        }
         true
     }
 
@@ -1532,8 +1471,7 @@ mod tests {
         data.iter()
             .map(|d| Sim {
                 data: d.clone(),
-                keys: None,
-                masking: None,
+                site: Participant::new(2),
                 silent_from: u64::MAX,
                 no_reveal_at: u64::MAX,
             })

@@ -8,9 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use medfed_federated::protocol::{Exchange, Instruction, SiteMessage};
+use medfed_federated::protocol::{Exchange, Instruction, Note, Outcome, Participant, SiteMessage};
 use medfed_federated::run::{SiteData, site_release};
-use medfed_federated::secagg::{Masking, RoundKeys};
 use medfed_federated::spec::StudySpec;
 use serde_json::json;
 
@@ -88,27 +87,64 @@ fn nothing_leaves() -> medfed_federated::Disclosure {
     }
 }
 
+/// What the site's audit log says about a release, a refusal or a reveal (before it is sent).
+fn record(s: &Shared, task: &str, resource: &str, note: Note) {
+    let resource = resource.to_string();
+    match note {
+        Note::Released {
+            round,
+            stage,
+            values,
+            rows,
+            masked,
+        } => {
+            let how = if masked {
+                "masked"
+            } else {
+                "unmasked (secure aggregation off)"
+            };
+            s.audit(
+                "federated.release",
+                resource,
+                &format!("round {round} {stage}: {values} values over {rows} rows, {how}"),
+            );
+            set_progress(s, task, json!({"round": round, "stage": stage}));
+        }
+        Note::Refused(reason) => s.audit("federated.refuse", resource, &reason),
+        Note::Revealed {
+            round,
+            survivors,
+            dropped,
+        } => s.audit(
+            "federated.reveal",
+            resource,
+            &format!(
+                "round {round}: self-mask shares for sites {survivors:?}, pairwise seeds for dropped sites {dropped:?}"
+            ),
+        ),
+        Note::RevealRefused(reason) => s.audit("federated.reveal-refused", resource, &reason),
+    }
+}
+
 /// Take part in the run of `task` until it finishes, fails, or the task stops here.
 pub(crate) async fn participate(s: Arc<Shared>, task: LocalTask) {
     let run = task.params["run"].as_str().unwrap_or_default().to_string();
     let resource = format!("study/{}/run/{run}", task.study);
     let path = format!("/api/v1/site/runs/{run}/exchange");
-    let mut keys = RoundKeys::generate();
-    let (spec, data, rules, mut message) = match prepare(&s, &task) {
-        Ok((spec, data, rules)) => (
-            Some(spec),
-            Some(data),
-            rules,
-            SiteMessage::Join {
-                public: keys.public,
-            },
-        ),
+    let (spec, data, rules, refusal) = match prepare(&s, &task) {
+        Ok((spec, data, rules)) => (Some(spec), Some(data), rules, None),
         Err(reason) => {
             s.audit("federated.refuse", resource.clone(), &reason);
-            (None, None, nothing_leaves(), SiteMessage::Refuse { reason })
+            (
+                None,
+                None,
+                nothing_leaves(),
+                Some(SiteMessage::Refuse { reason }),
+            )
         }
     };
-    let mut masking: Option<Masking> = None;
+    let mut me = Participant::new(spec.as_ref().map_or(2, |s| s.run.min_sites));
+    let mut message = refusal.unwrap_or_else(|| me.join());
     let mut failures = 0u32;
     while running(&s, &task.id) {
         let client = lock(&s.client).clone();
@@ -144,143 +180,25 @@ pub(crate) async fn participate(s: Arc<Shared>, task: LocalTask) {
                 continue;
             }
         };
-        message = match ins {
-            Instruction::Wait => SiteMessage::Poll,
-            Instruction::Join => {
-                keys = RoundKeys::generate();
-                masking = None;
-                SiteMessage::Join {
-                    public: keys.public,
+        let outcome = me.answer(ins, |step, index| match (&spec, &data) {
+            (Some(spec), Some(data)) => site_release(spec, data, step, u64::from(index), &rules),
+            _ => Err(medfed_federated::FederatedError::Spec(
+                "this site does not take part in the run".into(),
+            )),
+        });
+        message = match outcome {
+            Outcome::Send { message, note } => {
+                if let Some(note) = note {
+                    record(&s, &task.id, &resource, note);
                 }
+                message
             }
-            Instruction::Compute {
-                me,
-                step,
-                participants,
-                threshold,
-                secure,
-            } => {
-                let (Some(spec), Some(data)) = (&spec, &data) else {
-                    continue;
-                };
-                if secure && participants.get(&me) != Some(&keys.public) {
-                    // The hub holds a key this site no longer has (a restart): start over.
-                    keys = RoundKeys::generate();
-                    SiteMessage::Join {
-                        public: keys.public,
-                    }
-                } else {
-                    match site_release(spec, data, &step, u64::from(me), &rules) {
-                        Err(e) => {
-                            let reason = format!("round {}: {e}", step.round);
-                            s.audit("federated.refuse", resource.clone(), &reason);
-                            SiteMessage::Refuse { reason }
-                        }
-                        Ok(release) => {
-                            let detail = format!(
-                                "round {} {}: {} values over {} rows{}",
-                                step.round,
-                                step.stage.name(),
-                                release.vector.len(),
-                                release.rows,
-                                if secure {
-                                    ", masked"
-                                } else {
-                                    ", unmasked (secure aggregation off)"
-                                },
-                            );
-                            s.audit("federated.release", resource.clone(), &detail);
-                            set_progress(
-                                &s,
-                                &task.id,
-                                json!({"round": step.round, "stage": step.stage.name()}),
-                            );
-                            if secure {
-                                let k = std::mem::replace(&mut keys, RoundKeys::generate());
-                                let masked =
-                                    Masking::new(me, step.round, k, &participants, threshold)
-                                        .and_then(|m| {
-                                            let y = m.mask(&release.vector)?;
-                                            let shares = m.encrypted_shares()?;
-                                            masking = Some(m);
-                                            Ok((y, shares))
-                                        });
-                                match masked {
-                                    Ok((y, shares)) => SiteMessage::Release {
-                                        round: step.round,
-                                        masked: Some(y),
-                                        plain: None,
-                                        shares,
-                                        metrics: release.metrics,
-                                        next_public: None,
-                                    },
-                                    Err(e) => SiteMessage::Refuse {
-                                        reason: format!("round {}: {e}", step.round),
-                                    },
-                                }
-                            } else {
-                                keys = RoundKeys::generate();
-                                SiteMessage::Release {
-                                    round: step.round,
-                                    masked: None,
-                                    plain: Some(release.vector),
-                                    shares: Default::default(),
-                                    metrics: release.metrics,
-                                    next_public: Some(keys.public),
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            Instruction::Reveal {
-                round,
-                survivors,
-                dropped,
-                shares,
-            } => {
-                let min = spec.as_ref().map_or(2, |s| s.run.min_sites);
-                let revealed = match masking.as_ref().filter(|m| m.round == round) {
-                    None => Err("no masking state for this round (restarted?)".to_string()),
-                    Some(m) => m
-                        .reveal(&survivors, &dropped, &shares, min)
-                        .map_err(|e| e.to_string()),
-                };
-                match revealed {
-                    Ok(reveal) => {
-                        s.audit(
-                            "federated.reveal",
-                            resource.clone(),
-                            &format!(
-                                "round {round}: self-mask shares for sites {survivors:?}, pairwise seeds for dropped sites {dropped:?}"
-                            ),
-                        );
-                        masking = None;
-                        keys = RoundKeys::generate();
-                        SiteMessage::Reveal {
-                            round,
-                            reveal,
-                            next_public: keys.public,
-                        }
-                    }
-                    Err(e) => {
-                        // Refusing to reveal keeps this site's update masked; the hub
-                        // redoes the round without it.
-                        s.audit("federated.reveal-refused", resource.clone(), &e);
-                        masking = None;
-                        keys = RoundKeys::generate();
-                        SiteMessage::Join {
-                            public: keys.public,
-                        }
-                    }
-                }
-            }
-            Instruction::Finished { detail } => {
+            Outcome::Finished(detail) => {
                 s.audit("federated.finish", resource.clone(), &detail);
                 s.set_task(&task.id, "done", &detail);
                 return;
             }
-            Instruction::Stop { detail } => {
+            Outcome::Stopped(detail) => {
                 s.audit("federated.stop", resource.clone(), &detail);
                 s.set_task(&task.id, "failed", &detail);
                 return;
