@@ -373,26 +373,13 @@ mod tests {
     /// `MEDFED_REGENERATE_TABLE=1` to rewrite it after the sources change.
     #[test]
     fn committed_table_matches_shared_sources() {
-        // The checkout's sibling `shared/`, or MEDFED_SHARED_DIR, or the workplace's copy.
-        let shared = [
-            std::env::var_os("MEDFED_SHARED_DIR").map(std::path::PathBuf::from),
-            Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")),
-            Some(std::path::PathBuf::from("/work/shared")),
-        ]
-        .into_iter()
-        .flatten()
-        .map(|p| p.join("deid"))
-        .find(|p| p.is_dir())
-        .unwrap_or_default();
-        let (Ok(e11), Ok(add)) = (
-            std::fs::read_to_string(shared.join("ps3.15-table-e1-1.csv")),
-            std::fs::read_to_string(shared.join("ps3.15-table-e1-1-2026c-basic-additions.csv")),
-        ) else {
-            eprintln!(
-                "SKIPPED: ../shared/deid not present; the embedded table is checked by the other tests"
-            );
+        let Some(shared) = medfed_testkit::shared("deid") else {
             return;
         };
+        let e11 = std::fs::read_to_string(shared.join("ps3.15-table-e1-1.csv")).unwrap();
+        let add =
+            std::fs::read_to_string(shared.join("ps3.15-table-e1-1-2026c-basic-additions.csv"))
+                .unwrap();
         let derived = derive_action_table_csv(&e11, &add).unwrap();
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/ps3.15-e1-1.csv");
         if std::env::var_os("MEDFED_REGENERATE_TABLE").is_some() {

@@ -12,11 +12,7 @@ use medfed_synth::{SynthConfig, generate};
 use crate::support::*;
 
 fn samples() -> Option<std::path::PathBuf> {
-    let dir = shared_dir().map(|s| s.join("datasets/dicom_samples"));
-    if dir.is_none() {
-        eprintln!("SKIPPED: ../shared/datasets/dicom_samples is not present");
-    }
-    dir
+    dicom_samples()
 }
 
 #[test]
@@ -81,11 +77,10 @@ fn real_samples_are_all_deidentified() {
 fn dciodvfy_available() -> bool {
     let found = Command::new("dciodvfy").arg("-h").output().is_ok();
     if !found {
-        assert!(
-            std::env::var_os("MEDFED_REQUIRE_DCIODVFY").is_none(),
-            "dciodvfy (Debian dicom3tools) is required here but not installed"
+        medfed_testkit::skip(
+            Some("MEDFED_REQUIRE_DCIODVFY"),
+            "dciodvfy (Debian dicom3tools) is not installed",
         );
-        eprintln!("SKIPPED: dciodvfy (dicom3tools) not installed");
     }
     found
 }

@@ -9,17 +9,10 @@ use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 use medfed_deid::{BatchReport, BatchRun, DeidOption, DeidProfile, Pseudonymizer, SiteKey};
 
-/// `../shared` of the checkout (or `MEDFED_SHARED_DIR`), if present.
-pub fn shared_dir() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("MEDFED_SHARED_DIR").map(PathBuf::from),
-        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")),
-        Some(PathBuf::from("/work/shared")),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|p| p.join("datasets/dicom_samples").is_dir())
+/// `../shared/datasets/dicom_samples` of the checkout (or under `MEDFED_SHARED_DIR`), if
+/// present; a missing folder is reported as a skip (a failure under CI).
+pub fn dicom_samples() -> Option<PathBuf> {
+    medfed_testkit::shared("datasets/dicom_samples")
 }
 
 pub fn key() -> SiteKey {
