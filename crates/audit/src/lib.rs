@@ -294,6 +294,17 @@ impl AuditLog {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Sync every record appended so far to disk. For a caller about to act on what it just
+    /// recorded (a site releasing data): `append` syncs only at checkpoints, so without this a
+    /// crash could lose the record of something that already left.
+    pub fn sync(&self) -> Result<(), AuditError> {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.file.sync_data().map_err(|source| AuditError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
 }
 
 pub fn key_id(key: &VerifyingKey) -> String {
