@@ -12,6 +12,9 @@
 //!   an administrator who should read study data needs a study role like anyone else.
 //! - Organisation-bound duties: a site-operator uploads only to datasets of their own
 //!   organisation, a data-owner deletes or releases only their own organisation's datasets.
+//! - Grants ([`check_grant`]): study roles go only to people of the study's organisations, and
+//!   never by one's own hand (no self-grants, so an administrator cannot make themself
+//!   coordinator and then researcher).
 
 use serde::{Deserialize, Serialize};
 
@@ -192,5 +195,49 @@ pub fn visible(who: &Principal, on: &Resource) -> bool {
     match on.study() {
         None => who.platform_admin,
         Some(study) => who.member_of(study),
+    }
+}
+
+/// Why a study role may not be granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GrantRefusal {
+    /// The grantee belongs to no organisation of the study.
+    OutsideTheStudy,
+    /// The granter would grant themself (segregation of duties).
+    SelfGrant,
+}
+
+impl std::fmt::Display for GrantRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            GrantRefusal::OutsideTheStudy => {
+                "the user belongs to no organisation taking part in this study"
+            }
+            GrantRefusal::SelfGrant => "nobody grants a study role to themself",
+        })
+    }
+}
+
+impl std::error::Error for GrantRefusal {}
+
+/// Whether `granter` may give `grantee` a role in a study whose member organisations are
+/// `study_organisations` (whether the granter manages the study at all is [`decide`]'s
+/// question, `ManageStudy`):
+/// - a study role opens the study's data, so it goes only to people of the organisations that
+///   take part in it;
+/// - nobody grants themself a role, a platform administrator naming themself coordinator
+///   included: otherwise one person could go from administrator to coordinator to researcher
+///   by their own decisions (segregation of duties). Every role comes from someone else.
+pub fn check_grant(
+    granter: &Principal,
+    grantee: &Principal,
+    study_organisations: &[String],
+) -> Result<(), GrantRefusal> {
+    if granter.id == grantee.id {
+        return Err(GrantRefusal::SelfGrant);
+    }
+    match grantee.organisation.as_deref() {
+        Some(org) if study_organisations.iter().any(|o| o == org) => Ok(()),
+        _ => Err(GrantRefusal::OutsideTheStudy),
     }
 }
