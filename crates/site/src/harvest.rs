@@ -76,6 +76,23 @@ impl Harvester<'_> {
         Ok(())
     }
 
+    fn instance_resource(&self, sop: &str) -> String {
+        format!(
+            "study/{}/dataset/{}/instance/{sop}",
+            self.study, self.dataset
+        )
+    }
+
+    /// Append a `harvest.release` record for every instance of a batch (by its de-identified
+    /// SOP Instance UID, the one the hub will hold), then sync the log.
+    fn record_release(&self, batch: &[(PathBuf, String)]) -> Result<(), HarvestError> {
+        for (_, sop) in batch {
+            self.audit("harvest.release", self.instance_resource(sop), "sending")?;
+        }
+        self.audit.sync()?;
+        Ok(())
+    }
+
     /// One pass over the inbox.
     pub async fn run_once(&self) -> Result<HarvestReport, HarvestError> {
         let study = match self.policy.allows(self.study, WayOfWorking::Harvest) {
@@ -142,8 +159,14 @@ impl Harvester<'_> {
             reid.merge(&all)?;
             let mut sends = futures_util::stream::iter(prepared.into_iter().map(
                 |(bodies, originals, _)| async move {
+                    // Fail closed: a batch goes out only once its release is in the site's
+                    // audit log, on disk. If that fails, this batch is not sent (the pass
+                    // stops; its originals stay in the inbox for the next pass).
+                    if let Err(e) = self.record_release(&originals) {
+                        return (originals, Err(e));
+                    }
                     let answer = self.hub.stow(self.dataset, &bodies).await;
-                    (originals, answer)
+                    (originals, answer.map_err(HarvestError::from))
                 },
             ))
             .buffered(IN_FLIGHT);
@@ -189,29 +212,25 @@ impl Harvester<'_> {
                             ));
                             self.audit(
                                 "harvest.send",
-                                format!(
-                                    "study/{}/dataset/{}/instance/{sop}",
-                                    self.study, self.dataset
-                                ),
+                                self.instance_resource(&sop),
                                 "refused by hub",
                             )?;
                             continue;
                         }
                     };
-                    self.audit(
-                        "harvest.send",
-                        format!(
-                            "study/{}/dataset/{}/instance/{sop}",
-                            self.study, self.dataset
-                        ),
-                        outcome,
-                    )?;
+                    self.audit("harvest.send", self.instance_resource(&sop), outcome)?;
                     let dest = harvested.join(original.file_name().unwrap_or_default());
+                    // The error names the harvested folder, not the inbox file: that file is
+                    // named by the original SOP Instance UID, and this message reaches the
+                    // status the hub is shown.
                     self.inbox
                         .move_out(&original, &dest)
                         .map_err(|e| HarvestError::Io {
-                            path: original.clone(),
-                            source: std::io::Error::other(e.to_string()),
+                            path: harvested.clone(),
+                            source: match e {
+                                crate::inbox::InboxError::Io { source, .. } => source,
+                                other => std::io::Error::other(other.to_string()),
+                            },
                         })?;
                     if outcome == "sent" {
                         report.sent += 1;

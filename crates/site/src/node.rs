@@ -201,15 +201,55 @@ impl Shared {
         format!("site:{}", self.policy.organisation)
     }
 
+    /// Record an event the site goes on with whether or not it could be recorded (a decision
+    /// kept locally, a cancellation); a failure is logged. What leaves the site goes through
+    /// [`Shared::audit_durably`] instead.
     pub(crate) fn audit(&self, action: &str, resource: String, outcome: &str) {
-        if let Err(e) = self.audit.append(Event {
+        if let Err(e) = self.append(action, resource, outcome) {
+            tracing::error!(error = %e, "site audit append failed");
+        }
+    }
+
+    /// Record, and sync to disk, what is about to leave the site. The caller sends nothing when
+    /// this fails (fail closed): nothing leaves a site that its audit log does not hold.
+    pub(crate) fn audit_durably(
+        &self,
+        action: &str,
+        resource: String,
+        outcome: &str,
+    ) -> Result<(), medfed_audit::AuditError> {
+        self.append(action, resource, outcome)?;
+        self.audit.sync()
+    }
+
+    fn append(
+        &self,
+        action: &str,
+        resource: String,
+        outcome: &str,
+    ) -> Result<(), medfed_audit::AuditError> {
+        self.audit.append(Event {
             actor: self.actor(),
             on_behalf_of: None,
             action: action.into(),
             resource,
             outcome: outcome.into(),
-        }) {
-            tracing::error!(error = %e, "site audit append failed");
+        })?;
+        Ok(())
+    }
+
+    /// How a record names an inbox file (`<original SOP Instance UID>.dcm`): by the
+    /// de-identified UID the hub holds or would hold for it (HMAC under the site key). The
+    /// original UID never goes into a record or a log: a plain hash of it would not do either,
+    /// since anyone holding the original (the PACS, the modality) could hash it and find it.
+    fn instance_resource(&self, file: &str) -> String {
+        let uid = file.strip_suffix(".dcm").unwrap_or(file);
+        match medfed_deid::SiteKey::load(&self.policy.storage.dir.join("site.key")) {
+            Ok(key) => format!(
+                "instance/{}",
+                medfed_deid::Pseudonymizer::new(key).remap_uid(uid)
+            ),
+            Err(_) => "instance/(site key unreadable)".into(),
         }
     }
 
@@ -223,6 +263,21 @@ impl Shared {
         let bytes = serde_json::to_vec_pretty(&tasks).unwrap_or_default();
         if let Err(e) = write_atomically(&path, &bytes, false) {
             tracing::error!(error = %e, path = %path.display(), "cannot save the task list");
+        }
+    }
+
+    /// Change what a task says about itself (not its status); reported if it changed.
+    fn set_task_detail(&self, id: &str, detail: &str) {
+        let changed = match lock(&self.tasks).get_mut(id) {
+            Some(t) if t.detail != detail => {
+                t.detail = detail.into();
+                t.reported = false;
+                true
+            }
+            _ => false,
+        };
+        if changed {
+            self.save_tasks();
         }
     }
 
@@ -297,7 +352,12 @@ impl Shared {
             "awaiting-approval" => "task.hold",
             _ => "task.fail",
         };
-        self.audit(action, resource, &format!("{kind}: {detail}"));
+        // The decision is reported to the hub, so it is recorded first; if it cannot be, the
+        // task is not taken in (the hub offers it again with the next poll).
+        if let Err(e) = self.audit_durably(action, resource, &format!("{kind}: {detail}")) {
+            tracing::error!(task = id, error = %e, "task not decided: the site's audit log cannot be written");
+            return;
+        }
         tracing::info!(task = id, study, kind, status, %detail, "task decided");
         lock(&self.tasks).insert(
             id.to_string(),
@@ -361,16 +421,16 @@ impl Shared {
                 let who = std::fs::read_to_string(e.path()).unwrap_or_default();
                 let study = lock(&self.tasks)[id].study.clone();
                 let resource = format!("study/{study}/task/{id}");
-                match what {
-                    "approve" => {
-                        self.audit("task.approve", resource, who.trim());
-                        self.set_task(id, "running", "");
-                    }
-                    _ => {
-                        self.audit("task.reject", resource, who.trim());
-                        self.set_task(id, "refused", "rejected at the site");
-                    }
+                let (action, status, detail) = match what {
+                    "approve" => ("task.approve", "running", ""),
+                    _ => ("task.reject", "refused", "rejected at the site"),
+                };
+                // Kept for the next look when it cannot be recorded.
+                if let Err(e) = self.audit_durably(action, resource, who.trim()) {
+                    tracing::error!(task = id, error = %e, "decision not applied: the site's audit log cannot be written");
+                    continue;
                 }
+                self.set_task(id, status, detail);
             }
             let _ = std::fs::remove_file(e.path());
         }
@@ -721,11 +781,28 @@ async fn harvest_loop(s: Arc<Shared>) {
                     if r.sent + r.already_there > 0 {
                         wait = Duration::from_millis(20);
                     }
+                    if t.detail.starts_with("site audit log unwritable") {
+                        s.set_task_detail(&t.id, "");
+                    }
                     record_pass(&s, &t.id, &r);
                 }
                 Err(HarvestError::Hub(e)) => {
                     lock(&s.status).harvest_paused =
                         Some(format!("waiting for the hub (will retry): {e}"));
+                    wait = backoff(failures, s.options.max_backoff);
+                    failures = failures.saturating_add(1);
+                }
+                Err(HarvestError::Audit(e)) => {
+                    // Nothing was sent that the log does not hold; the inbox keeps the rest.
+                    // The task stays running and says why it sends nothing.
+                    let why = format!(
+                        "site audit log unwritable, nothing is sent until it can be written: {e}"
+                    );
+                    if failures == 0 {
+                        tracing::error!(task = %t.id, error = %e, "harvest stopped: the site's audit log cannot be written");
+                    }
+                    lock(&s.status).harvest_paused = Some(why.clone());
+                    s.set_task_detail(&t.id, &why);
                     wait = backoff(failures, s.options.max_backoff);
                     failures = failures.saturating_add(1);
                 }
@@ -781,7 +858,7 @@ fn record_pass(s: &Shared, task: &str, r: &crate::harvest::HarvestReport) {
             let _ = std::fs::write(dir.join(format!("{}.reason.txt", f.file)), &f.reason);
             s.audit(
                 "harvest.quarantine",
-                format!("inbox/{}", f.file),
+                s.instance_resource(&f.file),
                 &format!("after {} attempts: {}", f.attempts, f.reason),
             );
             lock(&s.status).quarantined.push(f);

@@ -201,3 +201,135 @@ async fn a_study_is_harvested_de_identified_once_and_only_where_allowed() {
     assert!(medfed_deid::reid_table_path(&site_key).exists());
     running.stop().await;
 }
+
+/// Fail closed: with the site's audit log unwritable, a pass sends nothing, says why, and the
+/// inbox keeps every instance; once the log can be written again, everything is sent, and each
+/// instance's release is in the log before it left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_its_audit_log_unwritable_a_harvest_sends_nothing_and_keeps_the_inbox() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let running = medfed_hub::start(medfed_hub::HubConfig {
+        data_dir: d.join("hub"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let hub = running.hub.clone();
+    let cat = &hub.catalogue;
+    cat.create_organisation("org1", "One").await.unwrap();
+    cat.create_study("lung-ct", "Lung CT", &["org1".into()])
+        .await
+        .unwrap();
+    let op = cat
+        .create_user("local:site-op", Some("org1"), false)
+        .await
+        .unwrap();
+    cat.grant(&op.id, "lung-ct", StudyRole::SiteOperator)
+        .await
+        .unwrap();
+    let base = format!("https://127.0.0.1:{}", running.addr.port());
+    let opc = HubClient::new(&base, running.ca_pem.as_deref())
+        .unwrap()
+        .with_token(&medfed_hub::issue_token(&hub, &op.id, 1).await.unwrap());
+    let ds = opc
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/studies/lung-ct/datasets",
+            Some(json!({"title": "harvest", "licence": "study members", "retention_until": "2099-01-01",
+                        "provenance": {"site": "org1", "deid_settings": "basic", "medfed_version": "test"}})),
+        )
+        .await
+        .unwrap();
+    let ds = ds["id"].as_str().unwrap().to_string();
+    let site_dir = d.join("site");
+    let policy = SitePolicy::parse(&format!(
+        "organisation = \"org1\"\n[storage]\ndir = \"{}\"\n[[study]]\nid = \"lung-ct\"\nallow = [\"harvest\"]\n",
+        site_dir.display()
+    ))
+    .unwrap();
+    let set = medfed_synth::generate(
+        &d.join("pacs"),
+        &medfed_synth::SynthConfig {
+            patients: 1,
+            studies_per_patient: 1,
+            series_per_study: 1,
+            slices_per_series: 4,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let inbox = Inbox::open(&policy.inbox_dir(), 1 << 30).unwrap();
+    for f in &set.files {
+        inbox.import(f).unwrap();
+    }
+    let audit_key = medfed_audit::load_or_create_key(&site_dir.join("audit.key")).unwrap();
+    let audit_pub = audit_key.verifying_key();
+    let audit_path = site_dir.join("site.audit.jsonl");
+    let audit = medfed_audit::AuditLog::open(&audit_path, audit_key, 10).unwrap();
+    let site_key = site_dir.join("site.key");
+    let harvester = Harvester {
+        policy: &policy,
+        study: "lung-ct",
+        dataset: &ds,
+        inbox: &inbox,
+        hub: &opc,
+        site_key: &site_key,
+        audit: &audit,
+    };
+    // Tests run as root, for whom no permission bit makes a file unwritable. What fails for
+    // root too: the log's signed head (rewritten by every append, by rename) replaced by a
+    // directory, onto which no file can be renamed.
+    let head = medfed_audit::head_path(&audit_path);
+    std::fs::remove_file(&head).unwrap();
+    std::fs::create_dir(&head).unwrap();
+    let err = harvester.run_once().await.unwrap_err();
+    assert!(
+        matches!(err, medfed_site::HarvestError::Audit(_)),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("site.audit.jsonl.head"), "{err}");
+    assert_eq!(inbox.list().unwrap().len(), 4, "the inbox keeps everything");
+    let on_hub = opc
+        .call(reqwest::Method::GET, "/api/v1/dicomweb/studies", None)
+        .await
+        .unwrap();
+    assert!(
+        on_hub.as_array().unwrap().is_empty(),
+        "released without an audit record: {on_hub}"
+    );
+
+    // The log writable again: everything goes, each release recorded before it was sent.
+    std::fs::remove_dir(&head).unwrap();
+    let r = harvester.run_once().await.unwrap();
+    assert_eq!((r.sent, r.failed.len()), (4, 0), "{r:?}");
+    assert!(inbox.list().unwrap().is_empty());
+    drop(audit);
+    let log = std::fs::read_to_string(&audit_path).unwrap();
+    // Lines are records (flat: action, resource, ...) and checkpoints.
+    let records: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l["type"] == "record")
+        .collect();
+    let sends: Vec<usize> = (0..records.len())
+        .filter(|&i| records[i]["action"] == "harvest.send")
+        .collect();
+    assert_eq!(sends.len(), 4);
+    for i in sends {
+        let resource = &records[i]["resource"];
+        assert!(
+            records[..i]
+                .iter()
+                .any(|r| r["action"] == "harvest.release" && r["resource"] == *resource),
+            "{resource} sent without a release record before it"
+        );
+    }
+    assert_eq!(log.matches("\"outcome\":\"sent\"").count(), 4);
+    for p in &set.planted() {
+        assert!(memchr::memmem::find(log.as_bytes(), p).is_none());
+    }
+    medfed_audit::verify(&audit_path, &audit_pub).unwrap();
+    running.stop().await;
+}
