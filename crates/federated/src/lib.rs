@@ -37,10 +37,31 @@ pub mod table;
 /// Why a site refuses to release something, or an input is unusable.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum FederatedError {
-    #[error("{rows} rows is below this site's minimum of {min}")]
+    // Refusal texts name the rule, never a count: they reach the coordinator, the hub's audit
+    // log and the run's state, and a count would disclose what the rule withholds. The fields
+    // stay for the site's own tests and are never formatted.
+    #[error("fewer rows than this site's minimum")]
     TooFewRows { rows: u64, min: u64 },
-    #[error("a cell of {count} is below this site's minimum cell count of {min}")]
+    #[error("a count is below this site's minimum cell count")]
     SmallCell { count: u64, min: u64 },
+    /// A level of a categorical, indicator or binary column (or the label) holds fewer rows
+    /// than the minimum, or all but fewer than the minimum (DataSHIELD's level filter).
+    #[error("a level of {0} has fewer rows than this site's minimum")]
+    SmallLevel(String),
+    /// A cell a model's parameters depend on (a level of a binary feature by the label).
+    #[error("a cell of {0} by the label is below this site's minimum cell count")]
+    SmallModelCell(String),
+    /// More parameters than the saturation filter allows for the site's rows (nfilter.glm).
+    #[error("the design is saturated: too many parameters for this site's rows")]
+    Saturated,
+    /// The rows selected differ from those of an earlier run by fewer than the minimum.
+    #[error(
+        "the rows selected differ from an earlier run's by fewer than this site's minimum (differencing)"
+    )]
+    Differencing,
+    /// A release that differential privacy cannot bound was asked for in a DP run.
+    #[error("differential privacy: the {0} stage has no bounded sensitivity and is not released")]
+    NotPrivate(String),
     #[error("column {0:?} is not in the table")]
     NoColumn(String),
     #[error("table: {0}")]

@@ -38,10 +38,23 @@ pub struct Scaling {
 #[serde(tag = "stage", rename_all = "kebab-case")]
 pub enum Stage {
     Moments,
-    Histogram { edges: Vec<Vec<f64>> },
-    Newton { iteration: u64, beta: Vec<f64> },
-    Train { iteration: u64, params: Vec<f64> },
-    Evaluate { params: Vec<f64> },
+    /// `pass` counts the merges of neighbouring bins so far (0: the spec's bins).
+    Histogram {
+        edges: Vec<Vec<f64>>,
+        #[serde(default)]
+        pass: u32,
+    },
+    Newton {
+        iteration: u64,
+        beta: Vec<f64>,
+    },
+    Train {
+        iteration: u64,
+        params: Vec<f64>,
+    },
+    Evaluate {
+        params: Vec<f64>,
+    },
 }
 
 impl Stage {
@@ -82,6 +95,217 @@ pub struct SiteData {
     pub test: Design,
     /// Raw (unscaled) training values of each feature, for statistics.
     pub columns: Vec<Vec<f64>>,
+    /// Which rows of the table the training and test designs hold (differencing is checked
+    /// on these, see [`DisclosureMemory`]).
+    pub train_rows: Selection,
+    pub test_rows: Selection,
+}
+
+/// A set of row indices of a site's table, as sorted half-open ranges (selections are mostly
+/// long runs: a split or a few rows dropped for missing values, so this stays small).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Selection(Vec<(u64, u64)>);
+
+impl Selection {
+    /// From ascending row indices.
+    pub fn from_sorted(rows: &[usize]) -> Selection {
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for &r in rows {
+            let r = r as u64;
+            match ranges.last_mut() {
+                Some((_, end)) if *end == r => *end += 1,
+                _ => ranges.push((r, r + 1)),
+            }
+        }
+        Selection(ranges)
+    }
+
+    pub fn len(&self) -> u64 {
+        self.0.iter().map(|(a, b)| b - a).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn intersection_len(&self, o: &Selection) -> u64 {
+        let (mut i, mut j, mut n) = (0, 0, 0);
+        while i < self.0.len() && j < o.0.len() {
+            let (a, b) = (self.0[i], o.0[j]);
+            let (lo, hi) = (a.0.max(b.0), a.1.min(b.1));
+            n += hi.saturating_sub(lo);
+            if a.1 <= b.1 {
+                i += 1;
+            } else {
+                j += 1;
+            }
+        }
+        n
+    }
+
+    /// Rows in exactly one of the two selections.
+    pub fn symmetric_difference_len(&self, o: &Selection) -> u64 {
+        self.len() + o.len() - 2 * self.intersection_len(o)
+    }
+}
+
+/// DataSHIELD's saturation filter (`nfilter.glm`, default 0.33): a model may have at most
+/// this fraction of the site's rows as parameters. Near saturation the parameters determine
+/// the rows (at p = n a linear model reproduces every label).
+pub const NFILTER_GLM: f64 = 0.33;
+
+/// Whether the values take at most two distinct values (a binary coding: its levels are
+/// counts, whatever the column is called).
+fn distinct_at_most_two(values: impl Iterator<Item = f64>) -> Option<Vec<f64>> {
+    let mut seen: Vec<f64> = Vec::with_capacity(2);
+    for v in values {
+        if !seen.contains(&v) {
+            if seen.len() == 2 {
+                return None;
+            }
+            seen.push(v);
+        }
+    }
+    Some(seen)
+}
+
+/// Rows per level of a column with at most two levels.
+fn level_counts(values: &[f64], levels: &[f64]) -> Vec<u64> {
+    levels
+        .iter()
+        .map(|l| values.iter().filter(|v| *v == l).count() as u64)
+        .collect()
+}
+
+/// The disclosure rules on the design itself, in the manner of DataSHIELD, checked at the
+/// site before anything of the run is released (the row and cell minimums of each release are
+/// checked again by every step):
+///
+/// - every level of an indicator (`name=v`) or binary feature, and of a binary label, holds
+///   at least `min_rows` rows, and so do the rows not at that level (an empty level reveals
+///   no person and passes): a mean, sum or coefficient of an indicator over a handful of
+///   rows is those rows' values;
+/// - for a binary label, every cell of a binary feature by the label holds none or at least
+///   `min_cell` rows: the gradient and the cross-products are those cells' counts;
+/// - models (Newton, FedAvg/FedProx) have at most [`NFILTER_GLM`] x rows coefficients.
+///
+/// Refusals name the rule and the feature, never a count.
+pub fn check_disclosure(
+    spec: &StudySpec,
+    data: &SiteData,
+    rules: &Disclosure,
+) -> Result<(), FederatedError> {
+    let evaluates = spec.run.evaluate && spec.classifies() && spec.privacy.dp.is_none();
+    let split = spec.data.split.is_some();
+    let mut designs = vec![&data.train];
+    if evaluates && split {
+        designs.push(&data.test);
+    }
+    let ok_level = |c: u64, n: u64| {
+        let rest = n - c;
+        (c == 0 || c >= rules.min_rows) && (rest == 0 || rest >= rules.min_rows)
+    };
+    let uses_label =
+        spec.algorithm.kind != AlgorithmKind::Statistics || !spec.algorithm.crosstab.is_empty();
+    for d in designs {
+        let n = d.rows() as u64;
+        rules.check_rows(n)?;
+        let label = if uses_label {
+            distinct_at_most_two(d.y.iter().copied())
+        } else {
+            None
+        };
+        if let Some(levels) = &label {
+            if !level_counts(&d.y, levels).iter().all(|&c| ok_level(c, n)) {
+                return Err(FederatedError::SmallLevel("the label".into()));
+            }
+        }
+        for (j, name) in spec.data.features.iter().enumerate() {
+            let col: Vec<f64> = d.x.iter().map(|x| x[j + 1]).collect();
+            let levels = match distinct_at_most_two(col.iter().copied()) {
+                Some(l) => l,
+                // An indicator with more than two values cannot happen; a numeric column
+                // with many values is not a set of levels.
+                None => continue,
+            };
+            if !level_counts(&col, &levels).iter().all(|&c| ok_level(c, n)) {
+                return Err(FederatedError::SmallLevel(format!("feature {name:?}")));
+            }
+            if let Some(ylev) = &label {
+                for l in &levels {
+                    for yl in ylev {
+                        let c = col
+                            .iter()
+                            .zip(&d.y)
+                            .filter(|(x, y)| *x == l && *y == yl)
+                            .count() as u64;
+                        if c > 0 && c < rules.min_cell {
+                            return Err(FederatedError::SmallModelCell(format!(
+                                "feature {name:?}"
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if spec.algorithm.kind != AlgorithmKind::Statistics {
+        // The design's coefficients (intercept included); for the MLP this bounds the design,
+        // not the hidden units, whose updates are trained rather than solved (DP is the
+        // control there).
+        let p = spec.data.features.len() as f64 + 1.0;
+        if p > NFILTER_GLM * data.train.rows() as f64 {
+            return Err(FederatedError::Saturated);
+        }
+    }
+    Ok(())
+}
+
+/// What a site remembers of its earlier runs, to refuse differencing: two releases over row
+/// selections that differ by a few rows give those rows' values by subtraction (a run with
+/// one patient's row dropped by a missing value, a split column or a changed selector). The
+/// site keeps, per table, every selection it has released over; a run whose training or test
+/// selection differs from a remembered one by 1 to `min_rows - 1` rows is refused. Pure data:
+/// the site node loads and saves it in its state directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DisclosureMemory {
+    /// Table id at the site -> selections released over.
+    pub tables: BTreeMap<String, Vec<Selection>>,
+}
+
+impl DisclosureMemory {
+    fn selections(data: &SiteData) -> impl Iterator<Item = &Selection> {
+        std::iter::once(&data.train_rows).chain(
+            (data.test_rows != data.train_rows && !data.test_rows.is_empty())
+                .then_some(&data.test_rows),
+        )
+    }
+
+    /// Refuse `data` if one of its selections is a near copy of an earlier one.
+    pub fn check(&self, table: &str, data: &SiteData, min_rows: u64) -> Result<(), FederatedError> {
+        let Some(earlier) = self.tables.get(table) else {
+            return Ok(());
+        };
+        for new in Self::selections(data) {
+            for old in earlier {
+                let d = new.symmetric_difference_len(old);
+                if d > 0 && d < min_rows {
+                    return Err(FederatedError::Differencing);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Remember `data`'s selections (once each).
+    pub fn remember(&mut self, table: &str, data: &SiteData) {
+        let list = self.tables.entry(table.to_string()).or_default();
+        for s in Self::selections(data) {
+            if !list.contains(s) {
+                list.push(s.clone());
+            }
+        }
+    }
 }
 
 impl SiteData {
@@ -106,17 +330,15 @@ impl SiteData {
                 "the split column was not read".into(),
             ));
         }
-        let (train, test) = match split {
+        let ((train, train_rows), (test, test_rows)) = match split {
             Some(s) => (
-                table.select(|i| texts[i] == s.train),
-                Some(table.select(|i| texts[i] == s.test)),
+                table.design_where(&d.features, &d.label, |i| texts[i] == s.train)?,
+                table.design_where(&d.features, &d.label, |i| texts[i] == s.test)?,
             ),
-            None => (table, None),
-        };
-        let train = train.design(&d.features, &d.label)?;
-        let test = match test {
-            Some(t) => t.design(&d.features, &d.label)?,
-            None => train.clone(),
+            None => {
+                let t = table.design_where(&d.features, &d.label, |_| true)?;
+                (t.clone(), t)
+            }
         };
         let columns = (1..train.width())
             .map(|j| train.x.iter().map(|x| x[j]).collect())
@@ -125,6 +347,8 @@ impl SiteData {
             train,
             test,
             columns,
+            train_rows: Selection::from_sorted(&train_rows),
+            test_rows: Selection::from_sorted(&test_rows),
         })
     }
 }
@@ -161,6 +385,11 @@ pub fn site_release(
     rules: &Disclosure,
 ) -> Result<Release, FederatedError> {
     let train = || scaled(&data.train, &step.scaling);
+    if spec.privacy.dp.is_some() && !matches!(step.stage, Stage::Train { .. }) {
+        // Only the clipped, noised updates have a sensitivity the accountant can charge for a
+        // whole site's table; whatever the hub asks, nothing else leaves in a DP run.
+        return Err(FederatedError::NotPrivate(step.stage.name().into()));
+    }
     let (vector, metrics, rows) = match &step.stage {
         Stage::Moments => {
             let n = data.train.rows() as u64;
@@ -174,27 +403,46 @@ pub fn site_release(
             );
             (v, None, n)
         }
-        Stage::Histogram { edges } => {
+        Stage::Histogram { edges, .. } => {
             if edges.len() != data.columns.len() {
                 return Err(FederatedError::Shape("one edge list per feature".into()));
             }
-            let mut v = Vec::new();
+            rules.check_rows(data.train.rows() as u64)?;
+            // Layout: every feature's counts, every cross-tab's counts, then per feature the
+            // interior edges this site needs removed, one withheld flag per feature and one per
+            // cross-tab. A histogram with a small cell is withheld (zeros) and the site says
+            // which neighbouring bins would bear it; the hub merges and asks again.
+            let (mut v, mut votes, mut flags, mut tab_flags) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for (c, e) in data.columns.iter().zip(edges) {
-                v.extend(
-                    stats::site_histogram(c, e, rules)?
-                        .iter()
-                        .map(|&k| k as f64),
-                );
+                let counts = stats::histogram_counts(c, e)?;
+                let remove = stats::merge_votes(&counts, rules.min_cell);
+                let small = remove.iter().any(|&r| r) || rules.check_cells(counts.clone()).is_err();
+                let released = if small { vec![0; counts.len()] } else { counts };
+                v.extend(released.iter().map(|&k| k as f64));
+                votes.extend(remove.iter().map(|&r| f64::from(u8::from(r))));
+                flags.push(f64::from(u8::from(small)));
             }
             for (column, levels) in &spec.algorithm.crosstab {
                 let j = spec.data.features.iter().position(|f| f == column);
                 let col = j
                     .map(|j| &data.columns[j])
                     .ok_or_else(|| FederatedError::NoColumn(column.clone()))?;
-                let counts =
-                    stats::site_crosstab(col, &data.train.y, levels, &LABEL_LEVELS, rules)?;
-                v.extend(counts.iter().map(|&k| k as f64));
+                match stats::site_crosstab(col, &data.train.y, levels, &LABEL_LEVELS, rules) {
+                    Ok(counts) => {
+                        v.extend(counts.iter().map(|&k| k as f64));
+                        tab_flags.push(0.0);
+                    }
+                    Err(FederatedError::SmallCell { .. } | FederatedError::TooFewRows { .. }) => {
+                        v.extend(std::iter::repeat_n(0.0, levels.len() * LABEL_LEVELS.len()));
+                        tab_flags.push(1.0);
+                    }
+                    Err(e) => return Err(e),
+                }
             }
+            v.extend(votes);
+            v.extend(flags);
+            v.extend(tab_flags);
             (v, None, data.train.rows() as u64)
         }
         Stage::Newton { beta, .. } => {
@@ -291,6 +539,15 @@ pub struct FeatureStatistics {
     /// Bin edges (the end bins also hold what falls outside) and pooled counts.
     pub edges: Vec<f64>,
     pub counts: Vec<u64>,
+    /// Sites in `n`, `mean` and `sd` (the moments round) and in the histogram and quartiles.
+    #[serde(default)]
+    pub moment_sites: usize,
+    #[serde(default)]
+    pub histogram_sites: usize,
+    /// Whether neighbouring bins of the spec's were merged so that every site's bins hold
+    /// none or at least its minimum cell count (then `edges` are the merged ones).
+    #[serde(default)]
+    pub bins_merged: bool,
 }
 
 /// A pooled cross-tab of a feature's levels (rows) against the label's 0/1 (columns).
@@ -300,6 +557,10 @@ pub struct CrossTab {
     pub levels: Vec<f64>,
     /// Row-major: `counts[level * 2 + label]`.
     pub counts: Vec<u64>,
+    /// Sites whose counts are in the table (a site with a cell below its minimum withholds
+    /// its table).
+    #[serde(default)]
+    pub sites: usize,
 }
 
 /// The overall evaluation, from the summed binned scores.
@@ -341,6 +602,10 @@ pub struct RunResult {
     pub epsilon: Option<f64>,
     pub delta: Option<f64>,
     pub rounds: u64,
+    /// What the reader must know about the figures: figures over different sets of sites,
+    /// merged bins, stages a DP run left out.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 impl RunResult {
@@ -386,9 +651,11 @@ pub struct Coordinator {
     pub step: Option<Step>,
     pub history: Vec<RoundRecord>,
     pub result: Option<RunResult>,
-    /// Statistics: the moments, kept for the histogram step.
+    /// Statistics: the moments, kept for the histogram step, and the sites they cover.
     #[serde(default)]
     moments: Option<Vec<stats::Moments>>,
+    #[serde(default)]
+    moment_sites: usize,
 }
 
 fn shape(msg: String) -> FederatedError {
@@ -397,7 +664,9 @@ fn shape(msg: String) -> FederatedError {
 
 impl Coordinator {
     pub fn new(spec: StudySpec) -> Coordinator {
-        let first = if spec.data.standardise || spec.algorithm.kind == AlgorithmKind::Statistics {
+        // A DP run releases its noised updates only (see `site_release`): no moments round.
+        let standardise = spec.data.standardise && spec.privacy.dp.is_none();
+        let first = if standardise || spec.algorithm.kind == AlgorithmKind::Statistics {
             Stage::Moments
         } else {
             Self::first_training(&spec)
@@ -412,7 +681,20 @@ impl Coordinator {
             history: Vec::new(),
             result: None,
             moments: None,
+            moment_sites: 0,
         }
+    }
+
+    /// How many bins a histogram release has per feature, and its total length.
+    fn histogram_layout(spec: &StudySpec, edges: &[Vec<f64>]) -> (Vec<usize>, usize) {
+        let bins: Vec<usize> = edges.iter().map(|e| e.len().saturating_sub(1)).collect();
+        let tabs: usize = spec.algorithm.crosstab.values().map(|l| l.len() * 2).sum();
+        let total = bins.iter().sum::<usize>()
+            + tabs
+            + bins.iter().map(|b| b.saturating_sub(1)).sum::<usize>()
+            + bins.len()
+            + spec.algorithm.crosstab.len();
+        (bins, total)
     }
 
     /// Coefficients plus the intercept.
@@ -495,7 +777,8 @@ impl Coordinator {
                         })
                         .collect();
                     self.moments = Some(moments);
-                    Some(Stage::Histogram { edges })
+                    self.moment_sites = sites;
+                    Some(Stage::Histogram { edges, pass: 0 })
                 } else {
                     let mut s = Scaling {
                         mean: vec![0.0; p],
@@ -509,11 +792,10 @@ impl Coordinator {
                     Some(Self::first_training(&spec))
                 }
             }
-            Stage::Histogram { edges } => {
-                let moments = self.moments.take().unwrap_or_default();
-                let bins = spec.algorithm.histogram_bins;
-                let tabs: usize = spec.algorithm.crosstab.values().map(|l| l.len() * 2).sum();
-                if sum.len() != bins * edges.len() + tabs || moments.len() != edges.len() {
+            Stage::Histogram { edges, pass } => {
+                let (bins, total) = Self::histogram_layout(&spec, edges);
+                let moments = self.moments.clone().unwrap_or_default();
+                if sum.len() != total || moments.len() != edges.len() {
                     return Err(shape(format!(
                         "{} histogram and cross-tab counts",
                         sum.len()
@@ -522,39 +804,75 @@ impl Coordinator {
                 let count = |v: &[f64]| -> Vec<u64> {
                     v.iter().map(|c| c.round().max(0.0) as u64).collect()
                 };
-                let mut at = bins * edges.len();
-                for (feature, levels) in &spec.algorithm.crosstab {
-                    let k = levels.len() * 2;
-                    crosstabs.push(CrossTab {
-                        feature: feature.clone(),
-                        levels: levels.clone(),
-                        counts: count(&sum[at..at + k]),
-                    });
-                    at += k;
-                }
-                statistics = spec
-                    .data
-                    .features
+                let hist_len: usize = bins.iter().sum();
+                let tabs: usize = spec.algorithm.crosstab.values().map(|l| l.len() * 2).sum();
+                let votes_at = hist_len + tabs;
+                let votes_len: usize = bins.iter().map(|b| b.saturating_sub(1)).sum();
+                let flags = count(&sum[votes_at + votes_len..votes_at + votes_len + bins.len()]);
+                let tab_flags = count(&sum[votes_at + votes_len + bins.len()..]);
+                // Some site withheld a histogram: merge the bins any site asked to merge and
+                // ask again (once suffices: every site's groups are unions of the new bins; a
+                // second pass covers sites whose whole column is below the cell minimum).
+                let mut at = votes_at;
+                let mut merged_any = false;
+                let new_edges: Vec<Vec<f64>> = edges
                     .iter()
-                    .zip(edges)
-                    .zip(&moments)
-                    .enumerate()
-                    .map(|(j, ((f, e), m))| {
-                        let counts = count(&sum[j * bins..(j + 1) * bins]);
-                        FeatureStatistics {
-                            feature: f.clone(),
-                            n: m.n,
-                            mean: m.mean(),
-                            sd: m.variance().sqrt(),
-                            q25: stats::quantile(e, &counts, 0.25),
-                            median: stats::quantile(e, &counts, 0.5),
-                            q75: stats::quantile(e, &counts, 0.75),
-                            edges: e.clone(),
-                            counts,
-                        }
+                    .zip(&bins)
+                    .map(|(e, b)| {
+                        let v = &sum[at..at + b.saturating_sub(1)];
+                        at += b.saturating_sub(1);
+                        let remove: Vec<bool> = v.iter().map(|x| x.round() > 0.0).collect();
+                        merged_any |= remove.iter().any(|&r| r);
+                        stats::merged_edges(e, &remove)
                     })
                     .collect();
-                None
+                if flags.iter().any(|&f| f > 0) && merged_any && *pass < 2 {
+                    Some(Stage::Histogram {
+                        edges: new_edges,
+                        pass: pass + 1,
+                    })
+                } else {
+                    self.moments = None;
+                    let mut at = hist_len;
+                    for (feature, levels) in &spec.algorithm.crosstab {
+                        let k = levels.len() * 2;
+                        crosstabs.push(CrossTab {
+                            feature: feature.clone(),
+                            levels: levels.clone(),
+                            counts: count(&sum[at..at + k]),
+                            sites: sites.saturating_sub(tab_flags[crosstabs.len()] as usize),
+                        });
+                        at += k;
+                    }
+                    let mut from = 0;
+                    statistics = spec
+                        .data
+                        .features
+                        .iter()
+                        .zip(edges)
+                        .zip(&moments)
+                        .enumerate()
+                        .map(|(j, ((f, e), m))| {
+                            let counts = count(&sum[from..from + bins[j]]);
+                            from += bins[j];
+                            FeatureStatistics {
+                                feature: f.clone(),
+                                n: m.n,
+                                mean: m.mean(),
+                                sd: m.variance().sqrt(),
+                                q25: stats::quantile(e, &counts, 0.25),
+                                median: stats::quantile(e, &counts, 0.5),
+                                q75: stats::quantile(e, &counts, 0.75),
+                                edges: e.clone(),
+                                counts,
+                                moment_sites: self.moment_sites,
+                                histogram_sites: sites.saturating_sub(flags[j] as usize),
+                                bins_merged: *pass > 0,
+                            }
+                        })
+                        .collect();
+                    None
+                }
             }
             Stage::Newton { iteration, beta } => {
                 let total = NewtonSummary::from_vec(p, sum)?;
@@ -628,7 +946,7 @@ impl Coordinator {
 
     /// After the last training step: evaluate, or finish with these parameters.
     fn after_training(&self, params: Vec<f64>, last: &mut Vec<f64>) -> Option<Stage> {
-        if self.spec.run.evaluate && self.spec.classifies() {
+        if self.spec.run.evaluate && self.spec.classifies() && self.spec.privacy.dp.is_none() {
             Some(Stage::Evaluate { params })
         } else {
             *last = params;
@@ -664,7 +982,66 @@ impl Coordinator {
             epsilon: spec.epsilon(),
             delta: spec.privacy.dp.as_ref().map(|d| d.delta),
             rounds: self.history.len() as u64,
+            warnings: Vec::new(),
         });
+        let warnings = self.warnings();
+        if let Some(r) = &mut self.result {
+            r.warnings = warnings;
+        }
+    }
+
+    /// What the finished result must say about itself.
+    fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        let spec = &self.spec;
+        let Some(r) = &self.result else {
+            return w;
+        };
+        if spec.privacy.dp.is_some() {
+            if spec.data.standardise {
+                w.push("differential privacy: features were not standardised (a moments round has no bounded sensitivity for a whole site's table, so none was released); the model is on the features as given".into());
+            }
+            if spec.run.evaluate && spec.classifies() {
+                w.push("differential privacy: no evaluation was released (per-site metrics and score bins have no bounded sensitivity for a whole site's table)".into());
+            }
+        }
+        for f in &r.statistics {
+            if f.moment_sites != f.histogram_sites {
+                w.push(format!(
+                    "feature {:?}: n, mean and sd cover {} site(s), the histogram and quartiles {}",
+                    f.feature, f.moment_sites, f.histogram_sites
+                ));
+            }
+            if f.bins_merged {
+                w.push(format!(
+                    "feature {:?}: neighbouring bins were merged ({} of the {} asked for) so that every site's bins hold none or at least its minimum cell count",
+                    f.feature,
+                    f.counts.len(),
+                    spec.algorithm.histogram_bins
+                ));
+            }
+        }
+        let counts: Vec<usize> = self.history.iter().map(|h| h.sites).collect();
+        if counts.windows(2).any(|c| c[0] != c[1]) {
+            let per: Vec<String> = self
+                .history
+                .iter()
+                .map(|h| format!("{} {}", h.stage, h.sites))
+                .collect();
+            w.push(format!(
+                "rounds cover different numbers of sites (sites dropped or withheld): {}",
+                per.join(", ")
+            ));
+        }
+        for t in &r.crosstabs {
+            if t.sites != self.moment_sites {
+                w.push(format!(
+                    "cross-tab {:?} covers {} of {} site(s): the others hold a cell below their minimum and withheld it",
+                    t.feature, t.sites, self.moment_sites
+                ));
+            }
+        }
+        w
     }
 }
 

@@ -55,22 +55,79 @@ pub fn site_histogram(
     edges: &[f64],
     disclosure: &Disclosure,
 ) -> Result<Vec<u64>, FederatedError> {
+    let counts = histogram_counts(values, edges)?;
+    disclosure.check_rows(counts.iter().sum())?;
+    disclosure.check_cells(counts.iter().copied())?;
+    Ok(counts)
+}
+
+/// Which interior edges of a histogram (edge `i + 1`, between bins `i` and `i + 1`) to remove
+/// so that every merged bin holds none or at least `min_cell` rows: neighbouring bins are
+/// joined from the left until they reach the minimum, and a small remainder at the right joins
+/// the group before it. All false when the histogram already passes.
+pub fn merge_votes(counts: &[u64], min_cell: u64) -> Vec<bool> {
+    let bins = counts.len();
+    let mut remove = vec![false; bins.saturating_sub(1)];
+    let mut acc = 0;
+    for (b, &c) in counts.iter().enumerate() {
+        acc += c;
+        if b + 1 == bins {
+            break;
+        }
+        if acc == 0 || acc >= min_cell {
+            acc = 0;
+        } else {
+            remove[b] = true;
+        }
+    }
+    // The last group (`acc`): while it is small, join it with the group to its left.
+    let mut last = acc;
+    let mut k = remove.len();
+    while last > 0 && last < min_cell {
+        // Skip the edges inside the last group; `k - 1` is then the edge that bounds it.
+        while k > 0 && remove[k - 1] {
+            k -= 1;
+        }
+        if k == 0 {
+            break;
+        }
+        k -= 1;
+        remove[k] = true;
+        last += counts[k];
+        while k > 0 && remove[k - 1] {
+            k -= 1;
+            last += counts[k];
+        }
+    }
+    remove
+}
+
+/// Edges with the voted interior edges removed (the outer two always stay).
+pub fn merged_edges(edges: &[f64], remove: &[bool]) -> Vec<f64> {
+    let mut out = vec![edges[0]];
+    for (i, e) in edges.iter().enumerate().skip(1) {
+        if i + 1 == edges.len() || !remove.get(i - 1).copied().unwrap_or(false) {
+            out.push(*e);
+        }
+    }
+    out
+}
+
+/// Counts of `values` (NaN skipped) in the bins of `edges`, without disclosure checks: the
+/// caller decides what may leave.
+pub fn histogram_counts(values: &[f64], edges: &[f64]) -> Result<Vec<u64>, FederatedError> {
     if edges.len() < 2 || edges.windows(2).any(|w| w[0] >= w[1]) {
         return Err(FederatedError::Shape("histogram edges must ascend".into()));
     }
     let bins = edges.len() - 1;
     let mut counts = vec![0u64; bins];
-    let mut n = 0;
     for &v in values.iter().filter(|v| !v.is_nan()) {
         let b = edges
             .partition_point(|e| *e <= v)
             .saturating_sub(1)
             .min(bins - 1);
         counts[b] += 1;
-        n += 1;
     }
-    disclosure.check_rows(n)?;
-    disclosure.check_cells(counts.iter().copied())?;
     Ok(counts)
 }
 
@@ -159,5 +216,38 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t, vec![1, 1, 0, 1]);
+    }
+
+    /// Counts per bin after merging by `votes` at `min`.
+    fn merged(counts: &[u64], min: u64) -> Vec<u64> {
+        let votes = merge_votes(counts, min);
+        let mut out = vec![counts[0]];
+        for (i, &c) in counts.iter().enumerate().skip(1) {
+            if votes[i - 1] {
+                *out.last_mut().unwrap() += c;
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn small_bins_merge_with_their_neighbours_until_every_bin_bears_the_minimum() {
+        assert_eq!(merged(&[5, 6, 7], 5), vec![5, 6, 7], "nothing to merge");
+        assert!(
+            !merge_votes(&[5, 0, 7], 5).iter().any(|&v| v),
+            "empty bins stay"
+        );
+        assert_eq!(merged(&[1, 2, 3, 9, 0, 0, 1], 5), vec![6, 10]);
+        assert_eq!(merged(&[2, 20, 0, 4], 5), vec![26]);
+        // Tails of mean +/- 4 sd, as the hub's default edges give.
+        let c = [1, 0, 2, 8, 30, 41, 25, 9, 3, 1];
+        let m = merged(&c, 5);
+        assert_eq!(m.iter().sum::<u64>(), c.iter().sum::<u64>());
+        assert!(m.iter().all(|&k| k == 0 || k >= 5), "{m:?}");
+        assert_eq!(merged(&[3], 5), vec![3], "one bin cannot merge");
+        let e = merged_edges(&[0.0, 1.0, 2.0, 3.0, 4.0], &[true, false, true]);
+        assert_eq!(e, vec![0.0, 2.0, 4.0]);
     }
 }

@@ -134,6 +134,17 @@ impl Table {
     /// The design for `features` and `label`: rows with a missing selected value are dropped;
     /// a feature named `name=v` is the indicator of `name == v` (one-hot coding).
     pub fn design(&self, features: &[String], label: &str) -> Result<Design, FederatedError> {
+        Ok(self.design_where(features, label, |_| true)?.0)
+    }
+
+    /// As [`Table::design`], over the rows `keep` selects, also returning the indices (into
+    /// this table) of the rows the design holds: the selection that differencing is checked on.
+    pub fn design_where(
+        &self,
+        features: &[String],
+        label: &str,
+        keep: impl Fn(usize) -> bool,
+    ) -> Result<(Design, Vec<usize>), FederatedError> {
         let lab = self.column(label)?;
         let cols: Vec<(usize, Option<f64>)> = features
             .iter()
@@ -151,10 +162,12 @@ impl Table {
             x: Vec::new(),
             y: Vec::new(),
         };
-        for r in &self.rows {
-            if r[lab].is_nan() || cols.iter().any(|(c, _)| r[*c].is_nan()) {
+        let mut kept = Vec::new();
+        for (i, r) in self.rows.iter().enumerate() {
+            if !keep(i) || r[lab].is_nan() || cols.iter().any(|(c, _)| r[*c].is_nan()) {
                 continue;
             }
+            kept.push(i);
             let mut x = Vec::with_capacity(cols.len() + 1);
             x.push(1.0);
             for (c, eq) in &cols {
@@ -166,7 +179,7 @@ impl Table {
             d.x.push(x);
             d.y.push(r[lab]);
         }
-        Ok(d)
+        Ok((d, kept))
     }
 }
 
@@ -192,5 +205,7 @@ mod tests {
         assert_eq!(d.x, vec![vec![1.0, 1.0, 0.0], vec![1.0, 3.0, 1.0]]);
         assert_eq!(d.y, vec![0.0, 1.0]);
         assert!(t.design(&["c".into()], "y").is_err());
+        let (d, kept) = t.design_where(&["a".into()], "y", |i| i != 0).unwrap();
+        assert_eq!((d.rows(), kept), (2, vec![1, 2]));
     }
 }
