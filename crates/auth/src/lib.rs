@@ -5,12 +5,14 @@
 //!   public key as an HMAC secret is refused), `iss`, `aud`, `exp` (required), `nbf`, with a
 //!   bounded clock skew. An unknown `kid` triggers one JWKS refetch, at most once per interval, so
 //!   key rotation works without a restart and a flood of bogus kids cannot hammer the issuer.
+//!   The fetch runs without the cache lock (logins with cached keys never wait for the issuer)
+//!   and is single-flight: concurrent logins with the new kid wait for the one fetch.
 //! - [`ApiTokens`]: hub-issued tokens for the CLI: shown once, stored only as a hash, expiring,
 //!   revocable.
 //!
 //! Authorisation is not decided here (see `medfed-policy`).
 
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::JwkSet;
@@ -56,13 +58,20 @@ pub struct OidcValidator {
     leeway: Duration,
     /// Minimum time between two JWKS fetches caused by unknown key ids.
     refetch_interval: Duration,
+    /// Longest wait for a fetch another login started.
+    fetch_wait: Duration,
     source: Box<dyn JwksSource>,
     cache: Mutex<Cache>,
+    /// Signalled when a fetch ends.
+    fetch_done: Condvar,
 }
 
 struct Cache {
     keys: Option<JwkSet>,
+    /// When the last fetch started.
     fetched: Option<Instant>,
+    /// A fetch is in flight (the lock is not held during it).
+    fetching: bool,
 }
 
 /// Asymmetric algorithms only: an HMAC algorithm would turn a public key into a shared secret.
@@ -81,11 +90,14 @@ impl OidcValidator {
             audience: audience.to_string(),
             leeway: Duration::from_secs(60),
             refetch_interval: Duration::from_secs(30),
+            fetch_wait: Duration::from_secs(15),
             source,
             cache: Mutex::new(Cache {
                 keys: None,
                 fetched: None,
+                fetching: false,
             }),
+            fetch_done: Condvar::new(),
         }
     }
 
@@ -96,6 +108,13 @@ impl OidcValidator {
 
     pub fn with_refetch_interval(mut self, interval: Duration) -> Self {
         self.refetch_interval = interval;
+        self
+    }
+
+    /// How long a login with an unknown key id waits for a fetch already in flight before it
+    /// is refused (the source's own timeout should be shorter).
+    pub fn with_fetch_wait(mut self, wait: Duration) -> Self {
+        self.fetch_wait = wait;
         self
     }
 
@@ -136,27 +155,71 @@ impl OidcValidator {
     }
 
     /// The key with this id, fetching the JWKS when it is unknown (rate-limited).
+    ///
+    /// The cache lock is never held across the fetch: a login whose key is cached never waits
+    /// for the issuer. One fetch is in flight at a time; callers that need it wait for its
+    /// outcome (at most `fetch_wait`) instead of starting their own.
     fn key_for(&self, kid: &str) -> Result<jsonwebtoken::jwk::Jwk, AuthError> {
+        let unknown = || AuthError::Rejected(format!("unknown key id {kid}"));
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(k) = cache.keys.as_ref().and_then(|s| s.find(kid)) {
-            return Ok(k.clone());
+        if let Some(k) = cache.find(kid) {
+            return Ok(k);
+        }
+        if cache.fetching {
+            let deadline = Instant::now() + self.fetch_wait;
+            while cache.fetching {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(unknown());
+                }
+                cache = self
+                    .fetch_done
+                    .wait_timeout(cache, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            // That fetch was this interval's: its keys are all there is to look at.
+            return cache.find(kid).ok_or_else(unknown);
         }
         let may_fetch = cache
             .fetched
             .is_none_or(|t| t.elapsed() >= self.refetch_interval);
         if !may_fetch {
-            return Err(AuthError::Rejected(format!("unknown key id {kid}")));
+            return Err(unknown());
         }
         cache.fetched = Some(Instant::now());
+        cache.fetching = true;
+        drop(cache);
+        // Clears `fetching` and wakes the waiters however the fetch ends (a panic included).
+        let done = FetchDone(self);
+        let fresh = self.source.fetch();
+        // The new keys are in the cache before `done` wakes the waiters (it drops last).
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         // A failed fetch keeps the keys we had: fail closed for unknown kids only.
-        let fresh = self.source.fetch()?;
+        let fresh = fresh?;
         cache.keys = Some(fresh);
-        cache
-            .keys
-            .as_ref()
-            .and_then(|s| s.find(kid))
-            .cloned()
-            .ok_or_else(|| AuthError::Rejected(format!("unknown key id {kid}")))
+        let found = cache.find(kid);
+        drop(cache);
+        drop(done);
+        found.ok_or_else(unknown)
+    }
+}
+
+/// Ends a fetch in flight: clears the flag and wakes everyone waiting on it.
+struct FetchDone<'a>(&'a OidcValidator);
+
+impl Drop for FetchDone<'_> {
+    fn drop(&mut self) {
+        let mut cache = self.0.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.fetching = false;
+        drop(cache);
+        self.0.fetch_done.notify_all();
+    }
+}
+
+impl Cache {
+    fn find(&self, kid: &str) -> Option<jsonwebtoken::jwk::Jwk> {
+        self.keys.as_ref().and_then(|s| s.find(kid)).cloned()
     }
 }
 

@@ -208,3 +208,85 @@ fn api_tokens_are_shown_once_stored_hashed_and_expire_or_revoke() {
     let (other, _) = ApiTokens::issue("user:42", 2_000);
     assert!(ApiTokens::verify(&other, &stored, 1_000).is_err());
 }
+
+/// A JWKS source that blocks in `fetch` until the test opens the gate, announcing each fetch.
+struct GatedSource {
+    issuer: Arc<Issuer>,
+    started: std::sync::mpsc::Sender<()>,
+    gate: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl JwksSource for GatedSource {
+    fn fetch(&self) -> Result<JwkSet, AuthError> {
+        let _ = self.started.send(());
+        let (open, cv) = &*self.gate;
+        let mut g = open.lock().unwrap();
+        while !*g {
+            g = cv.wait(g).unwrap();
+        }
+        drop(g);
+        Source(self.issuer.clone()).fetch()
+    }
+}
+
+#[test]
+fn a_slow_refetch_never_blocks_logins_with_known_keys_and_is_fetched_once() {
+    let issuer = Arc::new(Issuer {
+        keys: std::sync::Mutex::new(json!({"keys": [jwk("k1", 1)]})),
+        fetches: AtomicUsize::new(0),
+    });
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let gate = Arc::new((std::sync::Mutex::new(true), std::sync::Condvar::new()));
+    let v = Arc::new(
+        OidcValidator::new(
+            ISS,
+            AUD,
+            Box::new(GatedSource {
+                issuer: issuer.clone(),
+                started: started_tx,
+                gate: gate.clone(),
+            }),
+        )
+        .with_refetch_interval(Duration::ZERO)
+        .with_fetch_wait(Duration::from_secs(30)),
+    );
+    // The first login fills the cache with k1 (gate open).
+    v.validate(&token(Some("k1"), 1, good_claims())).unwrap();
+    started.recv().unwrap();
+    assert_eq!(issuer.fetches.load(Ordering::SeqCst), 1);
+    // The issuer rotates in k2 and becomes slow: the fetch for k2 hangs until the gate opens.
+    *issuer.keys.lock().unwrap() = json!({"keys": [jwk("k1", 1), jwk("k2", 2)]});
+    *gate.0.lock().unwrap() = false;
+    let new_kid = |v: &Arc<OidcValidator>| {
+        let v = v.clone();
+        std::thread::spawn(move || v.validate(&token(Some("k2"), 2, good_claims())))
+    };
+    let first = new_kid(&v);
+    started
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the k2 login starts a fetch");
+    // Five more logins with k2 while that fetch hangs: they wait for it, none starts another.
+    let waiting: Vec<_> = (0..5).map(|_| new_kid(&v)).collect();
+    // A login with the cached k1 is answered while the fetch is still hanging.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let known = v.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(known.validate(&token(Some("k1"), 1, good_claims())));
+    });
+    let answer = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a login with a cached key must not wait for the issuer");
+    assert_eq!(answer.unwrap().subject, format!("oidc:{ISS}#alice"));
+    assert!(!*gate.0.lock().unwrap(), "the fetch was still hanging");
+    // The issuer answers: every k2 login succeeds, from the one fetch.
+    *gate.0.lock().unwrap() = true;
+    gate.1.notify_all();
+    for h in std::iter::once(first).chain(waiting) {
+        assert_eq!(
+            h.join().unwrap().unwrap().subject,
+            format!("oidc:{ISS}#alice")
+        );
+    }
+    assert_eq!(issuer.fetches.load(Ordering::SeqCst), 2);
+    assert!(started.try_recv().is_err(), "a second fetch was started");
+}
