@@ -23,7 +23,7 @@ use medfed_audit::Event;
 use medfed_catalogue::{
     CatalogueError, Dataset, ObjectEntry, Page, Provenance, UploadEntry, User, now_ms,
 };
-use medfed_policy::{Action, Decision, Principal, Resource, StudyRole, decide};
+use medfed_policy::{Action, Decision, GrantRefusal, Principal, Resource, StudyRole, decide};
 use medfed_store::{Id, ObjectKey, StoreError, UploadPlan};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -228,44 +228,125 @@ async fn audit_requests(State(hub): State<Arc<Hub>>, mut req: Request, next: Nex
 
 // ---------------------------------------------------------------- authentication
 
-/// Authentication failures per client address and claimed identity in a sliding window.
+/// Authentication failures in a sliding window, counted per client address and per presented
+/// credential (a hash of the whole token), never per claimed identity: a stranger sending bad
+/// tokens that name someone cannot lock that person out, and one address cannot try many
+/// tokens.
+///
+/// Admission and counting happen under one lock: a verification is admitted only while the
+/// failures plus the verifications in flight stay below the limit of each key, so concurrent
+/// requests cannot overrun it (the others wait until those in flight have ended).
 pub(crate) struct FailureLimiter {
-    max: u32,
+    per_credential: u32,
+    per_address: u32,
     window: Duration,
-    seen: Mutex<HashMap<String, VecDeque<Instant>>>,
+    seen: Mutex<HashMap<String, Attempts>>,
+    settled: tokio::sync::Notify,
 }
+
+#[derive(Default)]
+struct Attempts {
+    failures: VecDeque<Instant>,
+    in_flight: u32,
+}
+
+/// Longest wait for a verification slot before the request is answered 429.
+const ADMISSION_WAIT: Duration = Duration::from_secs(10);
 
 impl FailureLimiter {
     pub(crate) fn new(l: &Limits) -> FailureLimiter {
         FailureLimiter {
-            max: l.auth_failures.max(1),
+            per_credential: l.auth_failures.max(1),
+            per_address: l.auth_failures_per_address.max(1),
             window: Duration::from_secs(l.auth_failure_window_s.max(1)),
             seen: Mutex::new(HashMap::new()),
+            settled: tokio::sync::Notify::new(),
         }
     }
 
-    /// Seconds to wait, when this key has used up its failures.
-    pub(crate) fn blocked(&self, key: &str) -> Option<u64> {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let q = seen.get_mut(key)?;
-        while q.front().is_some_and(|t| t.elapsed() >= self.window) {
-            q.pop_front();
+    /// Admit one verification of `credential` from `address`, or the seconds to wait (429)
+    /// when either has used up its failures.
+    pub(crate) async fn admit(&self, address: &str, credential: &str) -> Result<Admitted<'_>, u64> {
+        let keys = [format!("a:{address}"), format!("c:{credential}")];
+        let limits = [self.per_address, self.per_credential];
+        let deadline = tokio::time::Instant::now() + ADMISSION_WAIT;
+        loop {
+            // Registered before the check, so a settle between the check and the wait is seen.
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            {
+                let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                if seen.len() > 100_000 {
+                    let window = self.window;
+                    seen.retain(|_, a| {
+                        a.in_flight > 0 || a.failures.back().is_some_and(|t| t.elapsed() < window)
+                    });
+                }
+                let mut room = true;
+                for (key, max) in keys.iter().zip(limits) {
+                    let Some(a) = seen.get_mut(key) else { continue };
+                    while a
+                        .failures
+                        .front()
+                        .is_some_and(|t| t.elapsed() >= self.window)
+                    {
+                        a.failures.pop_front();
+                    }
+                    if a.failures.len() as u32 >= max {
+                        let oldest = a.failures.front().map(|t| t.elapsed()).unwrap_or_default();
+                        return Err(self.window.saturating_sub(oldest).as_secs().max(1));
+                    }
+                    room &= a.failures.len() as u32 + a.in_flight < max;
+                }
+                if room {
+                    for key in &keys {
+                        seen.entry(key.clone()).or_default().in_flight += 1;
+                    }
+                    return Ok(Admitted {
+                        limiter: self,
+                        keys,
+                        failed: false,
+                    });
+                }
+            }
+            if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                return Err(1);
+            }
         }
-        (q.len() as u32 >= self.max).then(|| {
-            let oldest = q.front().map(|t| t.elapsed()).unwrap_or_default();
-            self.window.saturating_sub(oldest).as_secs().max(1)
-        })
     }
+}
 
-    pub(crate) fn record(&self, key: &str) {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() > 100_000 {
-            let window = self.window;
-            seen.retain(|_, q| q.back().is_some_and(|t| t.elapsed() < window));
+/// A verification admitted by the [`FailureLimiter`]; it counts as a failure if
+/// [`Admitted::failed`] is called, and ends (waking waiters) when dropped.
+pub(crate) struct Admitted<'a> {
+    limiter: &'a FailureLimiter,
+    keys: [String; 2],
+    failed: bool,
+}
+
+impl Admitted<'_> {
+    pub(crate) fn failed(mut self) {
+        self.failed = true;
+    }
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        let l = self.limiter;
+        let mut seen = l.seen.lock().unwrap_or_else(|p| p.into_inner());
+        for key in &self.keys {
+            let Some(a) = seen.get_mut(key) else { continue };
+            a.in_flight = a.in_flight.saturating_sub(1);
+            if self.failed {
+                a.failures.push_back(Instant::now());
+            }
+            if a.in_flight == 0 && a.failures.is_empty() {
+                seen.remove(key);
+            }
         }
-        seen.entry(key.to_string())
-            .or_default()
-            .push_back(Instant::now());
+        drop(seen);
+        l.settled.notify_waiters();
     }
 }
 
@@ -298,8 +379,8 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Who a credential claims to be, before it is checked, as an opaque short hash (for rate
-/// limiting and for the audit record of a failure; never the raw value).
+/// Who a credential claims to be, before it is checked, as an opaque short hash (for the audit
+/// record of a failure; never the raw value, and never a rate-limiting key: anyone can claim).
 fn claimed_identity(token: &str) -> String {
     use sha2::Digest;
     let claim = if let Some(id) = medfed_auth::ApiTokens::id_of(token) {
@@ -371,24 +452,27 @@ impl FromRequestParts<Arc<Hub>> for Caller {
                 None => Err(ApiError::unauthorized()),
             };
         };
-        let peer = parts
+        let address = parts
             .extensions
             .get::<PeerAddr>()
-            .map(|p| p.0.ip().to_string())
+            .map(|p| address_key(p.0.ip()))
             .unwrap_or_else(|| "in-process".into());
         let claimed = claimed_identity(token);
-        let key = format!("{peer}|{claimed}");
-        if let Some(wait) = hub.failures.blocked(&key) {
-            note.with(|n| n.actor = Some(format!("unauthenticated:{claimed}")));
-            let mut e = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many failed authentications",
-            );
-            e.retry_after = Some(wait);
-            return Err(e);
-        }
+        let admitted = match hub.failures.admit(&address, &credential_key(token)).await {
+            Ok(a) => a,
+            Err(wait) => {
+                note.with(|n| n.actor = Some(format!("unauthenticated:{claimed}")));
+                let mut e = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many failed authentications",
+                );
+                e.retry_after = Some(wait);
+                return Err(e);
+            }
+        };
         match authenticate(hub, token).await {
             Ok((user, via)) => {
+                drop(admitted);
                 let principal = hub.catalogue.principal(&user).await?;
                 note.with(|n| {
                     n.actor = Some(via.clone().unwrap_or_else(|| format!("user:{}", user.id)));
@@ -402,13 +486,35 @@ impl FromRequestParts<Arc<Hub>> for Caller {
                 })
             }
             Err(why) => {
-                hub.failures.record(&key);
+                admitted.failed();
                 tracing::info!(%why, claimed = %claimed, "authentication refused");
                 note.with(|n| n.actor = Some(format!("unauthenticated:{claimed}")));
                 Err(ApiError::unauthorized())
             }
         }
     }
+}
+
+/// The address a client's failures are counted under: the IPv4 address, or the /64 of an
+/// IPv6 address (one host usually holds a whole /64).
+fn address_key(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
+/// The presented credential as the limiter counts it: a hash of the whole token, so only
+/// its bearer (who knows the exact string) adds failures to it.
+pub(crate) fn credential_key(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(token.as_bytes())[..16])
 }
 
 // ---------------------------------------------------------------- bodies and paging
@@ -754,6 +860,12 @@ async fn create_study(
         .user(&b.coordinator)
         .await
         .map_err(|_| ApiError::invalid("unknown coordinator"))?;
+    medfed_policy::check_grant(&c.principal, &as_grantee(&coordinator), &b.organisations).map_err(
+        |e| match e {
+            GrantRefusal::SelfGrant => ApiError::new(StatusCode::FORBIDDEN, e.to_string()),
+            GrantRefusal::OutsideTheStudy => ApiError::invalid(e.to_string()),
+        },
+    )?;
     hub.catalogue
         .create_study(id.as_str(), &b.title, &b.organisations)
         .await?;
@@ -854,12 +966,33 @@ async fn grant_role(
         Action::ManageStudy,
         &study_resource(&c, &study).await,
     )?;
-    hub.catalogue
-        .user(&b.user)
-        .await
-        .map_err(|_| ApiError::invalid("unknown user"))?;
+    // One answer for a missing user and one outside the study, so a coordinator learns
+    // nothing about accounts of other organisations.
+    let not_here = || ApiError::invalid("no such user in this study's organisations");
+    let grantee = hub.catalogue.user(&b.user).await.map_err(|_| not_here())?;
+    let s = hub
+        .catalogue
+        .study(&study)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    medfed_policy::check_grant(&c.principal, &as_grantee(&grantee), &s.organisations).map_err(
+        |e| match e {
+            GrantRefusal::OutsideTheStudy => not_here(),
+            GrantRefusal::SelfGrant => ApiError::new(StatusCode::FORBIDDEN, e.to_string()),
+        },
+    )?;
     hub.catalogue.grant(&b.user, &study, b.role).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A grantee as `medfed_policy::check_grant` sees them (their existing grants do not matter).
+fn as_grantee(u: &User) -> Principal {
+    Principal {
+        id: u.id.clone(),
+        organisation: u.organisation.clone(),
+        platform_admin: u.platform_admin,
+        grants: Vec::new(),
+    }
 }
 
 async fn revoke_role(
@@ -914,7 +1047,19 @@ struct NewDataset {
     licence: String,
     /// `YYYY-MM-DD`: the dataset is removed after this day.
     retention_until: String,
-    provenance: Provenance,
+    provenance: NewProvenance,
+}
+
+/// Provenance as a client sends it. `site` is the hub's to set (the caller's organisation, as
+/// authenticated: a site node's certificate or a person's account); a client may leave it
+/// out or empty, and one naming another site is refused.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewProvenance {
+    #[serde(default)]
+    site: Option<String>,
+    deid_settings: String,
+    medfed_version: String,
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date.
@@ -969,6 +1114,21 @@ async fn create_dataset(
     if b.title.is_empty() || b.licence.is_empty() {
         return Err(ApiError::invalid("title and licence are required"));
     }
+    // The producing site is who authenticated (a site node's certificate names its
+    // organisation), never what the body says: one hospital cannot claim another's data.
+    let owner_site = c
+        .site
+        .as_ref()
+        .map(|site| site.organisation.clone())
+        .unwrap_or_else(|| org.clone());
+    if let Some(claimed) = b.provenance.site.as_deref().filter(|s| !s.is_empty())
+        && claimed != owner_site
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "provenance.site must be your own site",
+        ));
+    }
     let id = uuid::Uuid::new_v4().to_string();
     let d = Dataset {
         pid: format!("urn:uuid:{id}"),
@@ -977,7 +1137,11 @@ async fn create_dataset(
         owner_organisation: org,
         title: b.title,
         licence: b.licence,
-        provenance: b.provenance,
+        provenance: Provenance {
+            site: owner_site,
+            deid_settings: b.provenance.deid_settings,
+            medfed_version: b.provenance.medfed_version,
+        },
         retention_until_ms: retention,
         legal_hold: false,
         created_ms: now_ms(),

@@ -122,10 +122,18 @@ pub struct Limits {
     /// Default and maximum page size of listings and QIDO-RS.
     pub default_page: i64,
     pub max_page: i64,
-    /// Authentication failures allowed per identity and client address within the window,
-    /// before 429.
+    /// Authentication failures allowed per presented credential (the exact token) within the
+    /// window, before 429.
     pub auth_failures: u32,
+    /// Authentication failures allowed per client address (IPv6: per /64) within the window,
+    /// whatever the tokens, before 429 (every bearer request from it then waits out the window).
+    pub auth_failures_per_address: u32,
     pub auth_failure_window_s: u64,
+    /// Longest a client may take to send a request's headers (HTTP/1.1) or to finish the TLS
+    /// handshake; slower connections are closed.
+    pub header_timeout_s: u64,
+    /// Open connections allowed per client address; more are closed at once.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for Limits {
@@ -140,7 +148,10 @@ impl Default for Limits {
             default_page: 50,
             max_page: 500,
             auth_failures: 10,
+            auth_failures_per_address: 50,
             auth_failure_window_s: 60,
+            header_timeout_s: 10,
+            max_connections_per_address: 64,
         }
     }
 }

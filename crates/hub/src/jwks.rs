@@ -13,8 +13,8 @@ use tokio::runtime::Handle;
 use crate::HubError;
 use crate::config::OidcConfig;
 
-/// Larger JWKS documents are refused.
-const MAX_JWKS_BYTES: usize = 256 * 1024;
+/// Larger JWKS documents are refused (a real issuer's set is a few KiB).
+pub const MAX_JWKS_BYTES: usize = 256 * 1024;
 
 pub struct HttpsJwks {
     url: String,
@@ -55,7 +55,7 @@ impl JwksSource for HttpsJwks {
     fn fetch(&self) -> Result<JwkSet, AuthError> {
         let fail = |e: String| AuthError::Jwks(e);
         self.rt.block_on(async {
-            let resp = self
+            let mut resp = self
                 .client
                 .get(&self.url)
                 .send()
@@ -64,9 +64,20 @@ impl JwksSource for HttpsJwks {
             if !resp.status().is_success() {
                 return Err(fail(format!("{} answered {}", self.url, resp.status())));
             }
-            let body = resp.bytes().await.map_err(|e| fail(e.to_string()))?;
-            if body.len() > MAX_JWKS_BYTES {
+            // Read chunk by chunk and stop at the cap: an endless or huge answer costs at most
+            // MAX_JWKS_BYTES of memory and the time to read them, never the whole body.
+            if resp
+                .content_length()
+                .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
+            {
                 return Err(fail("JWKS too large".into()));
+            }
+            let mut body = Vec::new();
+            while let Some(chunk) = resp.chunk().await.map_err(|e| fail(e.to_string()))? {
+                if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                    return Err(fail("JWKS too large".into()));
+                }
+                body.extend_from_slice(&chunk);
             }
             serde_json::from_slice(&body).map_err(|e| fail(format!("JWKS unreadable: {e}")))
         })

@@ -364,7 +364,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         .map_err(|e| HubError::io(Path::new("listener"), e))?;
     let app = router(hub.clone());
     let (tx, rx) = watch::channel(false);
-    let max_header = hub.config.limits.max_header_bytes;
+    let connection_limits = tls::ConnectionLimits::from_limits(&hub.config.limits);
     let sweeper = hub.clone();
     let mut sweep_stop = rx.clone();
     let task = tokio::spawn(async move {
@@ -385,7 +385,7 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
                 }
             }
         });
-        tls::serve(listener, tls_cfg, app, max_header, rx).await;
+        tls::serve_with(listener, tls_cfg, app, connection_limits, rx).await;
         lifecycle.abort();
     });
     Ok(RunningHub {

@@ -274,15 +274,21 @@ async fn enrol(
     };
     let id = safe_token(id).to_string();
     note.actor(format!("enrolment:{id}"));
-    let key = format!(
-        "{}|enrol:{id}",
-        peer.map(|p| p.0.0.ip().to_string()).unwrap_or_default()
-    );
-    if let Some(wait) = hub.failures.blocked(&key) {
-        let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too many failed enrolments");
-        e.retry_after = Some(wait);
-        return Err(e);
-    }
+    // Failures count per address and per presented token, not per enrolment id, so bad
+    // secrets sent with a real id cannot lock that site's enrolment out.
+    let address = peer.map(|p| p.0.0.ip().to_string()).unwrap_or_default();
+    let admitted = match hub
+        .failures
+        .admit(&address, &crate::api::credential_key(&b.token))
+        .await
+    {
+        Ok(a) => a,
+        Err(wait) => {
+            let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too many failed enrolments");
+            e.retry_after = Some(wait);
+            return Err(e);
+        }
+    };
     let e = hub.catalogue.enrolment(&id).await?;
     let valid = e.as_ref().is_some_and(|e| {
         use subtle::ConstantTimeEq;
@@ -295,9 +301,10 @@ async fn enrol(
             )
     });
     let Some(e) = e.filter(|_| valid) else {
-        hub.failures.record(&key);
+        admitted.failed();
         return Err(ApiError::unauthorized());
     };
+    drop(admitted);
     let site_id = uuid::Uuid::new_v4().simple().to_string();
     let lifetime = Duration::from_secs(hub.config.sites.certificate_lifetime_s.max(10));
     let cert = hub

@@ -1,22 +1,30 @@
 //! HTTPS for the hub: rustls with TLS 1.3 and 1.2 only (1.1 and below are refused during the
-//! handshake), HTTP/2 and HTTP/1.1 by ALPN, bounded header size, and the hub's own accept loop so
-//! that each request carries the client's address (for per-client rate limits).
+//! handshake), HTTP/2 and HTTP/1.1 by ALPN, and the hub's own accept loop so that each request
+//! carries the client's address (for per-client rate limits). The loop bounds what one client
+//! can hold: header size (431), header and handshake time, idle time, open connections per
+//! address; after an early answer (413, 431) it keeps reading what the client still sends, so
+//! the client gets the answer rather than a reset.
 //!
 //! The hub keeps its own CA under `<data_dir>/tls` (`ca.pem`, `ca.key`): it signs the site
 //! nodes' client certificates (mutual TLS) and, without a configured certificate, the hub's
 //! server certificate for `localhost` and `127.0.0.1` (plus configured names); clients trust
 //! `ca.pem`.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -98,23 +106,15 @@ pub(crate) fn write_private(path: &Path, text: &str) -> Result<(), HubError> {
     write_atomically(path, text, true)
 }
 
-/// Write through a temporary file and rename, so a reader never sees half a certificate.
+/// Write through a temporary file and rename (medfed-durable), so a reader never sees half a
+/// certificate; `private` files are created 0600.
 pub(crate) fn write_atomically(path: &Path, text: &str, private: bool) -> Result<(), HubError> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| HubError::io(dir, e))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = if private { 0o600 } else { 0o644 };
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))
-            .map_err(|e| HubError::io(path, e))?;
-    }
-    tmp.write_all(text.as_bytes())
-        .and_then(|_| tmp.as_file().sync_all())
-        .map_err(|e| HubError::io(path, e))?;
-    tmp.persist(path).map_err(|e| HubError::io(path, e.error))?;
-    Ok(())
+    let how = if private {
+        medfed_durable::Publish::PRIVATE
+    } else {
+        medfed_durable::Publish::REPLACE
+    };
+    medfed_durable::write_atomically(path, text.as_bytes(), how).map_err(|e| HubError::io(path, e))
 }
 
 /// The hub's CA: it signs the generated server certificate and the sites' client
@@ -268,15 +268,251 @@ pub fn ensure_generated(dir: &Path, extra_names: &[String]) -> Result<GeneratedT
     ca.issue_server_certificate(dir, extra_names)
 }
 
-/// Accept TLS connections on `listener` and serve `app` until `shutdown` turns true.
+/// What one client may hold of the accept loop.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// All request headers together: larger ones are answered 431.
+    pub max_header_bytes: usize,
+    /// Longest a TLS handshake, an HTTP/1.1 request's headers, or (HTTP/2) the first request
+    /// may take; slower connections are closed.
+    pub header_timeout: Duration,
+    /// Open connections per client address (IPv6: per /64); more are closed at accept.
+    pub max_connections_per_address: usize,
+}
+
+impl ConnectionLimits {
+    pub fn from_limits(l: &crate::config::Limits) -> ConnectionLimits {
+        ConnectionLimits {
+            max_header_bytes: l.max_header_bytes,
+            header_timeout: Duration::from_secs(l.header_timeout_s.max(1)),
+            max_connections_per_address: l.max_connections_per_address.max(1),
+        }
+    }
+}
+
+/// A connection with no request in flight and no bytes moved for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// After the hub has answered and closed, how long it keeps reading (and discarding) what the
+/// client is still sending, so that the client reads the answer (413, 431) instead of a reset.
+const LINGER: Duration = Duration::from_secs(30);
+const LINGER_IDLE: Duration = Duration::from_secs(5);
+
+/// Accept TLS connections on `listener` and serve `app` until `shutdown` turns true, with the
+/// default connection limits and this header size.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     app: Router,
     max_header_bytes: usize,
+    shutdown: watch::Receiver<bool>,
+) {
+    let limits = ConnectionLimits {
+        max_header_bytes,
+        ..ConnectionLimits::from_limits(&crate::config::Limits::default())
+    };
+    serve_with(listener, tls, app, limits, shutdown).await
+}
+
+/// Open connections per client address.
+#[derive(Default)]
+struct OpenConnections(std::sync::Mutex<HashMap<IpAddr, usize>>);
+
+/// One counted connection; uncounted when dropped.
+struct ConnectionSlot {
+    open: Arc<OpenConnections>,
+    key: IpAddr,
+}
+
+impl OpenConnections {
+    fn take(self: &Arc<Self>, peer: IpAddr, max: usize) -> Option<ConnectionSlot> {
+        // One host usually holds a whole IPv6 /64.
+        let key = match peer {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => {
+                    let s = v6.segments();
+                    IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+                }
+            },
+            v4 => v4,
+        };
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(key).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ConnectionSlot {
+            open: self.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut m = self.open.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// What a connection is doing, for the idle watchdog.
+struct Activity {
+    born: Instant,
+    requests: AtomicU64,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `born` when bytes last moved.
+    last_io_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_io_ms
+            .store(self.born.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// One request of a connection in flight; ends when dropped.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+/// The TLS stream shared between hyper and the accept loop, so that the loop can still read
+/// from it (linger) after hyper has finished with the connection.
+struct SharedIo<T> {
+    io: Arc<std::sync::Mutex<T>>,
+    activity: Arc<Activity>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for SharedIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let mut io = self.io.lock().unwrap_or_else(|p| p.into_inner());
+        let r = Pin::new(&mut *io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for SharedIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let mut io = self.io.lock().unwrap_or_else(|p| p.into_inner());
+        let r = Pin::new(&mut *io).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let mut io = self.io.lock().unwrap_or_else(|p| p.into_inner());
+        Pin::new(&mut *io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let mut io = self.io.lock().unwrap_or_else(|p| p.into_inner());
+        Pin::new(&mut *io).poll_shutdown(cx)
+    }
+}
+
+/// Resolves when the connection should be closed for idleness: no request after
+/// `header_timeout` (a client that connects and sends nothing, or an HTTP/2 client whose first
+/// request never completes), or nothing in flight and no bytes moved for [`IDLE_TIMEOUT`].
+async fn idle(activity: &Activity, header_timeout: Duration) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        if activity.in_flight.load(Ordering::Relaxed) > 0 {
+            continue;
+        }
+        let age = activity.born.elapsed();
+        if activity.requests.load(Ordering::Relaxed) == 0 && age >= header_timeout {
+            return;
+        }
+        let last = Duration::from_millis(activity.last_io_ms.load(Ordering::Relaxed));
+        if age.saturating_sub(last) >= IDLE_TIMEOUT {
+            return;
+        }
+    }
+}
+
+/// Close our side, then read and discard what the client still sends (until it closes, goes
+/// quiet or [`LINGER`] passes): closing with unread bytes would make the kernel send a reset,
+/// and the client would lose the answer it was about to read.
+async fn linger<T: AsyncRead + AsyncWrite + Unpin>(io: &std::sync::Mutex<T>) {
+    struct Locked<'a, T>(&'a std::sync::Mutex<T>);
+    impl<T: AsyncRead + Unpin> AsyncRead for Locked<'_, T> {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let mut io = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            Pin::new(&mut *io).poll_read(cx, buf)
+        }
+    }
+    impl<T: AsyncWrite + Unpin> AsyncWrite for Locked<'_, T> {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let mut io = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            Pin::new(&mut *io).poll_write(cx, buf)
+        }
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            let mut io = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            Pin::new(&mut *io).poll_flush(cx)
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            let mut io = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            Pin::new(&mut *io).poll_shutdown(cx)
+        }
+    }
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut io = Locked(io);
+    let _ = tokio::time::timeout(LINGER_IDLE, io.shutdown()).await;
+    let _ = tokio::time::timeout(LINGER, async {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(Ok(n)) = tokio::time::timeout(LINGER_IDLE, io.read(&mut buf)).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Accept TLS connections on `listener` and serve `app` until `shutdown` turns true.
+pub async fn serve_with(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    app: Router,
+    limits: ConnectionLimits,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let open = Arc::new(OpenConnections::default());
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -289,44 +525,94 @@ pub async fn serve(
             },
             _ = shutdown.changed() => break,
         };
+        let Some(slot) = open.take(peer.ip(), limits.max_connections_per_address) else {
+            tracing::debug!(%peer, "connection refused: too many from this address");
+            drop(tcp);
+            continue;
+        };
         let acceptor = acceptor.clone();
         let app = app.clone();
+        let limits = limits.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let _ = tcp.set_nodelay(true);
-            let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake refused");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-            let client_cert = tls
-                .get_ref()
-                .1
+            let tls = match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake refused");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let conn = tls.get_ref().1;
+            let client_cert = conn
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .map(|c| PeerCertificate(fingerprint(c)));
+            let h2 = conn.alpn_protocol() == Some(b"h2".as_slice());
+            let activity = Arc::new(Activity {
+                born: Instant::now(),
+                requests: AtomicU64::new(0),
+                in_flight: AtomicUsize::new(0),
+                last_io_ms: AtomicU64::new(0),
+            });
+            let shared = Arc::new(std::sync::Mutex::new(tls));
+            let io = TokioIo::new(SharedIo {
+                io: shared.clone(),
+                activity: activity.clone(),
+            });
+            let requests = activity.clone();
             let svc = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(PeerAddr(peer));
                     if let Some(c) = &client_cert {
                         req.extensions_mut().insert(c.clone());
                     }
-                    tower::ServiceExt::oneshot(app.clone(), req)
+                    requests.requests.fetch_add(1, Ordering::Relaxed);
+                    requests.in_flight.fetch_add(1, Ordering::Relaxed);
+                    let in_flight = InFlight(requests.clone());
+                    let app = app.clone();
+                    async move {
+                        let _in_flight = in_flight;
+                        tower::ServiceExt::oneshot(app, req).await
+                    }
                 },
             );
-            let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            b.http1()
-                .max_buf_size(max_header_bytes.max(8192))
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30));
-            b.http2()
-                .max_header_list_size(max_header_bytes as u32)
-                .timer(TokioTimer::new());
-            if let Err(e) = b.serve_connection(TokioIo::new(tls), svc).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            // The protocol is the one ALPN chose: no sniffing of a preface, which a slow
+            // client could stretch without any timeout.
+            let ended = if h2 {
+                let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                b.max_header_list_size(limits.max_header_bytes as u32)
+                    .timer(TokioTimer::new());
+                let c = b.serve_connection(io, svc);
+                tokio::select! {
+                    r = c => Some(r),
+                    _ = idle(&activity, limits.header_timeout) => None,
+                }
+            } else {
+                let mut b = hyper::server::conn::http1::Builder::new();
+                b.max_buf_size(limits.max_header_bytes.max(8192))
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.header_timeout);
+                let c = b.serve_connection(io, svc);
+                tokio::select! {
+                    r = c => Some(r),
+                    _ = idle(&activity, limits.header_timeout) => None,
+                }
+            };
+            match ended {
+                // Too slow or idle: close without reading more from it.
+                None => {}
+                Some(Err(e)) if e.is_timeout() => {
+                    tracing::debug!(%peer, "connection closed: headers too slow");
+                }
+                Some(r) => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    linger(&shared).await;
+                }
             }
         });
     }
