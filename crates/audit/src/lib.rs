@@ -210,45 +210,65 @@ impl AuditLog {
 
     /// Append one event; returns its record.
     pub fn append(&self, event: Event) -> Result<Record, AuditError> {
+        let mut records = self.append_batch(vec![event])?;
+        Ok(records.remove(0))
+    }
+
+    /// Append events in order, as one write with one signed head (group commit): each record
+    /// is still hashed into the chain and signed. All are written or, on an I/O error, none is
+    /// counted (the next open verifies what reached the file).
+    pub fn append_batch(&self, events: Vec<Event>) -> Result<Vec<Record>, AuditError> {
         let io = |source| AuditError::Io {
             path: self.path.clone(),
             source,
         };
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let unix_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let seq = st.seq + 1;
         let time = rfc3339(unix_ms);
-        let hash = record_hash(&st.last_hash, seq, unix_ms, &time, &event);
-        let record = Record {
-            seq,
-            unix_ms,
-            time,
-            event,
-            prev: st.last_hash.clone(),
-            hash: hash.clone(),
-            signature: Some(hex::encode(
-                self.key.sign(&checkpoint_message(seq, &hash)).to_bytes(),
-            )),
-        };
-        let mut line = serde_json::to_string(&Line::Record(record.clone())).unwrap_or_default();
-        line.push('\n');
-        if seq.is_multiple_of(self.checkpoint_every) {
-            let cp = self.checkpoint(seq, &hash);
-            line.push_str(&serde_json::to_string(&Line::Checkpoint(cp)).unwrap_or_default());
-            line.push('\n');
+        let (mut seq, mut prev) = (st.seq, st.last_hash.clone());
+        let mut text = String::new();
+        let mut records = Vec::with_capacity(events.len());
+        let mut checkpointed = false;
+        for event in events {
+            seq += 1;
+            let hash = record_hash(&prev, seq, unix_ms, &time, &event);
+            let record = Record {
+                seq,
+                unix_ms,
+                time: time.clone(),
+                event,
+                prev,
+                hash: hash.clone(),
+                signature: Some(hex::encode(
+                    self.key.sign(&checkpoint_message(seq, &hash)).to_bytes(),
+                )),
+            };
+            text.push_str(&serde_json::to_string(&Line::Record(record.clone())).unwrap_or_default());
+            text.push('\n');
+            if seq.is_multiple_of(self.checkpoint_every) {
+                let cp = self.checkpoint(seq, &hash);
+                text.push_str(&serde_json::to_string(&Line::Checkpoint(cp)).unwrap_or_default());
+                text.push('\n');
+                checkpointed = true;
+            }
+            prev = hash;
+            records.push(record);
         }
-        st.file.write_all(line.as_bytes()).map_err(io)?;
+        st.file.write_all(text.as_bytes()).map_err(io)?;
         st.file.flush().map_err(io)?;
-        if seq.is_multiple_of(self.checkpoint_every) {
+        if checkpointed {
             st.file.sync_data().map_err(io)?;
         }
         st.seq = seq;
-        st.last_hash = hash.clone();
-        self.write_head(seq, &hash)?;
-        Ok(record)
+        st.last_hash = prev.clone();
+        self.write_head(seq, &prev)?;
+        Ok(records)
     }
 
     fn checkpoint(&self, seq: u64, hash: &str) -> Checkpoint {
@@ -271,14 +291,18 @@ impl AuditLog {
             hash: hash.to_string(),
             signature: hex::encode(self.key.sign(&checkpoint_message(seq, hash)).to_bytes()),
         };
-        let dir = head_file
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-        tmp.write_all(serde_json::to_string(&head).unwrap_or_default().as_bytes())
-            .map_err(io)?;
-        tmp.persist(&head_file).map_err(|e| io(e.error))?;
+        // Not synced: a crash may leave signed records after an older head, which `open`
+        // verifies and seals; a sync per head would cost more than the request it records.
+        let how = medfed_durable::Publish {
+            durable: false,
+            ..medfed_durable::Publish::REPLACE
+        };
+        medfed_durable::write_atomically(
+            &head_file,
+            serde_json::to_string(&head).unwrap_or_default().as_bytes(),
+            how,
+        )
+        .map_err(io)?;
         Ok(())
     }
 
@@ -304,6 +328,143 @@ impl AuditLog {
             path: self.path.clone(),
             source,
         })
+    }
+}
+
+/// The writer of a log for async servers: appends are handed to one thread, which writes
+/// whatever has queued as one batch ([`AuditLog::append_batch`], group commit) and answers
+/// each caller. A request therefore never signs, writes or renames on an async worker, and
+/// under load the records of many requests share one write and one head.
+pub struct AuditWriter {
+    log: std::sync::Arc<AuditLog>,
+    queue: Mutex<Option<std::sync::mpsc::Sender<Pending>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+struct Pending {
+    event: Event,
+    reply: tokio::sync::oneshot::Sender<Result<Record, AuditError>>,
+}
+
+/// Most events written as one batch.
+const MAX_BATCH: usize = 512;
+
+impl AuditWriter {
+    /// Start the writer thread for `log`.
+    pub fn spawn(log: AuditLog) -> Result<AuditWriter, AuditError> {
+        let log = std::sync::Arc::new(log);
+        let (tx, rx) = std::sync::mpsc::channel::<Pending>();
+        let writer = log.clone();
+        let thread = std::thread::Builder::new()
+            .name("medfed-audit".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(p) => batch.push(p),
+                            Err(_) => break,
+                        }
+                    }
+                    let (events, replies): (Vec<_>, Vec<_>) =
+                        batch.into_iter().map(|p| (p.event, p.reply)).unzip();
+                    match writer.append_batch(events) {
+                        Ok(records) => {
+                            for (reply, record) in replies.into_iter().zip(records) {
+                                let _ = reply.send(Ok(record));
+                            }
+                        }
+                        Err(e) => {
+                            for reply in replies {
+                                let _ = reply.send(Err(e.duplicate()));
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(|source| AuditError::Io {
+                path: log.path.clone(),
+                source,
+            })?;
+        Ok(AuditWriter {
+            log,
+            queue: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    fn enqueue(
+        &self,
+        event: Event,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<Record, AuditError>>, AuditError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        queue
+            .as_ref()
+            .and_then(|q| q.send(Pending { event, reply }).ok())
+            .ok_or_else(|| self.stopped())?;
+        Ok(rx)
+    }
+
+    fn stopped(&self) -> AuditError {
+        AuditError::Io {
+            path: self.log.path.clone(),
+            source: std::io::Error::other("the audit writer has stopped"),
+        }
+    }
+
+    /// Append one event; resolves once it is written (in a batch with whatever else queued).
+    pub async fn append(&self, event: Event) -> Result<Record, AuditError> {
+        let rx = self.enqueue(event)?;
+        rx.await.map_err(|_| self.stopped())?
+    }
+
+    /// [`append`](Self::append) for synchronous callers (start-up, command-line tools); never
+    /// from an async worker.
+    pub fn append_blocking(&self, event: Event) -> Result<Record, AuditError> {
+        let rx = self.enqueue(event)?;
+        rx.blocking_recv().map_err(|_| self.stopped())?
+    }
+
+    /// The log itself, for reads and [`AuditLog::sync`].
+    pub fn log(&self) -> &AuditLog {
+        &self.log
+    }
+
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.log.verifying_key()
+    }
+
+    /// Write what has queued and stop the thread (also done on drop).
+    pub fn close(&self) {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for AuditWriter {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl AuditError {
+    /// The same error for another waiter of a failed batch (io::Error is not Clone).
+    fn duplicate(&self) -> AuditError {
+        match self {
+            AuditError::Io { path, source } => AuditError::Io {
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            AuditError::Key(k) => AuditError::Key(k.clone()),
+            AuditError::InUse(p) => AuditError::InUse(p.clone()),
+            AuditError::Broken { path, problem } => AuditError::Broken {
+                path: path.clone(),
+                problem: problem.clone(),
+            },
+        }
     }
 }
 
@@ -460,7 +621,7 @@ pub fn load_or_create_key(path: &Path) -> Result<SigningKey, AuditError> {
         path: path.to_path_buf(),
         source,
     };
-    if path.exists() {
+    let key = if path.exists() {
         let text = std::fs::read_to_string(path).map_err(io)?;
         let bytes: [u8; 32] = hex::decode(text.trim())
             .ok()
@@ -468,29 +629,54 @@ pub fn load_or_create_key(path: &Path) -> Result<SigningKey, AuditError> {
             .ok_or_else(|| {
                 AuditError::Key(format!("{}: not 32 hex-encoded bytes", path.display()))
             })?;
-        return Ok(SigningKey::from_bytes(&bytes));
-    }
-    let mut bytes = [0u8; 32];
-    rand::fill(&mut bytes);
-    let key = SigningKey::from_bytes(&bytes);
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(io)?;
-    }
-    let mut opts = OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path).map_err(io)?;
-    f.write_all(hex::encode(bytes).as_bytes()).map_err(io)?;
+        SigningKey::from_bytes(&bytes)
+    } else {
+        let mut bytes = [0u8; 32];
+        rand::fill(&mut bytes);
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        // Never replaces a key another process made meanwhile (that would orphan its log).
+        let how = medfed_durable::Publish {
+            replace: false,
+            ..medfed_durable::Publish::PRIVATE
+        };
+        medfed_durable::write_atomically(path, hex::encode(bytes).as_bytes(), how).map_err(io)?;
+        SigningKey::from_bytes(&bytes)
+    };
+    // The verifying key beside it, for `medfed audit verify --public-key`: written on every
+    // open, so it is there (and right) for logs made before it was written.
+    let public = public_key_path(path);
+    medfed_durable::write_atomically(
+        &public,
+        public_key_hex(&key).as_bytes(),
+        medfed_durable::Publish::REPLACE,
+    )
+    .map_err(|source| AuditError::Io {
+        path: public.clone(),
+        source,
+    })?;
     Ok(key)
+}
+
+/// Where [`load_or_create_key`] writes the public half of `key_path`: `audit.key` ->
+/// `audit.pub`.
+pub fn public_key_path(key_path: &Path) -> std::path::PathBuf {
+    key_path.with_extension("pub")
 }
 
 /// The public half of a key file, hex (for `medfed audit verify --public-key`).
 pub fn public_key_hex(key: &SigningKey) -> String {
     hex::encode(key.verifying_key().to_bytes())
+}
+
+/// The public key of a hex private key (the content of a key file).
+pub fn public_key_of_private(hex_text: &str) -> Result<VerifyingKey, AuditError> {
+    let bytes: [u8; 32] = hex::decode(hex_text.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| AuditError::Key("a private key is 32 hex-encoded bytes".into()))?;
+    Ok(SigningKey::from_bytes(&bytes).verifying_key())
 }
 
 /// Parse a hex public key.

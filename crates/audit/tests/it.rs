@@ -156,3 +156,68 @@ fn a_crash_between_a_record_and_its_head_reopens_but_a_foreign_record_after_the_
     assert!(e.reason.contains("not signed"), "{e}");
     assert!(AuditLog::open(&path, key(1), 4).is_err());
 }
+
+#[test]
+fn a_key_file_gets_its_public_key_beside_it_and_only_that_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("audit.key");
+    let key = medfed_audit::load_or_create_key(&key_path).unwrap();
+    let public_path = medfed_audit::public_key_path(&key_path);
+    assert_eq!(public_path, dir.path().join("audit.pub"));
+    let log_path = dir.path().join("a.jsonl");
+    let log = AuditLog::open(&log_path, key, 4).unwrap();
+    log.append(event(1)).unwrap();
+    drop(log);
+    let public = medfed_audit::parse_public_key(&std::fs::read_to_string(&public_path).unwrap())
+        .unwrap();
+    verify(&log_path, &public).unwrap();
+    // The private key file read as a public key does not verify; its derived key does.
+    let private_text = std::fs::read_to_string(&key_path).unwrap();
+    let wrong = medfed_audit::parse_public_key(&private_text).unwrap();
+    assert!(verify(&log_path, &wrong).is_err());
+    let derived = medfed_audit::public_key_of_private(&private_text).unwrap();
+    assert_eq!(derived, public);
+    // Reopening the key keeps it and rewrites the same public key.
+    std::fs::remove_file(&public_path).unwrap();
+    let again = medfed_audit::load_or_create_key(&key_path).unwrap();
+    assert_eq!(again.verifying_key(), public);
+    assert!(public_path.is_file());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+}
+
+#[test]
+fn the_writer_thread_batches_concurrent_appends_into_one_verifying_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.jsonl");
+    let writer =
+        medfed_audit::AuditWriter::spawn(AuditLog::open(&path, key(1), 16).unwrap()).unwrap();
+    let writer = std::sync::Arc::new(writer);
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let w = writer.clone();
+            std::thread::spawn(move || {
+                (0..50)
+                    .map(|i| w.append_blocking(event(t * 50 + i)).unwrap().seq)
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut seqs: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=400).collect::<Vec<_>>(), "every append got its own record");
+    assert_eq!(writer.log().len(), 400);
+    writer.close();
+    let v = verify(&path, &key(1).verifying_key()).unwrap();
+    assert_eq!(v.records, 400);
+    assert_eq!(v.checkpoints, 25);
+    // After close nothing more is accepted, and the caller is told.
+    assert!(writer.append_blocking(event(0)).is_err());
+}

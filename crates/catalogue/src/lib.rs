@@ -22,7 +22,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use medfed_policy::{Grant, Principal, StudyRole};
 use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Row};
+use sqlx::migrate::{Migrate, Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, Row, SqlSafeStr};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogueError {
@@ -32,20 +33,38 @@ pub enum CatalogueError {
     NotFound(String),
     #[error("{0} already exists")]
     Exists(String),
-    #[error("migration {version} failed: {source}")]
-    Migration { version: i64, source: sqlx::Error },
+    #[error("migration: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://...")]
     Url(String),
 }
 
 type Result<T> = std::result::Result<T, CatalogueError>;
 
-/// Migrations, in order. Never edit one that has shipped; add the next.
-const MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("../migrations/0001_init.sql")),
-    (2, include_str!("../migrations/0002_sites.sql")),
-    (3, include_str!("../migrations/0003_runs.sql")),
+/// Migrations, in order, embedded at build time. Never edit one that has shipped (the migrator
+/// refuses a changed checksum); add the next.
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/0001_init.sql")),
+    (2, "sites", include_str!("../migrations/0002_sites.sql")),
+    (3, "runs", include_str!("../migrations/0003_runs.sql")),
 ];
+
+fn migrator() -> Migrator {
+    Migrator::with_migrations(
+        MIGRATIONS
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(
+                    version,
+                    description.into(),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
 
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -311,10 +330,13 @@ impl Catalogue {
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if is_sqlite {
-                        // WAL: readers do not block the writer; foreign keys are off by default.
+                        // WAL: readers do not block the writer; foreign keys are off by default;
+                        // LIKE is case-sensitive as in PostgreSQL, so a query matches the same
+                        // rows on both (names are lowered explicitly where matching ignores case).
                         sqlx::raw_sql(
                             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
-                             PRAGMA foreign_keys=ON; PRAGMA busy_timeout=10000;",
+                             PRAGMA foreign_keys=ON; PRAGMA busy_timeout=10000; \
+                             PRAGMA case_sensitive_like=ON;",
                         )
                         .execute(&mut *conn)
                         .await?;
@@ -329,32 +351,48 @@ impl Catalogue {
         Ok(cat)
     }
 
+    /// Run pending migrations with sqlx's migrator (checksummed, locked against a second hub
+    /// migrating at once). A catalogue made before the migrator was used records its versions
+    /// in `schema_migrations`: those are adopted once, by checksum, so nothing is re-run.
     async fn migrate(&self) -> Result<()> {
-        sqlx::raw_sql(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_ms BIGINT NOT NULL)",
-        )
-        .execute(&self.pool)
-        .await?;
-        for &(version, sql) in MIGRATIONS {
-            let done: Option<i64> =
-                sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
-                    .bind(version)
-                    .fetch_optional(&self.pool)
-                    .await?;
-            if done.is_some() {
-                continue;
-            }
-            let mut tx = self.pool.begin().await?;
-            let fail = |source| CatalogueError::Migration { version, source };
-            sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(fail)?;
-            sqlx::query("INSERT INTO schema_migrations (version, applied_ms) VALUES ($1, $2)")
-                .bind(version)
-                .bind(now_ms())
-                .execute(&mut *tx)
-                .await
-                .map_err(fail)?;
-            tx.commit().await.map_err(fail)?;
-            tracing::info!(version, "catalogue migration applied");
+        let migrator = migrator();
+        self.adopt_legacy_migrations(&migrator).await?;
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn adopt_legacy_migrations(&self, migrator: &Migrator) -> Result<()> {
+        // The probe fails (no such table) on every catalogue made by the migrator.
+        let legacy: Vec<i64> = match sqlx::query_scalar("SELECT version FROM schema_migrations")
+            .fetch_all(&self.pool)
+            .await
+        {
+            Ok(v) => v,
+            Err(_) => return Ok(()),
+        };
+        let adopted: i64 = match sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations")
+            .fetch_one(&self.pool)
+            .await
+        {
+            Ok(n) => n,
+            Err(_) => 0,
+        };
+        if adopted > 0 {
+            return Ok(());
+        }
+        let mut conn = self.pool.acquire().await?;
+        conn.ensure_migrations_table("_sqlx_migrations").await?;
+        for m in migrator.iter().filter(|m| legacy.contains(&m.version)) {
+            sqlx::query(
+                "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+                 VALUES ($1, $2, TRUE, $3, 0)",
+            )
+            .bind(m.version)
+            .bind(m.description.to_string())
+            .bind(m.checksum.to_vec())
+            .execute(&mut *conn)
+            .await?;
+            tracing::info!(version = m.version, "catalogue migration adopted from schema_migrations");
         }
         Ok(())
     }
@@ -878,6 +916,16 @@ impl Catalogue {
         row.as_ref().map(object_from).transpose()
     }
 
+    /// The object of a dataset with exactly this name, if any (names are stored in NFC).
+    pub async fn object_named(&self, dataset: &str, name: &str) -> Result<Option<ObjectEntry>> {
+        let row = sqlx::query("SELECT * FROM objects WHERE dataset = $1 AND name = $2 LIMIT 1")
+            .bind(dataset)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(object_from).transpose()
+    }
+
     pub async fn list_objects(&self, dataset: &str, page: Page) -> Result<Vec<ObjectEntry>> {
         let rows = sqlx::query(
             "SELECT * FROM objects WHERE dataset = $1 ORDER BY created_ms, id LIMIT $2 OFFSET $3",
@@ -944,7 +992,7 @@ impl Catalogue {
             "SELECT {select} FROM instances i CROSS JOIN datasets d \
              WHERE d.id = i.dataset AND d.study IN (SELECT g.study FROM grants g WHERE g.user_id = $1) \
              AND ($2 = '' OR i.study_uid = $2) AND ($3 = '' OR i.series_uid = $3) AND ($4 = '' OR i.sop_uid = $4) \
-             AND ($5 = '' OR i.patient_id LIKE $5 ESCAPE '\\') AND ($6 = '' OR i.patient_name LIKE $6 ESCAPE '\\') \
+             AND ($5 = '' OR i.patient_id LIKE $5 ESCAPE '\\') AND ($6 = '' OR LOWER(i.patient_name) LIKE LOWER($6) ESCAPE '\\') \
              AND ($7 = '' OR i.modality = $7) AND ($8 = '' OR i.study_date >= $8) AND ($9 = '' OR i.study_date <= $9) \
              {group} LIMIT $10 OFFSET $11"
         );

@@ -317,9 +317,9 @@ fn one_line(e: &dyn std::error::Error) -> String {
     text.replace('\n', " ")
 }
 
-/// Writes `bytes` to a temporary name beside `dest`, then moves it into place. Without
-/// `replace`, an existing `dest` is never overwritten (the link fails instead). `durable` flushes
-/// to disk before the move.
+/// Writes `bytes` to a temporary name beside `dest`, then moves it into place (medfed-durable).
+/// Without `replace`, an existing `dest` is never overwritten (the link fails instead).
+/// `durable` syncs the file and its directory before returning.
 pub fn write_atomically(
     dest: &Path,
     bytes: &[u8],
@@ -330,29 +330,19 @@ pub fn write_atomically(
 }
 
 /// [`write_atomically`] with the content produced by `fill`, streamed to the temporary file.
+/// DICOM outputs pass `durable = false`: the link already guarantees that no reader sees a
+/// partial file, a lost output after a crash is redone from its input, and a sync per object
+/// would cost more than the de-identification.
 pub fn write_atomically_with(
     dest: &Path,
     replace: bool,
     durable: bool,
     fill: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    let name = dest.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dest.with_file_name(format!(".{name}.medfed-partial-{}", std::process::id()));
-    let result = (|| {
-        let mut f = BufWriter::with_capacity(256 * 1024, File::create(&tmp)?);
-        fill(&mut f)?;
-        // DICOM outputs skip the fsync: the rename/link already guarantees that no reader sees
-        // a partial file, and a flush per object would cost more than the de-identification.
-        let f = f.into_inner().map_err(|e| e.into_error())?;
-        if durable {
-            f.sync_data()?;
-        }
-        if replace {
-            std::fs::rename(&tmp, dest)
-        } else {
-            std::fs::hard_link(&tmp, dest)
-        }
-    })();
-    let _ = std::fs::remove_file(&tmp);
-    result
+    let how = medfed_durable::Publish {
+        replace,
+        durable,
+        mode: None,
+    };
+    medfed_durable::write_atomically_with(dest, how, fill)
 }

@@ -11,7 +11,8 @@ pub struct VerifyArgs {
     /// The audit log (JSON lines; its signed head `<log>.head` must lie beside it)
     #[arg(long)]
     log: PathBuf,
-    /// The signer's Ed25519 public key: 64 hex digits, or a file holding them
+    /// The signer's Ed25519 public key: 64 hex digits, or a file holding them (the hub's
+    /// `<keys>/audit.pub`, a site's `<storage.dir>/audit.pub`)
     #[arg(long)]
     public_key: String,
 }
@@ -36,6 +37,18 @@ pub fn verify(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(problem) => {
+            // A private key file has the same form as a public one (32 bytes, hex); a log
+            // that verifies under the key derived from it tells the user what they passed.
+            if let Ok(derived) = medfed_audit::public_key_of_private(&text)
+                && medfed_audit::verify(&args.log, &derived).is_ok()
+            {
+                anyhow::bail!(
+                    "{} is the private signing key, not the public key: verify with the .pub file \
+                     beside it ({}); keep the private key on the machine that writes the log",
+                    args.public_key,
+                    medfed_audit::public_key_path(std::path::Path::new(&args.public_key)).display()
+                );
+            }
             let at = if problem.line == 0 {
                 "head".to_string()
             } else {

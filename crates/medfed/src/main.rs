@@ -33,8 +33,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the main job on embedded defaults: make a synthetic multi-patient DICOM set,
-    /// de-identify it, verify the output and print a summary.
+    /// Run the main job on embedded defaults, end to end: de-identify a synthetic multi-patient
+    /// DICOM set and verify it, compute its radiomic features, store it in a local hub, harvest
+    /// it through two site nodes, and run a federated study across four hospitals' site nodes.
     Demo(demo::DemoArgs),
     /// De-identify a folder of DICOM files (PS3.15 Annex E), or reverse a pseudonym.
     Deid(DeidCommand),
@@ -46,7 +47,8 @@ enum Command {
     /// Run or administer the hub (HTTPS API, catalogue, encrypted storage, audit).
     #[command(subcommand)]
     Hub(hub_cmd::HubCommand),
-    /// Run the site node's parts that exist so far (the DICOM receiver).
+    /// Run or operate a site node at a hospital: enrol with the hub, run the node (DICOM
+    /// receiver, link to the hub, harvest, federated runs), decide tasks, show its status.
     #[command(subcommand)]
     Site(site_cmd::SiteCommand),
     /// Federated studies: submit a study spec to the hub and follow its run.

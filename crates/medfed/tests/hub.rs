@@ -228,6 +228,20 @@ fn a_hub_killed_mid_upload_recovers_consistently_and_never_logs_identifying_valu
         String::from_utf8_lossy(&v.stdout),
         String::from_utf8_lossy(&v.stderr)
     );
+    // The private key file, passed by mistake, is named as such (it has the public key's form).
+    let v = medfed()
+        .args(["audit", "verify", "--log"])
+        .arg(&audit)
+        .arg("--public-key")
+        .arg(d.join("data/keys/audit.key"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&v.stderr);
+    assert!(!v.status.success());
+    assert!(
+        said.contains("is the private signing key") && said.contains("audit.pub"),
+        "{said}"
+    );
     let audit_text = std::fs::read_to_string(&audit).unwrap();
     assert!(audit_text.contains("recovery.remove-orphan"));
     assert!(audit_text.contains("\"outcome\":\"denied 401\""));

@@ -218,16 +218,9 @@ impl FeatureTable {
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), RadiomicsError> {
-    use std::io::Write;
     let err = |e: std::io::Error| RadiomicsError::Output(format!("{}: {e}", path.display()));
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(err)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(parent).map_err(err)?;
-    tmp.write_all(bytes).map_err(err)?;
-    tmp.as_file().sync_all().map_err(err)?;
-    tmp.persist(path).map_err(|e| err(e.error))?;
-    Ok(())
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    medfed_durable::write_atomically(path, bytes, medfed_durable::Publish::REPLACE).map_err(err)
 }

@@ -61,21 +61,15 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> IdentityError + '_ {
     }
 }
 
-/// Write through a temporary file in the same directory, synced, then rename.
+/// Write through a temporary file in the same directory, synced, renamed, the directory synced
+/// (medfed-durable); `private` files are created 0600.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = if private { 0o600 } else { 0o644 };
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))?;
-    }
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    let how = if private {
+        medfed_durable::Publish::PRIVATE
+    } else {
+        medfed_durable::Publish::REPLACE
+    };
+    medfed_durable::write_atomically(path, bytes, how)
 }
 
 /// A new key pair and a certificate request for it (PEM each).

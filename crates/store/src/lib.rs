@@ -500,10 +500,5 @@ impl Read for ChunkReader {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io(dir))?;
-    tmp.write_all(bytes).map_err(io(path))?;
-    tmp.as_file().sync_data().map_err(io(path))?;
-    tmp.persist(path).map_err(|e| io(path)(e.error))?;
-    Ok(())
+    medfed_durable::write_atomically(path, bytes, medfed_durable::Publish::REPLACE).map_err(io(path))
 }

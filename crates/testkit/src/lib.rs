@@ -53,9 +53,44 @@ pub fn shared(relative: &str) -> Option<PathBuf> {
     }
 }
 
+/// A TCP port on 127.0.0.1 for a server a test starts, free when returned.
+///
+/// Binding port 0 and closing it (the usual trick) races: the kernel hands the same port out
+/// again as the ephemeral source port of any outgoing connection before the server binds it.
+/// These ports come from below the kernel's ephemeral range, so no connection is ever given one;
+/// each call in a process gets a different one (and processes start at different offsets), and
+/// each is checked free by binding it.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768)
+        .clamp(12000, 65535);
+    let (low, span) = (10000u32, ephemeral_start - 10000);
+    let offset = std::process::id() % span;
+    for _ in 0..span {
+        let port = (low + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free TCP port below the ephemeral range on 127.0.0.1");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_and_bindable() {
+        let ports: std::collections::BTreeSet<u16> = (0..50).map(|_| free_port()).collect();
+        assert_eq!(ports.len(), 50);
+        for p in ports {
+            std::net::TcpListener::bind(("127.0.0.1", p)).unwrap();
+        }
+    }
 
     #[test]
     fn shared_dir_is_beside_the_checkout() {

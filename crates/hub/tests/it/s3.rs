@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use medfed_hub::config::StorageConfig;
 use medfed_store::S3Config;
 
-use crate::support::{Fixture, fresh_database, instance, site_in};
+use crate::support::{Fixture, fresh_database, site_in};
 
 struct Server(Child);
 
@@ -21,11 +21,7 @@ impl Drop for Server {
 }
 
 fn start_moto() -> Option<(Server, u16)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
+    let port = medfed_testkit::free_port();
     let child = Command::new("moto_server")
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(Stdio::null())
@@ -84,13 +80,14 @@ async fn objects_live_encrypted_in_an_s3_bucket() {
         &site.owner,
         site.dataset.clone(),
     );
-    let dicom = instance(
+    let dicom = crate::support::instance_described(
         "2.25.71",
         "2.25.72",
         "2.25.73",
-        "PSEUDO-S3",
-        "PLANTED^S3",
+        &crate::support::pseudonym("s3"),
+        &crate::support::pseudonym("s3"),
         true,
+        "PLANTED^S3",
     );
     let object = f
         .upload(op, &ds, "a.dcm", "application/dicom", &dicom, 100)

@@ -15,13 +15,7 @@ impl Drop for Killed {
     }
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use medfed_testkit::free_port;
 
 /// Wait until something listens on `port`; on giving up, show `log`.
 pub fn wait_port(port: u16, log: Option<&std::path::Path>) {

@@ -28,13 +28,7 @@ impl Drop for Server {
     }
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use medfed_testkit::free_port;
 
 /// Start `medfed hub serve`, logging at debug level into `log` (appended).
 pub fn serve(dir: &Path, port: u16, log: &Path, failpoint: Option<&str>) -> Server {
