@@ -479,3 +479,227 @@ fn a_site_survives_hub_crashes_cut_links_a_full_inbox_certificate_changes_and_re
     assert!(!log.contains("panicked"), "{log}");
     drop(hub);
 }
+
+/// A dcmtk tool's exit status and everything it printed (at -v, so the association's answer is
+/// in it).
+fn dcmtk_tool(tool: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(tool).arg("-v").args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The task as the hub shows it to the coordinator (status, detail).
+fn task_on_hub(api: &Api, coord: &str, id: &str) -> Value {
+    let v = api.call(
+        coord,
+        "GET",
+        "/api/v1/studies/study-a/tasks?limit=500",
+        None,
+    );
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == id)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// An enrolled site process with a running harvest task into a new dataset of study A.
+fn harvesting_site(d: &Path, api: &Api, people: &common::People, port: u16) -> (SiteProc, String) {
+    let mut site = SiteProc::new(d, "site1", "org1", 1 << 30);
+    site.enroll(
+        &format!("https://127.0.0.1:{port}"),
+        &api.enrolment_token(&people.coord, "org1"),
+    );
+    site.serve();
+    let ds = api.dataset(&people.op1);
+    let task = api.task(
+        &people.coord,
+        &site.site_id(),
+        "harvest",
+        json!({"dataset": ds}),
+    );
+    wait_for(30, "harvest running", || {
+        (api.task_status(&people.coord, &task) == "running").then_some(())
+    });
+    (site, task)
+}
+
+/// The probes of the review, replayed with dcmtk against a site process: C-FIND, C-MOVE and
+/// C-GET are refused at negotiation (the node proposes no Query/Retrieve context, so the
+/// tools find no acceptable presentation context), and a store addressed to another AE title
+/// is rejected (A-ASSOCIATE-RJ, called AE title not recognised) and so neither stored nor
+/// harvested; the right AE title still stores and harvests.
+#[test]
+fn the_site_receiver_refuses_queries_retrievals_and_stores_for_another_ae_title() {
+    if !dcmtk() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    let people = hub_world(d, port, "");
+    let _hub = start_hub(d, port);
+    let api = Api::new(d, port);
+    let (site, _task) = harvesting_site(d, &api, &people, port);
+    let dicom_port = site.dicom_port.to_string();
+    let peer = [
+        "-aet",
+        "PACS1",
+        "-aec",
+        "SITE1",
+        "127.0.0.1",
+        dicom_port.as_str(),
+    ];
+    let with = |extra: &[&str]| -> Vec<String> {
+        extra
+            .iter()
+            .chain(peer.iter())
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let run = |tool: &str, args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        dcmtk_tool(tool, &args)
+    };
+
+    let (ok, text) = run("echoscu", with(&[]));
+    assert!(ok, "C-ECHO from a listed AE title failed: {text}");
+    let query = [
+        "-S",
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        "StudyInstanceUID=1.2.3.4",
+    ];
+    for (tool, extra) in [
+        ("findscu", query.to_vec()),
+        ("movescu", [&["-aem", "PACS1"][..], &query[..]].concat()),
+        ("getscu", query.to_vec()),
+    ] {
+        let (ok, text) = run(tool, with(&extra));
+        assert!(!ok, "{tool} succeeded against the site: {text}");
+        assert!(
+            // findscu, movescu: every proposed context refused; getscu, which also proposes
+            // storage contexts (to receive what it gets), has none left for C-GET.
+            text.contains("No Acceptable Presentation Contexts")
+                || text.contains("No adequate Presentation Contexts for sending C-GET"),
+            "{tool} was not refused at negotiation: {text}"
+        );
+    }
+
+    let (files, _) = synth(&d.join("pacs"), 1, 3, 5);
+    let paths: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    let mut args = vec![
+        "-aet",
+        "PACS1",
+        "-aec",
+        "NOTME",
+        "127.0.0.1",
+        dicom_port.as_str(),
+    ];
+    args.extend(paths.iter().map(String::as_str));
+    let (ok, text) = dcmtk_tool("storescu", &args);
+    assert!(!ok, "a store addressed to NOTME succeeded: {text}");
+    assert!(
+        text.to_lowercase()
+            .contains("called ae title not recognized"),
+        "not rejected for its called AE title: {text}"
+    );
+    // Long enough for the node's harvest loop (every 2 s) to have found anything.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(site.inbox_count(), 0, "a store for NOTME reached the inbox");
+    assert!(api.instances(&people.res_a).is_empty(), "and the hub");
+    assert!(!site.log().contains("instance received"), "{}", site.log());
+
+    // Addressed to the site itself, the same files are stored and harvested.
+    assert!(site.push("PACS1", &files));
+    let found = wait_for(60, "the instances on the hub", || {
+        let s = api.instances(&people.res_a);
+        (s.len() >= files.len()).then_some(s)
+    });
+    assert_eq!(found.len(), files.len());
+    assert!(!site.log().contains("panicked"), "{}", site.log());
+}
+
+/// Fail closed, with processes: the site's audit log made unwritable (its signed head replaced
+/// by a directory: no permission bit stops root, which the tests run as, but nothing can be
+/// renamed onto a directory), the node keeps receiving into its inbox but sends nothing; its
+/// status and the task on the hub say why. Writable again, everything goes, once.
+#[test]
+fn with_its_audit_log_unwritable_a_site_releases_nothing_and_says_why() {
+    if !dcmtk() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    let people = hub_world(d, port, "");
+    let _hub = start_hub(d, port);
+    let api = Api::new(d, port);
+    let (site, task) = harvesting_site(d, &api, &people, port);
+    let head = medfed_audit::head_path(&site.dir.join("data/site.audit.jsonl"));
+    std::fs::remove_file(&head).unwrap();
+    std::fs::create_dir(&head).unwrap();
+
+    let (files, planted) = synth(&d.join("pacs"), 1, 4, 9);
+    assert!(site.push("PACS1", &files), "receiving is not a release");
+    let why = wait_for(30, "the status to say why nothing is sent", || {
+        site.status()
+            .harvest_paused
+            .filter(|w| w.contains("audit log unwritable"))
+    });
+    assert!(why.contains("nothing is sent"), "{why}");
+    let detail = wait_for(30, "the task on the hub to say why", || {
+        let t = task_on_hub(&api, &people.coord, &task);
+        let detail = t["detail"].as_str().unwrap_or_default().to_string();
+        detail.contains("audit log unwritable").then_some(detail)
+    });
+    assert_eq!(
+        task_on_hub(&api, &people.coord, &task)["status"],
+        "running",
+        "{detail}"
+    );
+    assert!(
+        api.instances(&people.res_a).is_empty(),
+        "released without an audit record"
+    );
+    assert_eq!(
+        site.inbox_count(),
+        files.len(),
+        "the inbox keeps everything"
+    );
+
+    std::fs::remove_dir(&head).unwrap();
+    let found = wait_for(
+        60,
+        "the instances on the hub once the log is writable",
+        || {
+            let s = api.instances(&people.res_a);
+            (s.len() >= files.len()).then_some(s)
+        },
+    );
+    assert_eq!(found.len(), files.len(), "nothing twice");
+    wait_for(30, "the task's reason cleared", || {
+        let t = task_on_hub(&api, &people.coord, &task);
+        (t["detail"].as_str().unwrap_or_default().is_empty()).then_some(())
+    });
+    // Every instance's release is recorded (a failed append may have left its line before
+    // the head: the log holds more "sending" records than sends, never fewer).
+    let audit = site.audit();
+    assert!(audit.matches("\"action\":\"harvest.release\"").count() >= files.len());
+    assert_eq!(audit.matches("\"outcome\":\"sent\"").count(), files.len());
+    for p in &planted {
+        assert!(memchr::memmem::find(audit.as_bytes(), p).is_none());
+        assert!(memchr::memmem::find(site.log().as_bytes(), p).is_none());
+    }
+    let key = medfed_audit::load_or_create_key(&site.dir.join("data/audit.key")).unwrap();
+    let log = site.dir.join("data/site.audit.jsonl");
+    drop(site);
+    medfed_audit::verify(&log, &key.verifying_key()).unwrap();
+}
