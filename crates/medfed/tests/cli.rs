@@ -126,23 +126,100 @@ fn deid_writes_report_exits_nonzero_on_refusals_and_reidentifies() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown de-identification option"));
 }
 
+/// The whole demo, with every log at debug level (the demo runs the hub and the site nodes in
+/// its own process, so they all log to its stderr): it succeeds, and no identifying value the
+/// synthetic generator planted (names, IDs, birth dates, accession numbers, the site's and
+/// staff's values, every original UID) appears in what it printed or in any log or audit file
+/// it wrote.
 #[test]
-fn demo_runs_end_to_end() {
+fn demo_runs_end_to_end_and_logs_no_original_identifier() {
     let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
     let run = medfed()
-        .args(["demo", "--dir", tmp.path().join("d").to_str().unwrap()])
+        .args(["demo", "--dir", dir.to_str().unwrap()])
+        .env("MEDFED_LOG", "debug")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stdout}\n{}", tail(&stderr));
     assert!(
         stdout.contains("0 leaks") && stdout.contains("demo: OK"),
         "{stdout}"
     );
+    // The debug logs are there (else the grep below would prove nothing).
+    assert!(stderr.contains("DEBUG"), "{}", tail(&stderr));
+    assert!(stderr.contains("instance received"), "{}", tail(&stderr));
+
+    // The same generator with the demo's settings gives the same planted values.
+    let again = medfed_synth::generate(
+        &tmp.path().join("again"),
+        &medfed_synth::SynthConfig {
+            patients: 5,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let planted = again.planted();
+    let originals: Vec<Vec<u8>> = walkdir::WalkDir::new(dir.join("site/original"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| std::fs::read(e.path()).unwrap())
+        .collect();
+    assert!(!originals.is_empty());
+    for uid in &again.original_uids {
+        assert!(
+            originals
+                .iter()
+                .any(|o| memchr::memmem::find(o, uid.as_bytes()).is_some()),
+            "the demo's originals are not the ones regenerated here ({uid})"
+        );
+    }
+
+    let mut logs: Vec<(String, Vec<u8>)> = vec![
+        ("stdout".into(), run.stdout.clone()),
+        ("stderr".into(), run.stderr.clone()),
+    ];
+    for e in walkdir::WalkDir::new(&dir)
+        .into_iter()
+        .filter_map(Result::ok)
+    {
+        let name = e.file_name().to_string_lossy().to_string();
+        if e.file_type().is_file()
+            && (name.ends_with(".log") || name.ends_with(".jsonl") || name.ends_with(".head"))
+        {
+            logs.push((
+                e.path().display().to_string(),
+                std::fs::read(e.path()).unwrap(),
+            ));
+        }
+    }
+    assert!(
+        logs.iter()
+            .filter(|(n, _)| n.ends_with("site.audit.jsonl"))
+            .count()
+            >= 2,
+        "the site nodes' audit logs: {:?}",
+        logs.iter().map(|(n, _)| n).collect::<Vec<_>>()
+    );
+    for (name, text) in &logs {
+        for p in &planted {
+            assert!(
+                memchr::memmem::find(text, p).is_none(),
+                "{:?} in {name}",
+                String::from_utf8_lossy(p)
+            );
+        }
+    }
+}
+
+fn tail(text: &str) -> &str {
+    let mut start = text.len().saturating_sub(6000);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
 }
 
 fn phantom_dir() -> std::path::PathBuf {
