@@ -2,13 +2,19 @@
 //! link). Each round takes two exchanges per site, each one long-poll request whose answer
 //! is the site's next instruction:
 //!
-//! 1. the site sends its public key for the round (`join`, or with its previous reveal); the
-//!    hub answers, once every site's key is in, `compute` with the step and all the keys;
-//! 2. the site sends its masked `release` and its self-mask shares, each encrypted for its
+//! 1. the site sends its public keys for the round (`join`, or with its previous reveal); the
+//!    hub answers, once every site's keys are in, `compute` with the step and all the keys;
+//! 2. the site sends its masked `release` and its self-mask shares, each sealed for its
 //!    recipient; the hub answers, once the round's releases are in (or the timeout dropped
-//!    the silent), `reveal` with the survivors, the dropped and the shares meant for this site;
-//! 3. the site sends its `reveal` (with its key for the next round); the hub unmasks the sum,
-//!    advances the coordinator and answers with the next `compute`, or `finished`.
+//!    the silent), `sign-split` with the survivors, the dropped and the shares meant for this
+//!    site;
+//! 3. the site checks the split and sends its signature of it (`split-signed`), once per round;
+//!    the hub answers, once every survivor signed, `reveal` with the split and the signatures;
+//! 4. the site checks that enough survivors signed the same split and sends its `reveal` (with
+//!    its keys for the next round); the hub unmasks the sum, advances the coordinator and
+//!    answers with the next `compute`, or `finished`.
+//!
+//! Without secure aggregation a round is step 2 alone, with plain vectors.
 
 use std::collections::BTreeMap;
 
@@ -16,14 +22,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::eval::Metrics;
 use crate::run::Step;
-use crate::secagg::Reveal;
+use crate::secagg::{Reveal, RoundPublic};
 
 /// From a site to the hub. (Externally tagged: maps keyed by site index survive JSON.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SiteMessage {
     /// Ready for the next round, with a fresh key (also after a restart of either side).
-    Join { public: [u8; 32] },
+    Join { public: RoundPublic },
     /// The site's release for `round`: masked (secure aggregation) or plain (only when the
     /// spec and every site's policy turned secure aggregation off).
     Release {
@@ -38,14 +44,16 @@ pub enum SiteMessage {
         /// Evaluation only: the site's own metrics.
         #[serde(default)]
         metrics: Option<Metrics>,
-        /// Without secure aggregation: the key for the next round.
+        /// Without secure aggregation: the keys for the next round.
         #[serde(default)]
-        next_public: Option<[u8; 32]>,
+        next_public: Option<RoundPublic>,
     },
+    /// The site's signature of the round's split (survivors, dropped) the hub named.
+    SplitSigned { round: u64, signature: Vec<u8> },
     Reveal {
         round: u64,
         reveal: Reveal,
-        next_public: [u8; 32],
+        next_public: RoundPublic,
     },
     /// The site's policy refuses this run or a step of it; the site leaves the run.
     Refuse { reason: String },
@@ -63,16 +71,24 @@ pub enum Instruction {
         /// This site's index in the run (its secure-aggregation id).
         me: u32,
         step: Step,
-        participants: BTreeMap<u32, [u8; 32]>,
+        participants: BTreeMap<u32, RoundPublic>,
         threshold: usize,
         secure: bool,
+    },
+    /// Check and sign this split of the round.
+    SignSplit {
+        round: u64,
+        survivors: Vec<u32>,
+        dropped: Vec<u32>,
+        /// The sealed shares other sites sent this one, by sender.
+        shares: BTreeMap<u32, Vec<u8>>,
     },
     Reveal {
         round: u64,
         survivors: Vec<u32>,
         dropped: Vec<u32>,
-        /// The encrypted shares other sites sent this one, by sender.
-        shares: BTreeMap<u32, Vec<u8>>,
+        /// The survivors' signatures of this split, by signer.
+        signatures: BTreeMap<u32, Vec<u8>>,
     },
     /// Nothing to do yet; ask again.
     Wait,
@@ -102,6 +118,11 @@ pub enum Note {
         masked: bool,
     },
     Refused(String),
+    SplitSigned {
+        round: u64,
+        survivors: Vec<u32>,
+        dropped: Vec<u32>,
+    },
     Revealed {
         round: u64,
         survivors: Vec<u32>,
@@ -147,8 +168,8 @@ impl Participant {
         }
     }
 
-    /// New keys for the next round (the old masking state is dropped); the public key.
-    fn fresh_key(&mut self) -> [u8; 32] {
+    /// New keys for the next round (the old masking state is dropped); the public keys.
+    fn fresh_key(&mut self) -> RoundPublic {
         self.keys = crate::secagg::RoundKeys::generate();
         self.masking = None;
         self.keys.public
@@ -238,16 +259,45 @@ impl Participant {
                     Err(e) => refuse(format!("round {}: {e}", step.round)),
                 }
             }
-            Instruction::Reveal {
+            Instruction::SignSplit {
                 round,
                 survivors,
                 dropped,
                 shares,
             } => {
+                let min = self.min_survivors;
+                let signed = match self.masking.as_mut().filter(|m| m.round == round) {
+                    None => Err("no masking state for this round (restarted?)".to_string()),
+                    Some(m) => m
+                        .sign_split(&survivors, &dropped, &shares, min)
+                        .map_err(|e| e.to_string()),
+                };
+                match signed {
+                    Ok(signature) => send(
+                        SiteMessage::SplitSigned { round, signature },
+                        Some(Note::SplitSigned {
+                            round,
+                            survivors,
+                            dropped,
+                        }),
+                    ),
+                    // A split this site cannot sign (or a second, different one): its masking
+                    // state goes, so nothing of this round is ever revealed; the hub redoes
+                    // the round without it.
+                    Err(e) => send(self.join(), Some(Note::RevealRefused(e))),
+                }
+            }
+            Instruction::Reveal {
+                round,
+                survivors,
+                dropped,
+                signatures,
+            } => {
+                // Taken: a site reveals at most once per round.
                 let revealed = match self.masking.take().filter(|m| m.round == round) {
                     None => Err("no masking state for this round (restarted?)".to_string()),
                     Some(m) => m
-                        .reveal(&survivors, &dropped, &shares, self.min_survivors)
+                        .reveal(&survivors, &dropped, &signatures)
                         .map_err(|e| e.to_string()),
                 };
                 match revealed {

@@ -1,7 +1,8 @@
 //! Federated runs on the hub: a study coordinator submits a study spec; the hub hands each
 //! chosen site a `federated-learning` task and then drives the rounds over the sites' links
-//! ([`medfed_federated::protocol`]): keys, masked releases with encrypted self-mask shares,
-//! reveals, unmasking, and the coordinator's next step.
+//! ([`medfed_federated::protocol`]): keys, masked releases with sealed self-mask shares, the
+//! survivors' signatures of the round's split, reveals, unmasking, and the coordinator's next
+//! step.
 //!
 //! Invariants kept here:
 //! - the hub only ever holds masked releases and the unmasked *sum* (secure aggregation is on
@@ -27,7 +28,7 @@ use medfed_catalogue::{Dataset, ObjectEntry, Provenance, Run, Task, now_ms};
 use medfed_federated::eval::Metrics;
 use medfed_federated::protocol::{Exchange, Instruction, SiteMessage};
 use medfed_federated::run::{Coordinator, Step};
-use medfed_federated::secagg::{self, Reveal};
+use medfed_federated::secagg::{self, Reveal, RoundPublic};
 use medfed_federated::spec::StudySpec;
 use medfed_policy::StudyRole;
 use medfed_store::ObjectKey;
@@ -85,7 +86,7 @@ enum Phase {
     Keys,
     Collect {
         step: Step,
-        participants: BTreeMap<u32, [u8; 32]>,
+        participants: BTreeMap<u32, RoundPublic>,
         threshold: usize,
         masked: BTreeMap<u32, Vec<u64>>,
         plain: BTreeMap<u32, Vec<f64>>,
@@ -93,14 +94,27 @@ enum Phase {
         shares: BTreeMap<u32, BTreeMap<u32, Vec<u8>>>,
         metrics: BTreeMap<u32, Metrics>,
     },
+    /// Waiting for every survivor's signature of the split (survivors, dropped).
+    Confirm {
+        step: Step,
+        threshold: usize,
+        survivors: Vec<u32>,
+        dropped: Vec<u32>,
+        masked: BTreeMap<u32, Vec<u64>>,
+        /// Sealed for their recipients with keys the hub never learns (not even from the
+        /// seeds revealed for dropped sites); delivered here and not kept past this phase.
+        shares: BTreeMap<u32, BTreeMap<u32, Vec<u8>>>,
+        metrics: BTreeMap<u32, Metrics>,
+        signatures: BTreeMap<u32, Vec<u8>>,
+    },
     Reveal {
         step: Step,
         threshold: usize,
         survivors: Vec<u32>,
         dropped: Vec<u32>,
         masked: BTreeMap<u32, Vec<u64>>,
-        shares: BTreeMap<u32, BTreeMap<u32, Vec<u8>>>,
         metrics: BTreeMap<u32, Metrics>,
+        signatures: BTreeMap<u32, Vec<u8>>,
         reveals: BTreeMap<u32, Reveal>,
     },
     Over,
@@ -123,7 +137,7 @@ struct RunState {
     detail: String,
     phase: Phase,
     /// Keys for the next round, by site index.
-    keys: BTreeMap<u32, [u8; 32]>,
+    keys: BTreeMap<u32, RoundPublic>,
     deadline: Instant,
     round_started: Option<Instant>,
     /// Bumped on every change, to wake waiting exchanges and the driver.
@@ -220,11 +234,29 @@ impl RunState {
                     secure: self.secure(),
                 }
             }
-            Phase::Reveal {
+            Phase::Confirm {
                 step,
                 survivors,
                 dropped,
                 shares,
+                signatures,
+                ..
+            } if survivors.contains(&i)
+                && !signatures.contains_key(&i)
+                && !self.keys.contains_key(&i) =>
+            {
+                Instruction::SignSplit {
+                    round: step.round,
+                    survivors: survivors.clone(),
+                    dropped: dropped.clone(),
+                    shares: shares.get(&i).cloned().unwrap_or_default(),
+                }
+            }
+            Phase::Reveal {
+                step,
+                survivors,
+                dropped,
+                signatures,
                 reveals,
                 ..
             } if survivors.contains(&i)
@@ -235,7 +267,7 @@ impl RunState {
                     round: step.round,
                     survivors: survivors.clone(),
                     dropped: dropped.clone(),
-                    shares: shares.get(&i).cloned().unwrap_or_default(),
+                    signatures: signatures.clone(),
                 }
             }
             _ => Instruction::Wait,
@@ -296,6 +328,21 @@ impl RunState {
                 }
             }
             (
+                SiteMessage::SplitSigned { round, signature },
+                Phase::Confirm {
+                    step,
+                    survivors,
+                    signatures,
+                    ..
+                },
+            ) if round == step.round
+                && survivors.contains(&i)
+                && !signatures.contains_key(&i)
+                && !self.keys.contains_key(&i) =>
+            {
+                signatures.insert(i, signature);
+            }
+            (
                 SiteMessage::Reveal {
                     round,
                     reveal,
@@ -347,11 +394,19 @@ impl RunState {
             } => participants
                 .keys()
                 .any(|i| !masked.contains_key(i) && !plain.contains_key(i) && active.contains(i)),
+            // A survivor that sent a new key instead refused this round's split: not waited for.
+            Phase::Confirm {
+                survivors,
+                signatures,
+                ..
+            } => survivors.iter().any(|i| {
+                !signatures.contains_key(i) && active.contains(i) && !self.keys.contains_key(i)
+            }),
             Phase::Reveal {
                 survivors, reveals, ..
-            } => survivors
-                .iter()
-                .any(|i| !reveals.contains_key(i) && active.contains(i)),
+            } => survivors.iter().any(|i| {
+                !reveals.contains_key(i) && active.contains(i) && !self.keys.contains_key(i)
+            }),
         }
     }
 
@@ -388,7 +443,7 @@ impl RunState {
                     self.dirty = true;
                     return;
                 };
-                let participants: BTreeMap<u32, [u8; 32]> =
+                let participants: BTreeMap<u32, RoundPublic> =
                     ready.iter().map(|i| (*i, self.keys[i])).collect();
                 self.keys.clear();
                 let n = participants.len();
@@ -459,7 +514,7 @@ impl RunState {
                     self.phase = Phase::Keys;
                     self.deadline = Instant::now() + round_timeout;
                 } else if self.secure() {
-                    self.phase = Phase::Reveal {
+                    self.phase = Phase::Confirm {
                         step,
                         threshold,
                         survivors: delivered,
@@ -467,7 +522,7 @@ impl RunState {
                         masked,
                         shares,
                         metrics,
-                        reveals: BTreeMap::new(),
+                        signatures: BTreeMap::new(),
                     };
                     self.deadline = Instant::now() + round_timeout;
                 } else {
@@ -482,6 +537,59 @@ impl RunState {
                     }
                     self.complete_round(&step, sum, plain.len(), metrics);
                 }
+            }
+            Phase::Confirm {
+                step,
+                threshold,
+                survivors,
+                dropped,
+                masked,
+                metrics,
+                signatures,
+                ..
+            } => {
+                let unsigned: Vec<u32> = survivors
+                    .iter()
+                    .copied()
+                    .filter(|i| !signatures.contains_key(i))
+                    .collect();
+                if !unsigned.is_empty() {
+                    // A survivor vanished or refused the split: nothing was revealed; the
+                    // round is redone with fresh keys without it.
+                    for &i in &unsigned {
+                        let why = if self.keys.contains_key(&i) {
+                            format!("refused to sign the split of round {}", step.round)
+                        } else {
+                            format!(
+                                "no signature within the round timeout (round {})",
+                                step.round
+                            )
+                        };
+                        self.drop_site(i, "dropped", why);
+                    }
+                    self.events.push((
+                        "run.round.retry".into(),
+                        format!(
+                            "round {}: {} site(s) did not sign the split",
+                            step.round,
+                            unsigned.len()
+                        ),
+                    ));
+                    self.phase = Phase::Keys;
+                    self.deadline = Instant::now() + round_timeout;
+                    return;
+                }
+                self.phase = Phase::Reveal {
+                    step,
+                    threshold,
+                    survivors,
+                    dropped,
+                    masked,
+                    metrics,
+                    signatures,
+                    reveals: BTreeMap::new(),
+                };
+                self.deadline = Instant::now() + round_timeout;
             }
             Phase::Reveal {
                 step,
@@ -571,11 +679,13 @@ impl RunState {
         let phase = match &self.phase {
             Phase::Keys => "keys",
             Phase::Collect { .. } => "collect",
+            Phase::Confirm { .. } => "confirm",
             Phase::Reveal { .. } => "reveal",
             Phase::Over => "over",
         };
         let reporting = match &self.phase {
             Phase::Collect { masked, plain, .. } => masked.len() + plain.len(),
+            Phase::Confirm { signatures, .. } => signatures.len(),
             Phase::Reveal { reveals, .. } => reveals.len(),
             _ => 0,
         };

@@ -1,8 +1,10 @@
 //! The site's part in a federated run: read the registered table the spec selects, and for
 //! every step the hub asks for, check the site's rules, compute the release, mask it (secure
 //! aggregation) and send it; reveal what the protocol allows once the hub names the
-//! survivors. Every release and reveal is recorded in the site's audit log first. Rows never
-//! leave; the hub sees only masked vectors and the sum.
+//! survivors. Every release, signature, reveal and refusal is recorded (and synced) in the
+//! site's audit log before it is sent; when the log cannot be written nothing is sent and the
+//! site leaves the run, saying why. Rows never leave; the hub sees only masked vectors and the
+//! sum.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -87,8 +89,14 @@ fn nothing_leaves() -> medfed_federated::Disclosure {
     }
 }
 
-/// What the site's audit log says about a release, a refusal or a reveal (before it is sent).
-fn record(s: &Shared, task: &str, resource: &str, note: Note) {
+/// Record a release, a refusal, a signature or a reveal in the site's audit log, durably, before
+/// it is sent; the error means it must not be sent.
+fn record(
+    s: &Shared,
+    task: &str,
+    resource: &str,
+    note: Note,
+) -> Result<(), medfed_audit::AuditError> {
     let resource = resource.to_string();
     match note {
         Note::Released {
@@ -103,26 +111,37 @@ fn record(s: &Shared, task: &str, resource: &str, note: Note) {
             } else {
                 "unmasked (secure aggregation off)"
             };
-            s.audit(
+            s.audit_durably(
                 "federated.release",
                 resource,
                 &format!("round {round} {stage}: {values} values over {rows} rows, {how}"),
-            );
+            )?;
             set_progress(s, task, json!({"round": round, "stage": stage}));
         }
-        Note::Refused(reason) => s.audit("federated.refuse", resource, &reason),
+        Note::Refused(reason) => s.audit_durably("federated.refuse", resource, &reason),
+        Note::SplitSigned {
+            round,
+            survivors,
+            dropped,
+        } => s.audit_durably(
+            "federated.sign-split",
+            resource,
+            &format!("round {round}: survivors {survivors:?}, dropped {dropped:?}"),
+        ),
         Note::Revealed {
             round,
             survivors,
             dropped,
-        } => s.audit(
+        } => s.audit_durably(
             "federated.reveal",
             resource,
             &format!(
                 "round {round}: self-mask shares for sites {survivors:?}, pairwise seeds for dropped sites {dropped:?}"
             ),
         ),
-        Note::RevealRefused(reason) => s.audit("federated.reveal-refused", resource, &reason),
+        Note::RevealRefused(reason) => {
+            s.audit_durably("federated.reveal-refused", resource, &reason)
+        }
     }
 }
 
@@ -134,11 +153,17 @@ pub(crate) async fn participate(s: Arc<Shared>, task: LocalTask) {
     let (spec, data, rules, refusal) = match prepare(&s, &task) {
         Ok((spec, data, rules)) => (Some(spec), Some(data), rules, None),
         Err(reason) => {
-            s.audit("federated.refuse", resource.clone(), &reason);
+            if let Err(e) = s.audit_durably("federated.refuse", resource.clone(), &reason) {
+                // Not even the refusal leaves: the hub drops this site at the round timeout.
+                tracing::error!(run, error = %e, "left the run unannounced: the site's audit log cannot be written");
+                s.set_task(&task.id, "failed", &unwritable(&e));
+                return;
+            }
             (
                 None,
                 None,
                 nothing_leaves(),
+            Ok(())
                 Some(SiteMessage::Refuse { reason }),
             )
         }
@@ -156,6 +181,11 @@ pub(crate) async fn participate(s: Arc<Shared>, task: LocalTask) {
         let answer = client.call(reqwest::Method::POST, &path, Some(body)).await;
         let ins: Instruction = match answer.map(serde_json::from_value) {
             Ok(Ok(ins)) => {
+/// Why a site stops when its audit log cannot hold what it would send.
+fn unwritable(e: &medfed_audit::AuditError) -> String {
+    format!("site audit log unwritable: {e}; nothing more is sent for this run")
+}
+
                 failures = 0;
                 ins
             }
@@ -188,8 +218,14 @@ pub(crate) async fn participate(s: Arc<Shared>, task: LocalTask) {
         });
         message = match outcome {
             Outcome::Send { message, note } => {
-                if let Some(note) = note {
-                    record(&s, &task.id, &resource, note);
+                if let Some(note) = note
+                    && let Err(e) = record(&s, &task.id, &resource, note)
+                {
+                    // Fail closed: what the log does not hold is not sent, and the masking
+                    // state that went with it is gone, so this site leaves the run.
+                    tracing::error!(run, error = %e, "left the run: the site's audit log cannot be written");
+                    s.set_task(&task.id, "failed", &unwritable(&e));
+                    return;
                 }
                 message
             }
@@ -213,11 +249,17 @@ pub(crate) async fn participate(s: Arc<Shared>, task: LocalTask) {
         // The node is stopping: the task stays running and resumes at the next start.
         return;
     }
-    // Cancelled or rejected here meanwhile: tell the hub this site leaves.
+    // Cancelled or rejected here meanwhile: tell the hub this site leaves (recorded first,
+    // like every refusal; unrecorded, the hub drops the site at the round timeout instead).
+    let reason = "the task was stopped at the site";
+    if let Err(e) = s.audit_durably("federated.refuse", resource.clone(), reason) {
+        tracing::error!(run, error = %e, "left the run unannounced: the site's audit log cannot be written");
+        return;
+    }
     let client = lock(&s.client).clone();
     let leave = Exchange {
         message: SiteMessage::Refuse {
-            reason: "the task was stopped at the site".into(),
+            reason: reason.into(),
         },
         wait_ms: 0,
     };
