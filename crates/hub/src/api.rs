@@ -1378,13 +1378,16 @@ async fn start_upload(
             hub.config.limits.max_stow_bytes
         )));
     }
-    if b.name.is_empty()
-        || b.name.len() > 255
-        || b.media_type.is_empty()
-        || b.media_type.len() > 128
-    {
-        return Err(ApiError::invalid(
-            "name (1-255) and media_type (1-128) are required",
+    if b.media_type.is_empty() || b.media_type.len() > 128 {
+        return Err(ApiError::invalid("media_type (1-128) is required"));
+    }
+    // Names are listed back to clients that save files by them: one NFC spelling, no path.
+    let name = crate::names::object_name(&b.name)
+        .map_err(|e| ApiError::invalid(format!("name: {e}")))?;
+    if hub.catalogue.object_named(&d.id, &name).await?.is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "the dataset already has an object of this name (compared in Unicode NFC)",
         ));
     }
     let plan = UploadPlan {
@@ -1400,7 +1403,7 @@ async fn start_upload(
         id: upload.as_str().to_string(),
         dataset: d.id.clone(),
         object: Id::random().as_str().to_string(),
-        name: b.name,
+        name,
         media_type: b.media_type,
         started_by: c.user.id.clone(),
     };
@@ -1504,14 +1507,38 @@ async fn complete_upload(
             ),
         ));
     }
-    let instance = if u.media_type == "application/dicom" {
+    // DICOM is recognised by content, whatever media type the client declared: an
+    // identifiable instance sent as octet-stream is refused like one sent as DICOM.
+    let mut head = Vec::with_capacity(crate::dicom::SNIFF_LEN);
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(hub.uploads.assembled(&id)?, crate::dicom::SNIFF_LEN as u64),
+        &mut head,
+    )
+    .map_err(|e| ApiError::invalid(format!("upload unreadable: {e}")))?;
+    let is_dicom = u.media_type == "application/dicom" || crate::dicom::looks_like_dicom(&head);
+    let instance = if is_dicom {
+        if plan.size > hub.config.limits.max_stow_bytes as u64 {
+            return Err(ApiError::invalid(format!(
+                "the content is DICOM, and a DICOM instance may have at most {} bytes",
+                hub.config.limits.max_stow_bytes
+            )));
+        }
         let mut bytes = Vec::with_capacity(plan.size as usize);
         std::io::Read::read_to_end(&mut hub.uploads.assembled(&id)?, &mut bytes)
             .map_err(|e| ApiError::invalid(format!("upload unreadable: {e}")))?;
-        Some(crate::dicom::index_entry(&bytes, &d.id, &u.object).map_err(ApiError::invalid)?)
+        Some(
+            crate::dicom::index_entry(&bytes, &d.id, &u.object)
+                .map_err(|e| ApiError::invalid(e.to_string()))?,
+        )
     } else {
         None
     };
+    if hub.catalogue.object_named(&d.id, &u.name).await?.is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "the dataset already has an object of this name (compared in Unicode NFC)",
+        ));
+    }
     let key = ObjectKey::parse(&d.id, &u.object)?;
     let dk = hub.keys.unwrap(&hub.catalogue.wrapped_key(&d.id).await?)?;
     let hub2 = hub.clone();
@@ -1526,7 +1553,11 @@ async fn complete_upload(
         dataset: d.id.clone(),
         id: u.object.clone(),
         name: u.name.clone(),
-        media_type: u.media_type.clone(),
+        media_type: if is_dicom {
+            "application/dicom".into()
+        } else {
+            u.media_type.clone()
+        },
         size: plan.size as i64,
         sha256: plan.sha256.clone(),
         created_ms: now_ms(),

@@ -312,77 +312,122 @@ async fn wado_instance(
     Ok(r)
 }
 
-/// One part of a `multipart/related` body: the SHA-256 its `Content-Digest` header (RFC 9530)
-/// declares, if any, and its bytes.
-#[derive(Debug, PartialEq)]
-struct Part<'a> {
-    sha256: Option<Vec<u8>>,
-    body: &'a [u8],
-}
-
-/// The SHA-256 a part's `Content-Digest: sha-256=:<base64>:` header declares, if it has one.
-fn declared_sha256(headers: &str) -> Result<Option<Vec<u8>>, String> {
+/// The SHA-256 a part's `Content-Digest: sha-256=:<base64>:` header (RFC 9530) declares, if
+/// it has one.
+fn declared_sha256(headers: &HeaderMap) -> Result<Option<Vec<u8>>, &'static str> {
     use base64::Engine;
-    let Some(value) = headers.lines().find_map(|l| {
-        let (name, value) = l.split_once(':')?;
-        name.trim()
-            .eq_ignore_ascii_case("content-digest")
-            .then(|| value.trim())
-    }) else {
+    let Some(value) = headers.get("content-digest") else {
         return Ok(None);
     };
+    let value = value.to_str().map_err(|_| "Content-Digest is not ASCII")?;
     let b64 = value
         .split(',')
         .map(str::trim)
-        .find_map(|d| d.strip_prefix("sha-256=:")?.strip_suffix(':'))
+        .find_map(|d| {
+            let (alg, v) = d.split_once('=')?;
+            alg.trim()
+                .eq_ignore_ascii_case("sha-256")
+                .then(|| v.trim().strip_prefix(':')?.strip_suffix(':'))
+                .flatten()
+        })
         .ok_or("Content-Digest without a sha-256 value")?;
     base64::engine::general_purpose::STANDARD
         .decode(b64)
         .ok()
         .filter(|d| d.len() == 32)
         .map(Some)
-        .ok_or_else(|| "Content-Digest sha-256 is not 32 bytes of base64".into())
+        .ok_or("Content-Digest sha-256 is not 32 bytes of base64")
 }
 
-/// The parts of a `multipart/related` body.
-fn multipart_parts<'a>(content_type: &str, body: &'a [u8]) -> Result<Vec<Part<'a>>, String> {
-    let boundary = content_type
-        .split(';')
-        .map(str::trim)
-        .find_map(|p| p.strip_prefix("boundary="))
-        .map(|b| b.trim_matches('"'))
-        .filter(|b| !b.is_empty() && b.len() <= 70)
-        .ok_or("multipart/related with a boundary expected")?;
-    let delim = format!("--{boundary}");
-    let finder = memchr::memmem::Finder::new(delim.as_bytes());
-    let mut starts: Vec<usize> = finder.find_iter(body).collect();
-    if starts.len() < 2 {
-        return Err("no complete part in the body".into());
-    }
-    let mut parts = Vec::new();
-    for w in starts.windows(2) {
-        let mut part = &body[w[0] + delim.len()..w[1]];
-        part = part.strip_prefix(b"\r\n").unwrap_or(part);
-        part = part.strip_suffix(b"\r\n").unwrap_or(part);
-        let Some(h) = memchr::memmem::find(part, b"\r\n\r\n") else {
-            return Err("a part has no header/body separator".into());
+/// The parameters of a media type (RFC 9110 8.3.1): names lower-cased, quoted strings
+/// unquoted; `None` if the syntax is broken.
+fn media_type_params(content_type: &str) -> Option<(String, Vec<(String, String)>)> {
+    let (media, mut rest) = match content_type.find(';') {
+        Some(i) => (&content_type[..i], &content_type[i..]),
+        None => (content_type, ""),
+    };
+    let mut params = Vec::new();
+    loop {
+        rest = rest.trim_start_matches([' ', '\t']);
+        let Some(r) = rest.strip_prefix(';') else {
+            break;
         };
-        let raw = String::from_utf8_lossy(&part[..h]);
-        let headers = raw.to_ascii_lowercase();
-        if headers.contains("content-type:") && !headers.contains("application/dicom") {
-            return Err("every part must be application/dicom".into());
+        let r = r.trim_start_matches([' ', '\t']);
+        if r.is_empty() {
+            break;
         }
-        parts.push(Part {
-            sha256: declared_sha256(&raw)?,
-            body: &part[h + 4..],
-        });
+        let eq = r.find('=')?;
+        let name = r[..eq].trim().to_ascii_lowercase();
+        let r = &r[eq + 1..];
+        let (value, after) = if let Some(q) = r.strip_prefix('"') {
+            let mut v = String::new();
+            let mut chars = q.char_indices();
+            let mut end = None;
+            while let Some((i, ch)) = chars.next() {
+                match ch {
+                    '\\' => v.push(chars.next()?.1),
+                    '"' => {
+                        end = Some(i + 1);
+                        break;
+                    }
+                    _ => v.push(ch),
+                }
+            }
+            (v, &q[end?..])
+        } else {
+            let end = r.find(';').unwrap_or(r.len());
+            (r[..end].trim().to_string(), &r[end..])
+        };
+        params.push((name, value));
+        rest = after;
     }
-    // The last delimiter must close the body.
-    let last = starts.pop().unwrap_or(0);
-    if !body[last + delim.len()..].starts_with(b"--") {
-        return Err("the body does not end with the closing boundary".into());
+    Some((media.trim().to_ascii_lowercase(), params))
+}
+
+/// The boundary of a STOW-RS body's `multipart/related` content type. Parameter names are
+/// case-insensitive, the value may be quoted, and it must be 1-70 characters of RFC 2046's
+/// `bchars`, not ending in a space.
+fn stow_boundary(content_type: &str) -> Result<String, ApiError> {
+    let unsupported = || {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "multipart/related; type=\"application/dicom\" expected",
+        )
+    };
+    let (media, params) = media_type_params(content_type).ok_or_else(unsupported)?;
+    if media != "multipart/related" {
+        return Err(unsupported());
     }
-    Ok(parts)
+    let param = |n: &str| params.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+    if param("type").is_some_and(|t| !t.eq_ignore_ascii_case("application/dicom")) {
+        return Err(unsupported());
+    }
+    let b = param("boundary").ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "multipart/related with a boundary expected",
+        )
+    })?;
+    let bchar = |c: char| c.is_ascii_alphanumeric() || "'()+_,-./:=? ".contains(c);
+    if b.is_empty() || b.len() > 70 || b.ends_with(' ') || !b.chars().all(bchar) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the boundary must be 1-70 characters of RFC 2046 bchars",
+        ));
+    }
+    Ok(b.to_string())
+}
+
+/// Whether a part's own Content-Type (when it has one) is application/dicom.
+fn part_is_dicom(headers: &HeaderMap) -> bool {
+    match headers.get(header::CONTENT_TYPE) {
+        None => true,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(media_type_params)
+            .is_some_and(|(m, _)| m == "application/dicom"),
+    }
 }
 
 /// PS3.18 STOW-RS failure reasons.
@@ -395,7 +440,7 @@ async fn stow(
     c: Caller,
     Query(p): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<Response> {
     let Some(dataset) = p.get("dataset") else {
         c.note.resource("dicomweb/studies");
@@ -409,53 +454,119 @@ async fn stow(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !ct.starts_with("multipart/related") {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "multipart/related; type=\"application/dicom\" expected",
-        ));
-    }
-    let parts =
-        multipart_parts(ct, &body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    let boundary = stow_boundary(ct)?;
+    // Streamed: one part is in memory at a time, the whole body is bounded too.
+    let limit = hub.config.limits.max_stow_bytes as u64;
+    let constraints = multer::Constraints::new().size_limit(
+        multer::SizeLimit::new()
+            .whole_stream(limit)
+            .per_field(limit),
+    );
+    let mut parts =
+        multer::Multipart::with_constraints(body.into_data_stream(), boundary, constraints);
     let dk = Arc::new(hub.keys.unwrap(&hub.catalogue.wrapped_key(&d.id).await?)?);
     let mut stored = Vec::new();
     let mut failed = Vec::new();
-    for Part {
-        sha256: declared,
-        body: part,
-    } in parts
-    {
-        let object = Id::random();
-        let entry = match crate::dicom::index_entry(part, &d.id, object.as_str()) {
-            Ok(e) => e,
+    let mut seen = 0usize;
+    let mut malformed = None;
+    loop {
+        // A body broken after some parts keeps what was complete and verified before the break.
+        let parts_read = seen;
+        let broken = move |e: multer::Error| {
+            tracing::info!(error = %e, parts = parts_read, "STOW body not understood");
+            match e {
+                multer::Error::StreamSizeExceeded { .. }
+                | multer::Error::FieldSizeExceeded { .. } => {
+                    format!("the body exceeds {limit} bytes")
+                }
+                _ => format!("the multipart body is malformed after {parts_read} parts"),
+            }
+        };
+        let field = match parts.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) if seen == 0 => {
+                return Err(ApiError::new(StatusCode::BAD_REQUEST, broken(e)));
+            }
+            Err(e) => {
+                malformed = Some(broken(e));
+                break;
+            }
+        };
+        seen += 1;
+        let part_headers = field.headers().clone();
+        let part = match field.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                malformed = Some(broken(e));
+                break;
+            }
+        };
+        if !part_is_dicom(&part_headers) {
+            failed.push(unparsed(
+                CANNOT_UNDERSTAND,
+                "the part is not application/dicom",
+            ));
+            continue;
+        }
+        let declared = match declared_sha256(&part_headers) {
+            Ok(d) => d,
             Err(why) => {
-                tracing::info!(%why, "STOW part refused");
-                failed.push(json!({"00081197": {"vr": "US", "Value": [CANNOT_UNDERSTAND]}}));
+                failed.push(unparsed(CANNOT_UNDERSTAND, why));
                 continue;
             }
         };
-        let key = ObjectKey::parse(&d.id, object.as_str())?;
-        let bytes = Bytes::copy_from_slice(part);
-        let dk2 = dk.clone();
-        let k2 = key.clone();
-        let size = bytes.len() as i64;
+        let object = Id::random();
+        let entry = match crate::dicom::index_entry(&part, &d.id, object.as_str()) {
+            Ok(e) => e,
+            Err(why) => {
+                tracing::info!(%why, "STOW part refused");
+                failed.push(unparsed(CANNOT_UNDERSTAND, &why.to_string()));
+                continue;
+            }
+        };
         let digest = {
             use sha2::Digest;
-            sha2::Sha256::digest(&bytes).to_vec()
+            sha2::Sha256::digest(&part).to_vec()
         };
-        // End-to-end check: what the sender hashed is what arrived.
-        if declared.as_ref().is_some_and(|d| *d != digest) {
-            tracing::warn!(sop = %entry.sop_uid, "STOW part refused: Content-Digest mismatch");
-            failed.push(failure(&entry, PROCESSING_FAILURE));
-            continue;
+        // End-to-end check: what the sender hashed is what arrived. A site node always hashes
+        // (medfed's client does), so a site's part without a digest is refused.
+        match &declared {
+            None if c.site.is_some() => {
+                tracing::warn!(sop = %entry.sop_uid, "STOW part from a site refused: no Content-Digest");
+                failed.push(failure(
+                    &entry,
+                    PROCESSING_FAILURE,
+                    "site nodes must send Content-Digest: sha-256 on every part",
+                ));
+                continue;
+            }
+            Some(d) if *d != digest => {
+                tracing::warn!(sop = %entry.sop_uid, "STOW part refused: Content-Digest mismatch");
+                failed.push(failure(
+                    &entry,
+                    PROCESSING_FAILURE,
+                    "the part does not match its Content-Digest",
+                ));
+                continue;
+            }
+            _ => {}
         }
+        let key = ObjectKey::parse(&d.id, object.as_str())?;
+        let dk2 = dk.clone();
+        let k2 = key.clone();
+        let size = part.len() as i64;
         let sha = hex::encode(&digest);
         if let Err(e) = hub
-            .blocking(move |b| medfed_store::put_encrypted(b, &k2, &dk2, &bytes[..]))
+            .blocking(move |b| medfed_store::put_encrypted(b, &k2, &dk2, &part[..]))
             .await
         {
             tracing::error!(error = %e, "STOW blob write failed");
-            failed.push(failure(&entry, PROCESSING_FAILURE));
+            failed.push(failure(
+                &entry,
+                PROCESSING_FAILURE,
+                "the hub could not store it",
+            ));
             continue;
         }
         hub.failpoint(Failpoint::AfterBlobPublish);
@@ -478,15 +589,29 @@ async fn stow(
             }
             Err(e) => {
                 let _ = hub.blocking(move |b| b.delete(&key)).await;
-                let reason = if matches!(e, medfed_catalogue::CatalogueError::Exists(_)) {
-                    DUPLICATE_SOP
+                let (reason, why) = if matches!(e, medfed_catalogue::CatalogueError::Exists(_)) {
+                    (DUPLICATE_SOP, "the dataset already holds this SOP instance")
                 } else {
                     tracing::error!(error = %e, "STOW index failed");
-                    PROCESSING_FAILURE
+                    (PROCESSING_FAILURE, "the hub could not index it")
                 };
-                failed.push(failure(&entry, reason));
+                failed.push(failure(&entry, reason, why));
             }
         }
+    }
+    match malformed {
+        // Nothing stored: the body is refused as a whole, like one broken from the start.
+        Some(why) if stored.is_empty() => {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, why));
+        }
+        Some(why) => failed.push(unparsed(CANNOT_UNDERSTAND, &why)),
+        None if stored.is_empty() && failed.is_empty() => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "no part in the body",
+            ));
+        }
+        None => {}
     }
     let status = match (stored.is_empty(), failed.is_empty()) {
         (false, true) => StatusCode::OK,
@@ -510,11 +635,21 @@ async fn stow(
     Ok(r)
 }
 
-fn failure(e: &medfed_catalogue::InstanceEntry, reason: u16) -> Value {
+/// A Failed SOP Sequence item for a part whose SOP instance could not be read. Error Comment
+/// (0000,0902) says why, in words that carry no value of the part.
+fn unparsed(reason: u16, why: &str) -> Value {
+    json!({
+        "00081197": {"vr": "US", "Value": [reason]},
+        "00000902": {"vr": "LO", "Value": [why]},
+    })
+}
+
+fn failure(e: &medfed_catalogue::InstanceEntry, reason: u16, why: &str) -> Value {
     json!({
         "00081150": {"vr": "UI", "Value": [e.sop_class_uid]},
         "00081155": {"vr": "UI", "Value": [e.sop_uid]},
         "00081197": {"vr": "US", "Value": [reason]},
+        "00000902": {"vr": "LO", "Value": [why]},
     })
 }
 
@@ -522,30 +657,117 @@ fn failure(e: &medfed_catalogue::InstanceEntry, reason: u16) -> Value {
 mod tests {
     use super::*;
 
-    #[test]
-    fn multipart_bodies_split_into_their_parts_and_bad_ones_are_refused() {
+    /// The parts of a body as the STOW handler reads them: the boundary from the content type,
+    /// then multer with a size bound.
+    async fn split(ct: &str, body: &'static [u8]) -> Result<Vec<(HeaderMap, Bytes)>, String> {
+        let b = stow_boundary(ct).map_err(|e| e.detail.clone())?;
+        let stream = futures_util::stream::iter(
+            body.chunks(7)
+                .map(|c| Ok::<_, std::io::Error>(Bytes::from_static(c))),
+        );
+        let c = multer::Constraints::new().size_limit(multer::SizeLimit::new().whole_stream(1000));
+        let mut m = multer::Multipart::with_constraints(stream, b, c);
+        let mut out = Vec::new();
+        while let Some(f) = m.next_field().await.map_err(|e| e.to_string())? {
+            let h = f.headers().clone();
+            out.push((h, f.bytes().await.map_err(|e| e.to_string())?));
+        }
+        Ok(out)
+    }
+
+    fn bodies(parts: &[(HeaderMap, Bytes)]) -> Vec<&[u8]> {
+        parts.iter().map(|(_, b)| &b[..]).collect()
+    }
+
+    #[tokio::test]
+    async fn multipart_bodies_split_on_crlf_anchored_delimiters_only() {
         let ct = "multipart/related; type=\"application/dicom\"; boundary=XyZ";
         let body = b"--XyZ\r\nContent-Type: application/dicom\r\n\r\nAAA\r\n--XyZ\r\nContent-Type: application/dicom\r\n\r\nBB\r\n--XyZ--\r\n";
-        let parts = multipart_parts(ct, body).unwrap();
-        let bodies: Vec<&[u8]> = parts.iter().map(|p| p.body).collect();
-        assert_eq!(bodies, vec![&b"AAA"[..], &b"BB"[..]]);
-        assert!(parts.iter().all(|p| p.sha256.is_none()));
-        // A declared digest is read from its header (names case-insensitive, base64 as sent).
-        let sha = "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0="; // SHA-256 of "abc"
-        let with = format!("--XyZ\r\nCONTENT-DIGEST: sha-256=:{sha}:\r\n\r\nabc\r\n--XyZ--\r\n");
-        let parts = multipart_parts(ct, with.as_bytes()).unwrap();
-        use sha2::Digest;
         assert_eq!(
-            parts[0].sha256.as_deref(),
+            bodies(&split(ct, body).await.unwrap()),
+            vec![&b"AAA"[..], &b"BB"[..]]
+        );
+        // The boundary text inside a part, not after CRLF, is data (RFC 2046 5.1.1).
+        let inside = b"--XyZ\r\nContent-Type: application/dicom\r\n\r\nA--XyZ B--XyZ--\r\n--XyZ--";
+        assert_eq!(
+            bodies(&split(ct, inside).await.unwrap()),
+            vec![&b"A--XyZ B--XyZ--"[..]]
+        );
+        // A preamble before the first delimiter and an epilogue after the last are ignored.
+        let framed =
+            b"this is a preamble\r\n--XyZ\r\nA: b\r\n\r\nAAA\r\n--XyZ--\r\nepilogue --XyZ\r\n";
+        assert_eq!(bodies(&split(ct, framed).await.unwrap()), vec![&b"AAA"[..]]);
+        // Transport padding after a delimiter is allowed.
+        let padded = b"--XyZ  \r\nA: b\r\n\r\nAAA\r\n--XyZ--";
+        assert_eq!(bodies(&split(ct, padded).await.unwrap()), vec![&b"AAA"[..]]);
+        // Parameter names are case-insensitive; quoted boundaries may hold bchars like ':' ' '.
+        let upper = "Multipart/Related; TYPE=\"application/dicom\"; BOUNDARY=\"a:b c\"";
+        let q = b"--a:b c\r\nA: b\r\n\r\nAAA\r\n--a:b c--\r\n";
+        assert_eq!(bodies(&split(upper, q).await.unwrap()), vec![&b"AAA"[..]]);
+        // Unterminated bodies and bodies over the bound fail.
+        let cut = b"--XyZ\r\nA: b\r\n\r\nAAA\r\n--XyZ\r\nA: b\r\n\r\nB";
+        assert!(split(ct, cut).await.is_err());
+        // multer needs at least one header line per part (PS3.18 parts carry Content-Type).
+        assert!(split(ct, b"--XyZ\r\n\r\nAAA\r\n--XyZ--").await.is_err());
+        assert!(split(ct, &[b'x'; 2000]).await.is_err());
+        static BIG: [u8; 1200] = {
+            let mut b = [b'A'; 1200];
+            let head = b"--XyZ\r\nA: b\r\n\r\n";
+            let mut i = 0;
+            while i < head.len() {
+                b[i] = head[i];
+                i += 1;
+            }
+            b
+        };
+        assert!(
+            split(ct, &BIG).await.is_err(),
+            "the size bound holds while streaming"
+        );
+    }
+
+    #[test]
+    fn content_types_and_digests_are_read_as_the_rfcs_say() {
+        assert!(stow_boundary("multipart/related").is_err());
+        assert!(stow_boundary("multipart/form-data; boundary=x").is_err());
+        assert!(
+            stow_boundary("multipart/related; type=\"application/dicom+json\"; boundary=x")
+                .is_err()
+        );
+        assert!(stow_boundary("multipart/related; boundary=\"ends with space \"").is_err());
+        assert!(stow_boundary(&format!("multipart/related; boundary={}", "a".repeat(71))).is_err());
+        assert_eq!(
+            stow_boundary("multipart/related;boundary=\"q\\\"x\";type=application/dicom")
+                .err()
+                .map(|e| e.status),
+            Some(StatusCode::BAD_REQUEST),
+            "a quote is not a bchar"
+        );
+        assert_eq!(
+            stow_boundary("multipart/related; start=\"<a;b>\"; boundary=ok").unwrap(),
+            "ok"
+        );
+        use sha2::Digest;
+        let sha = "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0="; // SHA-256 of "abc"
+        let mut h = HeaderMap::new();
+        assert_eq!(declared_sha256(&h), Ok(None));
+        h.insert(
+            "content-digest",
+            HeaderValue::from_str(&format!("sha-512=:AA==:, SHA-256=:{sha}:")).unwrap(),
+        );
+        assert_eq!(
+            declared_sha256(&h).unwrap().as_deref(),
             Some(&sha2::Sha256::digest(b"abc")[..])
         );
-        let bad = "--XyZ\r\nContent-Digest: sha-256=:nope:\r\n\r\nabc\r\n--XyZ--\r\n";
-        assert!(multipart_parts(ct, bad.as_bytes()).is_err());
-        assert!(multipart_parts("multipart/related", body).is_err());
-        let unterminated = b"--XyZ\r\nContent-Type: application/dicom\r\n\r\nAAA\r\n--XyZ\r\n\r\nB";
-        assert!(multipart_parts(ct, unterminated).is_err());
-        let wrong_type = b"--XyZ\r\nContent-Type: text/plain\r\n\r\nAAA\r\n--XyZ--";
-        assert!(multipart_parts(ct, wrong_type).is_err());
+        h.insert("content-digest", HeaderValue::from_static("sha-256=:nope:"));
+        assert!(declared_sha256(&h).is_err());
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("Application/DICOM; transfer-syntax=1.2.840.10008.1.2.1"),
+        );
+        assert!(part_is_dicom(&h));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        assert!(!part_is_dicom(&h));
     }
 
     #[test]

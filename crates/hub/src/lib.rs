@@ -14,10 +14,11 @@
 pub mod api;
 pub mod client;
 pub mod config;
-mod dicom;
+pub mod dicom;
 mod dicomweb;
 pub mod jwks;
 pub mod keys;
+pub mod names;
 pub mod openapi;
 mod runs;
 mod sites;

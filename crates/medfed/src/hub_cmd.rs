@@ -86,7 +86,7 @@ pub fn run(cmd: HubCommand) -> anyhow::Result<ExitCode> {
                 let hub = medfed_hub::Hub::open(config.load()?).await?;
                 hub.catalogue.user(&user).await.context("no such user")?;
                 let token = medfed_hub::issue_token(&hub, &user, days).await?;
-                hub.audit_system("token.issue-on-host", &format!("user/{user}"), "allowed")?;
+                hub.audit_system("token.issue-on-host", &format!("user/{user}"), "allowed").await?;
                 println!("{token}");
                 Ok(ExitCode::SUCCESS)
             }
@@ -95,7 +95,7 @@ pub fn run(cmd: HubCommand) -> anyhow::Result<ExitCode> {
                 let hub = medfed_hub::Hub::open(cfg.clone()).await?;
                 let mut keys = medfed_hub::keys::MasterKeys::load(&cfg.keys_dir())?;
                 let (version, n) = keys.rotate(&hub.catalogue, retire).await?;
-                hub.audit_system("keys.rotate", &format!("master-key/v{version}"), &format!("rewrapped {n}"))?;
+                hub.audit_system("keys.rotate", &format!("master-key/v{version}"), &format!("rewrapped {n}")).await?;
                 println!("master key version {version}: {n} data keys re-wrapped; restart the hub to use it");
                 Ok(ExitCode::SUCCESS)
             }
@@ -106,7 +106,7 @@ pub fn run(cmd: HubCommand) -> anyhow::Result<ExitCode> {
                 }
                 let hub = medfed_hub::Hub::open(cfg.clone()).await.context("opening the hub (is it still running?)")?;
                 let out = hub.ca.issue_server_certificate(&cfg.tls_dir(), &cfg.tls.names)?;
-                hub.audit_system("tls.reissue-server-certificate", "hub", "issued")?;
+                hub.audit_system("tls.reissue-server-certificate", "hub", "issued").await?;
                 println!("new server certificate {} (same CA {}); start the hub to use it", out.cert_pem.display(), out.ca_pem.display());
                 Ok(ExitCode::SUCCESS)
             }
@@ -153,9 +153,11 @@ pub struct UploadArgs {
     /// Target dataset id
     #[arg(long)]
     dataset: String,
-    /// Media type of the files
-    #[arg(long, default_value = "application/octet-stream")]
-    media_type: String,
+    /// Media type of the files [default: application/dicom for files that are DICOM by
+    /// content, else application/octet-stream]. The hub recognises DICOM by content whatever
+    /// is declared, and refuses instances that are not de-identified.
+    #[arg(long)]
+    media_type: Option<String>,
     /// Continue this interrupted upload (one file only)
     #[arg(long)]
     resume: Option<String>,
@@ -180,11 +182,17 @@ pub fn upload(args: &UploadArgs) -> anyhow::Result<ExitCode> {
         );
         for f in &args.files {
             bar.set_message(display_name(f));
+            let media_type = match &args.media_type {
+                Some(m) => m.clone(),
+                None => sniffed_media_type(f)
+                    .with_context(|| format!("reading {}", f.display()))?
+                    .to_string(),
+            };
             let v = client
                 .upload_file(
                     &args.dataset,
                     f,
-                    &args.media_type,
+                    &media_type,
                     args.resume.as_deref(),
                     &|n| bar.inc(n),
                 )
@@ -198,6 +206,20 @@ pub fn upload(args: &UploadArgs) -> anyhow::Result<ExitCode> {
         }
         bar.finish_and_clear();
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// The media type a file's content says it has: DICOM or opaque bytes.
+fn sniffed_media_type(p: &Path) -> std::io::Result<&'static str> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(medfed_hub::dicom::SNIFF_LEN);
+    std::fs::File::open(p)?
+        .take(medfed_hub::dicom::SNIFF_LEN as u64)
+        .read_to_end(&mut head)?;
+    Ok(if medfed_hub::dicom::looks_like_dicom(&head) {
+        "application/dicom"
+    } else {
+        "application/octet-stream"
     })
 }
 

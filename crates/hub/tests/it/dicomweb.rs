@@ -3,7 +3,7 @@
 
 use axum::http::StatusCode;
 
-use crate::support::{backends, instance, site};
+use crate::support::{backends, instance, pseudonym, site};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stow_qido_and_wado_round_trip_under_the_access_rules() {
@@ -17,8 +17,8 @@ async fn stow_qido_and_wado_round_trip_under_the_access_rules() {
                     "2.25.500",
                     &format!("2.25.50{s}"),
                     &format!("2.25.5{s}{i}"),
-                    "PSEUDO-7",
-                    "PSEUDO^SEVEN",
+                    &pseudonym("seven"),
+                    &pseudonym("seven"),
                     true,
                 ));
             }
@@ -41,7 +41,7 @@ async fn stow_qido_and_wado_round_trip_under_the_access_rules() {
         let (s, v) = f
             .call(
                 "GET",
-                "/api/v1/dicomweb/studies?PatientID=PSEUDO-7",
+                &format!("/api/v1/dicomweb/studies?PatientID={}", pseudonym("seven")),
                 Some(res),
                 None,
             )
@@ -134,8 +134,9 @@ async fn a_part_whose_content_digest_does_not_match_is_refused_and_not_stored() 
     let backend = backends()[0];
     let site = site(backend).await;
     let (f, op, res, ds) = (&site.f, &site.op, &site.researcher, &site.dataset);
-    let good = instance("2.25.700", "2.25.701", "2.25.702", "P-1", "P^ONE", true);
-    let bad = instance("2.25.700", "2.25.701", "2.25.703", "P-1", "P^ONE", true);
+    let p1 = pseudonym("one");
+    let good = instance("2.25.700", "2.25.701", "2.25.702", &p1, &p1, true);
+    let bad = instance("2.25.700", "2.25.701", "2.25.703", &p1, &p1, true);
     let digest =
         |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(b));
     let mut body = Vec::new();

@@ -3,6 +3,7 @@
 //! server when one can be started. Every test runs on SQLite, and on PostgreSQL as well when
 //! `MEDFED_TEST_DATABASE_URL` is set.
 
+mod admission;
 mod dicomweb;
 mod matrix;
 mod oidc;

@@ -4,7 +4,9 @@
 use axum::http::StatusCode;
 use serde_json::json;
 
-use crate::support::{Fixture, Site, backends, dataset_body, instance, sha256, site};
+use crate::support::{
+    Fixture, Site, backends, dataset_body, instance_described, pseudonym, sha256, site,
+};
 
 const PLANTED: &str = "PLANTED^SECRET^NAME";
 
@@ -165,7 +167,9 @@ async fn read(s: &Site, object: &str) -> (StatusCode, Vec<u8>) {
 async fn blobs_are_encrypted_bound_to_their_place_and_survive_key_rotation() {
     for backend in backends() {
         let s = site(backend).await;
-        let dicom = instance("2.25.11", "2.25.12", "2.25.13", "PSEUDO-1", PLANTED, true);
+        let p1 = pseudonym("one");
+        // A free-text description kept under Clean Descriptors carries the planted value.
+        let dicom = instance_described("2.25.11", "2.25.12", "2.25.13", &p1, &p1, true, PLANTED);
         let a =
             s.f.upload(
                 &s.op,
@@ -411,17 +415,19 @@ async fn hostile_names_and_ids_never_touch_anything_outside_their_place() {
             let (st, _) = s.f.call("DELETE", &path, Some(&s.owner), None).await;
             assert!(st.is_client_error(), "{path}: {st}");
         }
-        // A hostile object *name* is only catalogue text: the blob still goes under a random id.
+        // A hostile object *name* is refused at the API (it would be listed back to clients
+        // that save by name); the blobs go under random ids in any case.
         let name = h.replace('%', "/");
-        s.f.upload(
-            &s.op,
-            &s.dataset,
-            &format!("../../{name}"),
-            "application/octet-stream",
-            b"x",
-            1024,
-        )
-        .await;
+        let (st, v) = s
+            .f
+            .call(
+                "POST",
+                &format!("/api/v1/datasets/{}/uploads", s.dataset),
+                Some(&s.op),
+                Some(serde_json::json!({"name": format!("../../{name}"), "media_type": "application/octet-stream", "size": 1, "sha256": sha256(b"x"), "chunk_size": 1024})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{name}: {v}");
     }
     let after = s.f.tree();
     let outside: Vec<_> = after

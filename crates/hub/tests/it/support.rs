@@ -360,7 +360,24 @@ pub fn dataset_body() -> Value {
     })
 }
 
-/// A small CT instance. `identity_removed` sets (0012,0062).
+/// A patient pseudonym in medfed-deid's form (`MF` and 16 base-32 characters) spelling `word`.
+pub fn pseudonym(word: &str) -> String {
+    let mut p: String = word
+        .to_ascii_uppercase()
+        .chars()
+        .filter(|c| c.is_ascii_uppercase() || ('2'..='7').contains(c))
+        .take(16)
+        .collect();
+    while p.len() < 16 {
+        p.push('A');
+    }
+    format!("MF{p}")
+}
+
+/// A small CT instance. `identity_removed`: marked de-identified (0012,0062 and the CID 7050
+/// codes of the basic profile with Retain Longitudinal Modified Dates and Clean Descriptors in
+/// 0012,0064), which the hub believes only if the content agrees (pass pseudonyms and `2.25`
+/// UIDs for an instance it accepts).
 pub fn instance(
     study: &str,
     series: &str,
@@ -368,6 +385,27 @@ pub fn instance(
     patient_id: &str,
     patient_name: &str,
     identity_removed: bool,
+) -> Vec<u8> {
+    instance_described(
+        study,
+        series,
+        sop,
+        patient_id,
+        patient_name,
+        identity_removed,
+        "",
+    )
+}
+
+/// [`instance`] with a Study Description (kept, cleaned, under Clean Descriptors).
+pub fn instance_described(
+    study: &str,
+    series: &str,
+    sop: &str,
+    patient_id: &str,
+    patient_name: &str,
+    identity_removed: bool,
+    description: &str,
 ) -> Vec<u8> {
     let mut obj = InMemDicomObject::new_empty();
     let put = |o: &mut InMemDicomObject, t, vr, v: &str| {
@@ -388,8 +426,29 @@ pub fn instance(
     put(&mut obj, tags::STUDY_DATE, VR::DA, "20240315");
     put(&mut obj, tags::SERIES_NUMBER, VR::IS, "1");
     put(&mut obj, tags::INSTANCE_NUMBER, VR::IS, "1");
+    if !description.is_empty() {
+        put(&mut obj, tags::STUDY_DESCRIPTION, VR::LO, description);
+    }
     if identity_removed {
         put(&mut obj, tags::PATIENT_IDENTITY_REMOVED, VR::CS, "YES");
+        let code = |value: &str| {
+            InMemDicomObject::from_element_iter([
+                DataElement::new(tags::CODE_VALUE, VR::SH, PrimitiveValue::from(value)),
+                DataElement::new(
+                    tags::CODING_SCHEME_DESIGNATOR,
+                    VR::SH,
+                    PrimitiveValue::from("DCM"),
+                ),
+            ])
+        };
+        obj.put(DataElement::new(
+            tags::DEIDENTIFICATION_METHOD_CODE_SEQUENCE,
+            VR::SQ,
+            dicom_core::value::DataSetSequence::new(
+                vec![code("113100"), code("113107"), code("113105")],
+                dicom_core::Length::UNDEFINED,
+            ),
+        ));
     }
     obj.put(DataElement::new(
         tags::ROWS,
