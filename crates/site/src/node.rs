@@ -171,6 +171,12 @@ fn way_of(kind: &str) -> Option<WayOfWorking> {
     }
 }
 
+/// The registered tables' (size, mtime) stamps, and their descriptions made then.
+type DescribedTables = (
+    Vec<(u64, Option<std::time::SystemTime>)>,
+    Vec<crate::tables::TableInfo>,
+);
+
 pub(crate) struct Shared {
     pub(crate) policy: SitePolicy,
     pub(crate) options: NodeOptions,
@@ -183,10 +189,7 @@ pub(crate) struct Shared {
     pub(crate) client: Mutex<HubClient>,
     pub(crate) identity: Mutex<SiteIdentity>,
     /// The registered tables as last described, with the (size, mtime) of each file then.
-    tables: Mutex<(
-        Vec<(u64, Option<std::time::SystemTime>)>,
-        Vec<crate::tables::TableInfo>,
-    )>,
+    tables: Mutex<DescribedTables>,
     pub(crate) stop: Arc<AtomicBool>,
     /// Federated-learning tasks with a participant running in this process.
     participating: Mutex<std::collections::BTreeSet<String>>,
@@ -622,10 +625,11 @@ async fn flush_reports(s: &Shared, client: &HubClient) -> Result<(), ClientError
                 Err(e) => return Err(e),
             }
         }
-        if let Some(x) = lock(&s.tasks).get_mut(&t.id) {
-            if x.status == t.status && x.progress == t.progress {
-                x.reported = true;
-            }
+        if let Some(x) = lock(&s.tasks).get_mut(&t.id)
+            && x.status == t.status
+            && x.progress == t.progress
+        {
+            x.reported = true;
         }
     }
     // Finished and reported tasks need not be kept.

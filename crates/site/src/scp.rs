@@ -731,13 +731,14 @@ mod tests {
             .establish_with(&addr);
         assert!(only_find.is_err());
         // Addressed to another AE title: rejected, whoever calls.
-        let e = ClientAssociationOptions::new()
+        let Err(e) = ClientAssociationOptions::new()
             .calling_ae_title("PACS1")
             .called_ae_title("NOTME")
             .with_abstract_syntax(uids::CT_IMAGE_STORAGE)
             .establish_with(&addr)
-            .err()
-            .expect("an association for another AE title was accepted");
+        else {
+            panic!("an association for another AE title was accepted");
+        };
         assert!(
             format!("{e:?}").contains("CalledAETitleNotRecognized"),
             "{e:?}"
