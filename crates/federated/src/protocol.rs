@@ -133,6 +133,8 @@ pub enum Note {
 
 /// A site's next move.
 #[derive(Debug)]
+// One per exchange, moved straight to the sender: boxing the message would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Outcome {
     Send {
         message: SiteMessage,

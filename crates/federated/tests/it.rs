@@ -107,8 +107,8 @@ fn plain_fedavg(sites: &[&Design], rounds: u64, t: &LocalTraining) -> Vec<f64> {
                     for &i in batch {
                         let z: f64 = w.iter().zip(&d.x[i]).map(|(a, b)| a * b).sum();
                         let e = 1.0 / (1.0 + (-z).exp()) - d.y[i];
-                        for k in 0..p {
-                            g[k] += e * d.x[i][k];
+                        for (gk, xk) in g.iter_mut().zip(&d.x[i]) {
+                            *gk += e * xk;
                         }
                     }
                     for k in 0..p {
@@ -449,9 +449,9 @@ fn the_hub_sees_noise_from_each_site_and_the_exact_sum_even_after_a_dropout() {
     let mut arrived = r.masked.clone();
     arrived.remove(&2);
     let sum = secagg::unmask(&arrived, &dropped, &reveals, r.threshold).unwrap();
-    for i in 0..n {
+    for (i, got) in sum.iter().enumerate() {
         let want = r.updates[0][i] + r.updates[1][i] + r.updates[3][i];
-        assert!((sum[i] - want).abs() < 1e-8, "{i}");
+        assert!((got - want).abs() < 1e-8, "{i}");
     }
     // The lying-hub test's reconstruction, run on the honest reveals, rebuilds the survivors'
     // sum: the attacker's arithmetic there is right, so its failures below mean something.

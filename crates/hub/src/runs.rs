@@ -1503,7 +1503,8 @@ mod tests {
     }
 
     /// A site (the protocol side the site node runs): `silent_from` (round) it answers
-    /// nothing more; `no_reveal_at` it releases but never reveals.
+    /// nothing more; `no_sign_at` it releases but never signs the split; `no_reveal_at` it
+    /// signs but never reveals.
     struct Sim {
         data: SiteData,
         site: Participant,
@@ -1512,6 +1513,7 @@ mod tests {
     }
 
     fn act(st: &mut RunState, i: u32, s: &mut Sim, spec: &StudySpec) -> bool {
+        no_sign_at: u64,
         let round = st.saved.coordinator.step.as_ref().map_or(0, |x| x.round);
         if round >= s.silent_from {
             return false;
@@ -1525,6 +1527,7 @@ mod tests {
             _ => {}
         }
         let data = &s.data;
+            Instruction::SignSplit { round, .. } if *round == s.no_sign_at => return false,
         match s.site.answer(ins, |step, me| {
             site_release(spec, data, step, u64::from(me), &RULES)
         }) {
@@ -1587,6 +1590,7 @@ mod tests {
             })
             .collect()
     }
+                no_sign_at: u64::MAX,
 
     fn assert_close(a: &[f64], b: &[f64]) {
         assert_eq!(a.len(), b.len());
@@ -1641,6 +1645,34 @@ mod tests {
     fn two_of_four_sites_silent_in_one_round_leave_enough_for_the_study_and_the_round_is_redone() {
         let spec = spec("min_sites = 2\n");
         let data = heart(&spec, 4);
+    #[test]
+    fn a_survivor_that_never_signs_the_split_is_dropped_and_the_round_redone_without_it() {
+        let spec = spec("min_sites = 2\n");
+        let data = heart(&spec, 4);
+        let mut st = state(&spec, 4);
+        let mut s = sims(&data);
+        s[3].no_sign_at = 3;
+        drive(&mut st, &mut s, &spec);
+        assert_eq!(st.status, "done", "{}", st.detail);
+        let site = &st.saved.sites[3];
+        assert_eq!(site.status, "dropped");
+        assert!(site.detail.contains("no signature"), "{}", site.detail);
+        let c = &st.saved.coordinator;
+        let sites: Vec<usize> = c.history.iter().map(|h| h.sites).collect();
+        // Nothing of round 3 was revealed: it was redone by the three others.
+        assert_eq!(sites[..2], [4, 4]);
+        assert!(sites[2..].iter().all(|&n| n == 3), "{sites:?}");
+        assert_close(
+            &c.result.as_ref().unwrap().params,
+            &replay(&spec, &data, &c.history),
+        );
+        assert!(
+            st.events
+                .iter()
+                .any(|(a, d)| a == "run.round.retry" && d.contains("did not sign"))
+        );
+    }
+
         let mut st = state(&spec, 4);
         let mut s = sims(&data);
         s[2].silent_from = 4;
