@@ -476,17 +476,22 @@ async fn stow(
             tracing::info!(error = %e, parts = parts_read, "STOW body not understood");
             match e {
                 multer::Error::StreamSizeExceeded { .. }
-                | multer::Error::FieldSizeExceeded { .. } => {
-                    format!("the body exceeds {limit} bytes")
-                }
-                _ => format!("the multipart body is malformed after {parts_read} parts"),
+                | multer::Error::FieldSizeExceeded { .. } => (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the body exceeds {limit} bytes"),
+                ),
+                _ => (
+                    StatusCode::BAD_REQUEST,
+                    format!("the multipart body is malformed after {parts_read} parts"),
+                ),
             }
         };
         let field = match parts.next_field().await {
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) if seen == 0 => {
-                return Err(ApiError::new(StatusCode::BAD_REQUEST, broken(e)));
+                let (status, why) = broken(e);
+                return Err(ApiError::new(status, why));
             }
             Err(e) => {
                 malformed = Some(broken(e));
@@ -601,10 +606,10 @@ async fn stow(
     }
     match malformed {
         // Nothing stored: the body is refused as a whole, like one broken from the start.
-        Some(why) if stored.is_empty() => {
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, why));
+        Some((status, why)) if stored.is_empty() => {
+            return Err(ApiError::new(status, why));
         }
-        Some(why) => failed.push(unparsed(CANNOT_UNDERSTAND, &why)),
+        Some((_, why)) => failed.push(unparsed(CANNOT_UNDERSTAND, &why)),
         None if stored.is_empty() && failed.is_empty() => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,

@@ -108,6 +108,8 @@ pub(crate) fn write_private(path: &Path, text: &str) -> Result<(), HubError> {
 
 /// Write through a temporary file and rename (medfed-durable), so a reader never sees half a
 /// certificate; `private` files are created 0600.
+// Called at start-up and by host-side commands (certificates), never on a request path.
+#[allow(clippy::disallowed_methods)]
 pub(crate) fn write_atomically(path: &Path, text: &str, private: bool) -> Result<(), HubError> {
     let how = if private {
         medfed_durable::Publish::PRIVATE
@@ -127,6 +129,8 @@ pub struct HubCa {
 
 impl HubCa {
     /// `<dir>/ca.pem` and `<dir>/ca.key` (0600), made on first use.
+    // Start-up and host-side commands only, before or beside serving: never on a request path.
+    #[allow(clippy::disallowed_methods)]
     pub fn load_or_create(dir: &Path) -> Result<HubCa, HubError> {
         let (cert, key) = (dir.join("ca.pem"), dir.join("ca.key"));
         if cert.is_file() && key.is_file() {
@@ -435,6 +439,22 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for SharedIo<T> {
     }
 }
 
+/// A request's header list size as HTTP/2 counts it (RFC 9113 6.5.2: name, value, 32 each).
+fn header_list_size<B>(req: &hyper::Request<B>) -> usize {
+    let fields: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 32)
+        .sum();
+    fields + req.uri().to_string().len() + req.method().as_str().len()
+}
+
+fn header_too_large() -> axum::response::Response {
+    let mut r = axum::response::Response::new(axum::body::Body::from("request headers too large"));
+    *r.status_mut() = hyper::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+    r
+}
+
 /// Resolves when the connection should be closed for idleness: no request after
 /// `header_timeout` (a client that connects and sends nothing, or an HTTP/2 client whose first
 /// request never completes), or nothing in flight and no bytes moved for [`IDLE_TIMEOUT`].
@@ -563,6 +583,7 @@ pub async fn serve_with(
                 activity: activity.clone(),
             });
             let requests = activity.clone();
+            let max_header_bytes = limits.max_header_bytes;
             let svc = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(PeerAddr(peer));
@@ -573,8 +594,12 @@ pub async fn serve_with(
                     requests.in_flight.fetch_add(1, Ordering::Relaxed);
                     let in_flight = InFlight(requests.clone());
                     let app = app.clone();
+                    let too_large = h2 && header_list_size(&req) > max_header_bytes;
                     async move {
                         let _in_flight = in_flight;
+                        if too_large {
+                            return Ok(header_too_large());
+                        }
                         tower::ServiceExt::oneshot(app, req).await
                     }
                 },
@@ -583,7 +608,11 @@ pub async fn serve_with(
             // client could stretch without any timeout.
             let ended = if h2 {
                 let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-                b.max_header_list_size(limits.max_header_bytes as u32)
+                // h2 answers 431 itself above this and drops the whole connection above four
+                // times it (its abuse guard); between the configured limit and this, the
+                // service answers 431, so the 431 reaches clients for headers up to 16 times
+                // the limit.
+                b.max_header_list_size(limits.max_header_bytes.saturating_mul(4) as u32)
                     .timer(TokioTimer::new());
                 let c = b.serve_connection(io, svc);
                 tokio::select! {
@@ -608,10 +637,16 @@ pub async fn serve_with(
                     tracing::debug!(%peer, "connection closed: headers too slow");
                 }
                 Some(r) => {
+                    // Linger only where the hub has answered (a response, or 431 for headers
+                    // too large): a client that never made a request gets nothing more.
+                    let answered = activity.requests.load(Ordering::Relaxed) > 0
+                        || r.as_ref().is_err_and(|e| e.is_parse_too_large());
                     if let Err(e) = r {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
-                    linger(&shared).await;
+                    if answered {
+                        linger(&shared).await;
+                    }
                 }
             }
         });

@@ -4,6 +4,7 @@
 //! `MEDFED_TEST_DATABASE_URL` is set.
 
 mod admission;
+mod auth_and_limits;
 mod dicomweb;
 mod matrix;
 mod oidc;
