@@ -3,7 +3,9 @@
 //! Heart Disease data (shipped in demo-data/, CC BY 4.0), and `medfed study run` submitting a
 //! study spec. Exactness against pooled training, results stored as a dataset, the sites'
 //! audit logs; then the bad days: a site whose policy refuses the run, a site that stalls
-//! mid-run, a site that dies, and a hub killed and restarted mid-run.
+//! mid-run, a site that dies, and a hub killed and restarted mid-run; and the attacks on
+//! disclosure control (an indicator of one row, a saturated design, two runs differing by a
+//! row), refused at every site with refusals that carry no count.
 
 mod common;
 
@@ -20,7 +22,10 @@ fn demo_table(centre: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("demo-data/heart/{centre}.csv"))
 }
 
-const FEATURES: &str = r#"["age", "sex", "cp=2", "cp=3", "cp=4", "trestbps", "chol", "fbs", "restecg=1", "restecg=2", "thalach", "exang", "oldpeak"]"#;
+/// Features every centre but Switzerland bears under its disclosure rules (FLamby's 13 include
+/// indicators with a handful of rows at some centres: `sex` at Long Beach holds 2 women,
+/// `restecg=1` 2 of Cleveland's rows; those are refused at the site).
+const FEATURES: &str = r#"["age", "trestbps", "chol", "thalach", "exang", "oldpeak"]"#;
 
 fn spec(algorithm: &str, run: &str) -> String {
     format!(
@@ -148,6 +153,8 @@ fn four_hospitals_train_exactly_what_pooled_training_gives_and_the_results_are_a
     let _hub = start(d, port);
     let api = Api::new(d, port);
     let url = format!("https://127.0.0.1:{port}");
+    // Switzerland's test rows hold one healthy patient: its evaluation would be hers, so it
+    // refuses the run (the label rule) and the others go on.
     let centres = ["cleveland", "hungary", "switzerland", "long_beach_va"];
     let mut sites: Vec<SiteProc> = centres
         .iter()
@@ -226,8 +233,8 @@ fn four_hospitals_train_exactly_what_pooled_training_gives_and_the_results_are_a
         .iter()
         .map(|v| v.as_f64().unwrap())
         .collect();
-    let pooled = pooled_newton(&centres, &text);
-    assert_eq!(params.len(), 14);
+    let pooled = pooled_newton(&["cleveland", "hungary", "long_beach_va"], &text);
+    assert_eq!(params.len(), 7);
     for (j, (a, b)) in params.iter().zip(&pooled).enumerate() {
         assert!(
             (a - b).abs() < 1e-6,
@@ -236,8 +243,19 @@ fn four_hospitals_train_exactly_what_pooled_training_gives_and_the_results_are_a
     }
     // Every centre evaluated on its own test rows; the overall figures from the secure sum.
     let eval = &view["result"]["evaluation"];
-    assert_eq!(eval["per_site"].as_object().unwrap().len(), 4);
-    assert_eq!(eval["overall"]["n"], 254);
+    assert_eq!(eval["per_site"].as_object().unwrap().len(), 3);
+    assert_eq!(eval["overall"]["n"], 104 + 89 + 45);
+    let swiss = view["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["site_id"] == sites[2].site_id().as_str())
+        .unwrap();
+    assert_eq!(swiss["status"], "refused");
+    assert_eq!(
+        swiss["detail"], "a level of the label has fewer rows than this site's minimum",
+        "{swiss:#}"
+    );
     let auc = eval["overall"]["auc"].as_f64().unwrap();
     assert!(auc > 0.75 && auc < 1.0, "overall AUC {auc}");
 
@@ -289,7 +307,11 @@ fn four_hospitals_train_exactly_what_pooled_training_gives_and_the_results_are_a
         .chunks(8)
         .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
         .collect();
-    assert_eq!(from_file, params);
+    // The run view's JSON numbers are parsed to within an ulp; the file holds the exact bits.
+    for (a, b) in from_file.iter().zip(&params) {
+        assert!((a - b).abs() <= 1e-15 * a.abs().max(1.0), "{a} vs {b}");
+    }
+    assert_eq!(from_file.len(), params.len());
     let run_json_id = items.iter().find(|o| o["name"] == "run.json").unwrap()["id"]
         .as_str()
         .unwrap();
@@ -306,7 +328,11 @@ fn four_hospitals_train_exactly_what_pooled_training_gives_and_the_results_are_a
     );
 
     // Each site recorded what it released, and its audit log verifies.
-    for s in &sites {
+    for (i, s) in sites.iter().enumerate() {
+        if i == 2 {
+            assert!(!s.audit().contains("federated.release"));
+            continue;
+        }
         let audit = s.audit();
         assert!(audit.contains("federated.release"), "{}", s.log());
         assert!(audit.contains("masked"));
@@ -366,7 +392,8 @@ fn four_hospitals_train_exactly_what_pooled_training_gives_and_the_results_are_a
         let tasks = v["items"].as_array()?.clone();
         let done = tasks.iter().filter(|t| t["status"] == "done").count();
         let stopped = tasks.iter().filter(|t| t["status"] == "failed").count();
-        (done == 4 && stopped == 4).then_some(())
+        // Switzerland refused both runs.
+        (done == 3 && stopped == 5).then_some(())
     });
 }
 
@@ -505,7 +532,256 @@ fn refusing_stalling_and_dying_sites_are_dropped_and_a_restarted_hub_resumes_the
     assert_eq!(site_status(&final_view, 5), "refused");
     let tiny = sites[5].audit();
     assert!(!tiny.contains("federated.release"), "{tiny}");
-    assert!(tiny.contains("below this site's minimum of 50"), "{tiny}");
+    // It says which rule refused, never its count or the minimum.
+    assert_eq!(
+        audit_outcomes(&tiny, "federated.refuse"),
+        vec!["fewer rows than this site's minimum".to_string()],
+        "{tiny}"
+    );
     signal(sites[2].child.as_ref().unwrap(), "-CONT");
     drop(hub);
+}
+
+/// The outcomes of every `action` record in an audit log (JSON lines).
+fn audit_outcomes(log: &str, action: &str) -> Vec<String> {
+    fn find(v: &Value, action: &str, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                if m.get("action").and_then(Value::as_str) == Some(action) {
+                    if let Some(o) = m.get("outcome").and_then(Value::as_str) {
+                        out.push(o.to_string());
+                    }
+                }
+                m.values().for_each(|x| find(x, action, out));
+            }
+            Value::Array(a) => a.iter().for_each(|x| find(x, action, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for line in log.lines() {
+        if let Ok(v) = serde_json::from_str::<Value>(line) {
+            find(&v, action, &mut out);
+        }
+    }
+    out
+}
+
+/// A centre's table as a hospital might hold it: a local record number `row` first, and
+/// `bp2`, the resting blood pressure re-measured, missing for one patient (the 17th row).
+fn numbered_table(centre: &str) -> String {
+    let text = std::fs::read_to_string(demo_table(centre)).unwrap();
+    let mut out = String::new();
+    for (i, line) in text.lines().enumerate() {
+        if i == 0 {
+            out.push_str(&format!("row,{line},bp2\n"));
+        } else {
+            let bp = line.split(',').nth(3).unwrap();
+            let bp2 = if i == 17 { "" } else { bp };
+            out.push_str(&format!("{},{line},{bp2}\n", i - 1));
+        }
+    }
+    out
+}
+
+#[test]
+fn disclosure_attacks_are_refused_at_every_site_and_refusals_carry_no_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    let people = hub_world(d, port, "");
+    let _hub = start(d, port);
+    let api = Api::new(d, port);
+    let url = format!("https://127.0.0.1:{port}");
+    let centres = ["cleveland", "hungary", "long_beach_va"];
+    let mut sites: Vec<SiteProc> = centres
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let org = if i % 2 == 0 { "org1" } else { "org2" };
+            let site = SiteProc::with_config(
+                d,
+                &format!("site{i}"),
+                &format!(
+                    "organisation = \"{org}\"\n[storage]\ndir = \"data\"\nmin_free_disk_bytes = 0\n\
+                     [[study]]\nid = \"study-a\"\nallow = [\"federated-learning\"]\nauto_approve = [\"federated-learning\"]\nmin_count = 10\n\
+                     [study.federated]\nmin_cell_count = 5\n\
+                     [[table]]\nid = \"heart\"\nstudy = \"study-a\"\npath = \"heart.csv\"\n\
+                     [[table]]\nid = \"small\"\nstudy = \"study-a\"\npath = \"small.csv\"\n"
+                ),
+            );
+            let table = numbered_table(c);
+            let small: Vec<&str> = table.lines().take(21).collect();
+            std::fs::write(site.dir.join("heart.csv"), &table).unwrap();
+            std::fs::write(site.dir.join("small.csv"), small.join("\n") + "\n").unwrap();
+            site
+        })
+        .collect();
+    bring_up(&api, &people, &url, &mut sites);
+    let ids: Vec<String> = sites.iter().map(SiteProc::site_id).collect();
+    let run_spec = |table: &str, label: &str, features: &str, algorithm: &str| {
+        format!(
+            "study = \"study-a\"\n[data]\ntable = \"{table}\"\nlabel = \"{label}\"\nfeatures = {features}\n\
+             [algorithm]\n{algorithm}\n[run]\nround_timeout_s = 20\nstart_timeout_s = 60\n"
+        )
+    };
+    // A run every site refuses: it fails, and each site's refusal is exactly the rule.
+    let refused_everywhere = |spec_text: &str, rule: &str| {
+        let (view, err, ok) = study_run(d, port, &people.coord, spec_text);
+        assert!(!ok, "the attack must not finish: {view:#} {err}");
+        let run = if view.is_null() {
+            let runs = api.call(&people.coord, "GET", "/api/v1/studies/study-a/runs", None);
+            runs["items"].as_array().unwrap().last().unwrap().clone()
+        } else {
+            view
+        };
+        let id = run["id"].as_str().unwrap().to_string();
+        let run = api.call(
+            &people.coord,
+            "GET",
+            &format!("/api/v1/studies/study-a/runs/{id}"),
+            None,
+        );
+        assert_eq!(run["status"], "failed", "{run:#}");
+        assert!(run["result_dataset"].is_null());
+        for sid in &ids {
+            let s = run["sites"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["site_id"] == sid.as_str())
+                .unwrap();
+            assert_eq!(s["status"], "refused", "{run:#}");
+            assert_eq!(s["detail"], rule, "{run:#}");
+        }
+        assert!(
+            !run["detail"].as_str().unwrap_or("").contains("rows"),
+            "{run:#}"
+        );
+    };
+
+    // 1. The review's attack: a linear model on the indicator of one record.
+    let indicator_rule = "a level of feature \"row=5\" has fewer rows than this site's minimum";
+    refused_everywhere(
+        &run_spec(
+            "heart",
+            "thalach",
+            r#"["row=5"]"#,
+            "kind = \"newton-linear\"",
+        ),
+        indicator_rule,
+    );
+    // 2. A saturated design: 7 coefficients on 19 rows (20, less the one without bp2).
+    let saturated_rule = "the design is saturated: too many parameters for this site's rows";
+    refused_everywhere(
+        &run_spec(
+            "small",
+            "thalach",
+            r#"["row", "age", "trestbps", "chol", "cp", "bp2"]"#,
+            "kind = \"newton-linear\"",
+        ),
+        saturated_rule,
+    );
+    // 3. Differencing: a run on every row, then one whose extra feature drops one patient.
+    let (view, err, ok) = study_run(
+        d,
+        port,
+        &people.coord,
+        &run_spec("heart", "thalach", r#"["age"]"#, "kind = \"newton-linear\""),
+    );
+    assert!(ok && view["status"] == "done", "{view:#} {err}");
+    let differencing_rule = "the rows selected differ from an earlier run's by fewer than this site's minimum (differencing)";
+    refused_everywhere(
+        &run_spec(
+            "heart",
+            "thalach",
+            r#"["age", "bp2"]"#,
+            "kind = \"newton-linear\"",
+        ),
+        differencing_rule,
+    );
+
+    // 4. Statistics with the documented defaults (20 bins, a cross-tab of cp by the label):
+    // done, bins merged where the sites' data cannot bear them, and every figure says which
+    // sites it covers.
+    let (view, err, ok) = study_run(
+        d,
+        port,
+        &people.coord,
+        &run_spec(
+            "heart",
+            "target",
+            r#"["age", "chol", "thalach", "cp"]"#,
+            "kind = \"statistics\"\ncrosstab = { cp = [1, 2, 3, 4] }",
+        ),
+    );
+    assert!(ok && view["status"] == "done", "{view:#} {err}");
+    let result = &view["result"];
+    for f in result["statistics"].as_array().unwrap() {
+        assert_eq!(f["moment_sites"], 3, "{f:#}");
+        assert_eq!(f["histogram_sites"], 3, "{f:#}");
+        assert_eq!(f["bins_merged"], true, "{f:#}");
+        let counts: u64 = f["counts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_u64().unwrap())
+            .sum();
+        assert_eq!(counts, f["n"].as_u64().unwrap());
+    }
+    let tab = &result["crosstabs"][0];
+    let warnings: Vec<&str> = result["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert!(
+        warnings.iter().any(|w| w.contains("merged")),
+        "{warnings:?}"
+    );
+    // Hungary and Long Beach hold a cell of 3 (cp = 1 with disease; cp = 2 healthy): they
+    // withhold the table, which is then Cleveland's alone, and says so.
+    assert_eq!(tab["sites"], 1, "{tab:#}");
+    assert_eq!(
+        tab["counts"],
+        serde_json::json!([16, 7, 41, 9, 68, 18, 39, 105])
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("cross-tab \"cp\" covers 1 of 3 site(s)")),
+        "{warnings:?}"
+    );
+
+    // No refusal anywhere carries a count: the sites' audit logs, the hub's, the tasks.
+    let rules = [indicator_rule, saturated_rule, differencing_rule];
+    for s in &sites {
+        let refusals = audit_outcomes(&s.audit(), "federated.refuse");
+        assert_eq!(refusals.len(), 3, "{refusals:?}");
+        assert!(
+            refusals.iter().all(|r| rules.contains(&r.as_str())),
+            "{refusals:?}"
+        );
+    }
+    let hub_log = std::fs::read_to_string(d.join("data/audit/hub.audit.jsonl")).unwrap();
+    let hub_refusals = audit_outcomes(&hub_log, "run.site.refused");
+    assert_eq!(hub_refusals.len(), 9, "{hub_refusals:?}");
+    for r in &hub_refusals {
+        let (_, detail) = r.split_once(": ").unwrap();
+        assert!(rules.contains(&detail), "{r}");
+    }
+    let tasks = api.call(
+        &people.coord,
+        "GET",
+        "/api/v1/studies/study-a/tasks?limit=100",
+        None,
+    );
+    for t in tasks["items"].as_array().unwrap() {
+        let detail = t["detail"].as_str().unwrap_or("");
+        assert!(
+            !detail.contains("below") && !detail.contains(" rows is"),
+            "{t:#}"
+        );
+    }
 }
