@@ -64,7 +64,37 @@ fn prepare(
     let (rows, texts) = read.map_err(|e| format!("table {:?} unreadable: {e}", table.id))?;
     let data = SiteData::from_table(rows, &texts, &spec)
         .map_err(|e| format!("table {:?}: {e}", table.id))?;
-    Ok((spec, data, sp.disclosure()))
+    let rules = sp.disclosure();
+    // Disclosure control on the design and against earlier runs, before anything is released.
+    medfed_federated::run::check_disclosure(&spec, &data, &rules).map_err(|e| e.to_string())?;
+    remember_selection(s, &table.id, &data, rules.min_rows)?;
+    Ok((spec, data, rules))
+}
+
+/// Refuse a run whose rows differ from an earlier run's on `table` by fewer than the minimum,
+/// else remember its rows (`<storage>/state/federated-selections.json`, written atomically).
+fn remember_selection(
+    s: &Shared,
+    table: &str,
+    data: &SiteData,
+    min_rows: u64,
+) -> Result<(), String> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let path = s.policy.storage.dir.join("state/federated-selections.json");
+    let mut memory: medfed_federated::run::DisclosureMemory = match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| format!("the record of earlier runs is unreadable: {e}"))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+        Err(e) => return Err(format!("the record of earlier runs is unreadable: {e}")),
+    };
+    memory
+        .check(table, data, min_rows)
+        .map_err(|e| e.to_string())?;
+    memory.remember(table, data);
+    let bytes = serde_json::to_vec(&memory).map_err(|e| e.to_string())?;
+    crate::identity::write_atomically(&path, &bytes, false)
+        .map_err(|e| format!("the record of earlier runs cannot be written: {e}"))
 }
 
 fn running(s: &Shared, task: &str) -> bool {
