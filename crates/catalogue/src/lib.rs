@@ -17,6 +17,7 @@ mod sites;
 pub use runs::Run;
 pub use sites::{Enrolment, Site, SiteCertificate, TASK_STATES, Task, task_is_final};
 
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use medfed_policy::{Grant, Principal, StudyRole};
@@ -37,6 +38,11 @@ pub enum CatalogueError {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://...")]
     Url(String),
+    #[error("{path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 type Result<T> = std::result::Result<T, CatalogueError>;
@@ -300,6 +306,53 @@ fn exists_or(what: String) -> impl FnOnce(sqlx::Error) -> CatalogueError {
     }
 }
 
+/// The file of a `sqlite://PATH[?...]` URL; `None` for an in-memory database.
+fn sqlite_path(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && !path.starts_with(":memory:")).then(|| PathBuf::from(path))
+}
+
+/// The catalogue holds who is in which study and the wrapped data keys: only the hub's own
+/// account may read it. Made 0600 before SQLite opens it, so it never exists more open.
+fn create_private(path: &Path) -> Result<()> {
+    let file_err = |source| CatalogueError::File {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut o = std::fs::OpenOptions::new();
+    o.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    o.open(path).map_err(file_err)?;
+    restrict_to_owner(path)
+}
+
+/// Mode 0600 on the database file and on its -wal and -shm files where they exist.
+fn restrict_to_owner(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mut files = vec![path.to_path_buf()];
+        for suffix in ["-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            files.push(PathBuf::from(p));
+        }
+        for f in files.iter().filter(|f| f.exists()) {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).map_err(
+                |source| CatalogueError::File {
+                    path: f.clone(),
+                    source,
+                },
+            )?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 /// `x LIKE pattern` for a QIDO value with an optional trailing `*`.
 fn like_pattern(v: &str) -> String {
     let escaped = v
@@ -319,6 +372,10 @@ impl Catalogue {
         let is_sqlite = url.starts_with("sqlite:");
         if !is_sqlite && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
             return Err(CatalogueError::Url(url.to_string()));
+        }
+        let sqlite_file = if is_sqlite { sqlite_path(url) } else { None };
+        if let Some(path) = &sqlite_file {
+            create_private(path)?;
         }
         let url = if is_sqlite && !url.contains('?') {
             format!("{url}?mode=rwc")
@@ -348,6 +405,11 @@ impl Catalogue {
             .await?;
         let cat = Catalogue { pool };
         cat.migrate().await?;
+        if let Some(path) = &sqlite_file {
+            // SQLite gives -wal and -shm the database file's mode; a catalogue made before
+            // this (0644) is narrowed here, its journal files with it.
+            restrict_to_owner(path)?;
+        }
         Ok(cat)
     }
 

@@ -6,6 +6,7 @@
 mod admission;
 mod auth_and_limits;
 mod dicomweb;
+mod grants;
 mod matrix;
 mod oidc;
 mod s3;
