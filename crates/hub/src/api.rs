@@ -1508,31 +1508,39 @@ async fn complete_upload(
         ));
     }
     // DICOM is recognised by content, whatever media type the client declared: an
-    // identifiable instance sent as octet-stream is refused like one sent as DICOM.
-    let mut head = Vec::with_capacity(crate::dicom::SNIFF_LEN);
-    std::io::Read::read_to_end(
-        &mut std::io::Read::take(hub.uploads.assembled(&id)?, crate::dicom::SNIFF_LEN as u64),
-        &mut head,
-    )
-    .map_err(|e| ApiError::invalid(format!("upload unreadable: {e}")))?;
-    let is_dicom = u.media_type == "application/dicom" || crate::dicom::looks_like_dicom(&head);
-    let instance = if is_dicom {
-        if plan.size > hub.config.limits.max_stow_bytes as u64 {
+    // identifiable instance sent as octet-stream is refused like one sent as DICOM. Reading
+    // and parsing block, so they run off the async workers.
+    let declared_dicom = u.media_type == "application/dicom";
+    let (max, size) = (hub.config.limits.max_stow_bytes as u64, plan.size);
+    let (hub2, id2, dataset, object) = (hub.clone(), id.clone(), d.id.clone(), u.object.clone());
+    let (is_dicom, instance) = tokio::task::spawn_blocking(move || {
+        let unreadable = |e: std::io::Error| ApiError::invalid(format!("upload unreadable: {e}"));
+        let mut head = Vec::with_capacity(crate::dicom::SNIFF_LEN);
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(
+                hub2.uploads.assembled(&id2)?,
+                crate::dicom::SNIFF_LEN as u64,
+            ),
+            &mut head,
+        )
+        .map_err(unreadable)?;
+        if !declared_dicom && !crate::dicom::looks_like_dicom(&head) {
+            return Ok::<_, ApiError>((false, None));
+        }
+        if size > max {
             return Err(ApiError::invalid(format!(
-                "the content is DICOM, and a DICOM instance may have at most {} bytes",
-                hub.config.limits.max_stow_bytes
+                "the content is DICOM, and a DICOM instance may have at most {max} bytes"
             )));
         }
-        let mut bytes = Vec::with_capacity(plan.size as usize);
-        std::io::Read::read_to_end(&mut hub.uploads.assembled(&id)?, &mut bytes)
-            .map_err(|e| ApiError::invalid(format!("upload unreadable: {e}")))?;
-        Some(
-            crate::dicom::index_entry(&bytes, &d.id, &u.object)
-                .map_err(|e| ApiError::invalid(e.to_string()))?,
-        )
-    } else {
-        None
-    };
+        let mut bytes = Vec::with_capacity(size as usize);
+        std::io::Read::read_to_end(&mut hub2.uploads.assembled(&id2)?, &mut bytes)
+            .map_err(unreadable)?;
+        let entry = crate::dicom::index_entry(&bytes, &dataset, &object)
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
+        Ok((true, Some(entry)))
+    })
+    .await
+    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))??;
     if hub.catalogue.object_named(&d.id, &u.name).await?.is_some() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

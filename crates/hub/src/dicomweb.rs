@@ -522,7 +522,13 @@ async fn stow(
             }
         };
         let object = Id::random();
-        let entry = match crate::dicom::index_entry(&part, &d.id, object.as_str()) {
+        // Parsing and the check are CPU work on up to max_stow_bytes: off the async workers.
+        let (p2, ds2, o2) = (part.clone(), d.id.clone(), object.as_str().to_string());
+        let checked =
+            tokio::task::spawn_blocking(move || crate::dicom::index_entry(&p2, &ds2, &o2))
+                .await
+                .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))?;
+        let entry = match checked {
             Ok(e) => e,
             Err(why) => {
                 tracing::info!(%why, "STOW part refused");

@@ -576,7 +576,10 @@ async fn a_site_must_send_a_matching_content_digest_on_every_part() {
         "{v}"
     );
     // The site's own client always sends digests: all three would be stored by it.
-    let (s, v) = site.stow(&l.dataset, &[without.clone()]).await.unwrap();
+    let (s, v) = site
+        .stow(&l.dataset, std::slice::from_ref(&without))
+        .await
+        .unwrap();
     assert_eq!(s, StatusCode::OK, "{v}");
     // A person's client may leave the digest out (checked when it is sent, and a mismatch is
     // refused all the same).
