@@ -209,13 +209,16 @@ async fn audit_requests(State(hub): State<Arc<Hub>>, mut req: Request, next: Nex
     };
     let action = format!("{method} {route}");
     tracing::info!(%action, status = status.as_u16(), %actor, ms = started.elapsed().as_millis() as u64, "request");
-    let appended = hub.audit.append(Event {
-        actor,
-        on_behalf_of,
-        action,
-        resource: resource.unwrap_or_else(|| route.clone()),
-        outcome: format!("{outcome} {}", status.as_u16()),
-    });
+    let appended = hub
+        .audit
+        .append(Event {
+            actor,
+            on_behalf_of,
+            action,
+            resource: resource.unwrap_or_else(|| route.clone()),
+            outcome: format!("{outcome} {}", status.as_u16()),
+        })
+        .await;
     match appended {
         Ok(_) => response,
         Err(e) => {
@@ -1076,13 +1079,28 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 /// The end (exclusive) of the day `YYYY-MM-DD`, in ms since 1970.
 pub fn parse_day_end_ms(s: &str) -> Option<i64> {
     let b = s.as_bytes();
-    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    if b.len() != 10
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !digits(0..4)
+        || !digits(5..7)
+        || !digits(8..10)
+    {
         return None;
     }
     let y: i64 = s[..4].parse().ok()?;
     let m: i64 = s[5..7].parse().ok()?;
     let d: i64 = s[8..].parse().ok()?;
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let month_days = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if !(1..=month_days).contains(&d) {
         return None;
     }
     Some((days_from_civil(y, m, d) + 1) * 86_400_000)
@@ -1382,8 +1400,8 @@ async fn start_upload(
         return Err(ApiError::invalid("media_type (1-128) is required"));
     }
     // Names are listed back to clients that save files by them: one NFC spelling, no path.
-    let name = crate::names::object_name(&b.name)
-        .map_err(|e| ApiError::invalid(format!("name: {e}")))?;
+    let name =
+        crate::names::object_name(&b.name).map_err(|e| ApiError::invalid(format!("name: {e}")))?;
     if hub.catalogue.object_named(&d.id, &name).await?.is_some() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -1608,6 +1626,7 @@ async fn study_audit(
     let exact = format!("study/{study}");
     let records = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<Value>> {
         use std::io::BufRead;
+        #[allow(clippy::disallowed_methods)] // in spawn_blocking
         let f = std::io::BufReader::new(std::fs::File::open(&path)?);
         let mut out = Vec::new();
         for line in f.lines() {
@@ -1656,6 +1675,16 @@ mod tests {
         );
         assert_eq!(parse_day_end_ms("2000-13-01"), None);
         assert_eq!(parse_day_end_ms("20000301"), None);
+        assert_eq!(parse_day_end_ms("2026-02-31"), None);
+        assert_eq!(parse_day_end_ms("2026-02-29"), None);
+        assert_eq!(parse_day_end_ms("2100-02-29"), None);
+        assert_eq!(parse_day_end_ms("2026-04-31"), None);
+        assert_eq!(parse_day_end_ms("+026-01-01"), None);
+        assert_eq!(
+            parse_day_end_ms("2024-02-29"),
+            parse_day_end_ms("2024-03-01").map(|t| t - 86_400_000)
+        );
+        assert!(parse_day_end_ms("2000-02-29").is_some());
     }
 
     #[test]

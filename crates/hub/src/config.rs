@@ -230,6 +230,8 @@ pub enum ConfigError {
 
 impl HubConfig {
     /// Read `hub.toml`; relative paths in it are relative to the file's directory.
+    // Start-up and host-side commands only, before or beside serving: never on a request path.
+    #[allow(clippy::disallowed_methods)]
     pub fn load(path: &Path) -> Result<HubConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),

@@ -85,6 +85,8 @@ impl JwksSource for HttpsJwks {
 }
 
 /// The validator the configuration describes.
+// Built once at start-up.
+#[allow(clippy::disallowed_methods)]
 pub fn validator(o: &OidcConfig) -> Result<OidcValidator, HubError> {
     let ca = o
         .ca_file

@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use medfed_audit::{AuditLog, Event};
+use medfed_audit::{AuditLog, AuditWriter, Event};
 use medfed_auth::OidcValidator;
 use medfed_catalogue::{Catalogue, CatalogueError, Dataset, now_ms};
 use medfed_store::{BlobStore, Id, LocalStore, ObjectKey, S3Store, StoreError, Uploads};
@@ -98,7 +98,8 @@ pub struct Hub {
     pub blobs: Arc<dyn BlobStore>,
     pub uploads: Uploads,
     pub keys: MasterKeys,
-    pub audit: AuditLog,
+    /// Appends go to the audit writer thread (group commit), never onto an async worker.
+    pub audit: AuditWriter,
     pub oidc: Option<Arc<OidcValidator>>,
     pub(crate) failures: api::FailureLimiter,
     /// Signs site certificates (and the generated server certificate).
@@ -124,6 +125,8 @@ pub struct Housekeeping {
 impl Hub {
     /// Open everything the configuration names (creating the embedded defaults on first
     /// start), run migrations, and clean up after a crash.
+    // Start-up, before the hub serves: blocking here delays nobody.
+    #[allow(clippy::disallowed_methods)]
     pub async fn open(config: HubConfig) -> Result<Arc<Hub>, HubError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| HubError::io(&config.data_dir, e))?;
         let catalogue = Catalogue::open(&config.database_url()).await?;
@@ -138,15 +141,12 @@ impl Hub {
         let uploads = Uploads::open(&config.uploads_dir())?;
         let keys = MasterKeys::load(&config.keys_dir())?;
         let audit_key = medfed_audit::load_or_create_key(&config.keys_dir().join("audit.key"))?;
-        // The verifying key, for `medfed audit verify --public-key <keys>/audit.pub`.
-        let pub_file = config.keys_dir().join("audit.pub");
-        std::fs::write(&pub_file, medfed_audit::public_key_hex(&audit_key))
-            .map_err(|e| HubError::io(&pub_file, e))?;
-        let audit = AuditLog::open(
+        // Its verifying key is beside it, <keys>/audit.pub, for `medfed audit verify`.
+        let audit = AuditWriter::spawn(AuditLog::open(
             &config.audit_log(),
             audit_key,
             config.audit.checkpoint_every,
-        )?;
+        )?)?;
         let oidc = config
             .oidc
             .as_ref()
@@ -193,19 +193,21 @@ impl Hub {
     }
 
     /// Append a record that the hub itself (not a request) produced.
-    pub fn audit_system(
+    pub async fn audit_system(
         &self,
         action: &str,
         resource: &str,
         outcome: &str,
     ) -> Result<(), HubError> {
-        self.audit.append(Event {
-            actor: "hub".into(),
-            on_behalf_of: None,
-            action: action.into(),
-            resource: resource.into(),
-            outcome: outcome.into(),
-        })?;
+        self.audit
+            .append(Event {
+                actor: "hub".into(),
+                on_behalf_of: None,
+                action: action.into(),
+                resource: resource.into(),
+                outcome: outcome.into(),
+            })
+            .await?;
         Ok(())
     }
 
@@ -242,7 +244,8 @@ impl Hub {
                     "recovery.remove-orphans",
                     &format!("dataset/{}", ds.as_str()),
                     "done",
-                )?;
+                )
+                .await?;
                 continue;
             }
             let rows: std::collections::HashSet<String> = self
@@ -265,7 +268,8 @@ impl Hub {
                         "recovery.remove-orphan",
                         &format!("dataset/{}/object/{}", ds.as_str(), o.as_str()),
                         "done",
-                    )?;
+                    )
+                    .await?;
                 }
             }
             let stored: std::collections::HashSet<&str> = stored.iter().map(Id::as_str).collect();
@@ -278,7 +282,8 @@ impl Hub {
                         "recovery.remove-dangling-row",
                         &format!("dataset/{}/object/{r}", ds.as_str()),
                         "done",
-                    )?;
+                    )
+                    .await?;
                 }
             }
         }
@@ -308,7 +313,8 @@ impl Hub {
                 "dataset.expire",
                 &format!("study/{}/dataset/{}", d.study, d.id),
                 "removed",
-            )?;
+            )
+            .await?;
             h.datasets_removed += 1;
         }
         Ok(h)
@@ -430,13 +436,15 @@ pub async fn bootstrap_on(
         .create_user(subject, organisation, true)
         .await?;
     let token = issue_token(hub, &user.id, 90).await?;
-    hub.audit.append(Event {
-        actor: "hub-cli".into(),
-        on_behalf_of: None,
-        action: "platform.bootstrap".into(),
-        resource: format!("user/{}", user.id),
-        outcome: "allowed".into(),
-    })?;
+    hub.audit
+        .append(Event {
+            actor: "hub-cli".into(),
+            on_behalf_of: None,
+            action: "platform.bootstrap".into(),
+            resource: format!("user/{}", user.id),
+            outcome: "allowed".into(),
+        })
+        .await?;
     Ok((user.id, token))
 }
 

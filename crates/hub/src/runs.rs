@@ -779,7 +779,10 @@ async fn save(hub: &Arc<Hub>, h: &Arc<RunHandle>) -> bool {
         )
     };
     for (action, outcome) in events {
-        if let Err(e) = hub.audit_system(&action, &format!("study/{study}/run/{id}"), &outcome) {
+        if let Err(e) = hub
+            .audit_system(&action, &format!("study/{study}/run/{id}"), &outcome)
+            .await
+        {
             tracing::error!(error = %e, "audit append failed");
         }
     }
@@ -1016,7 +1019,8 @@ pub(crate) async fn resume_all(hub: &Arc<Hub>) -> Result<usize, crate::HubError>
             "run.resume",
             &format!("study/{}/run/{}", run.study, run.id),
             &format!("resumed at round {round}"),
-        )?;
+        )
+        .await?;
         tracing::info!(run = %run.id, round, "resuming a federated run");
         start_driving(
             hub,
@@ -1509,11 +1513,11 @@ mod tests {
         data: SiteData,
         site: Participant,
         silent_from: u64,
+        no_sign_at: u64,
         no_reveal_at: u64,
     }
 
     fn act(st: &mut RunState, i: u32, s: &mut Sim, spec: &StudySpec) -> bool {
-        no_sign_at: u64,
         let round = st.saved.coordinator.step.as_ref().map_or(0, |x| x.round);
         if round >= s.silent_from {
             return false;
@@ -1523,11 +1527,11 @@ mod tests {
             Instruction::Wait | Instruction::Finished { .. } | Instruction::Stop { .. } => {
                 return false;
             }
+            Instruction::SignSplit { round, .. } if *round == s.no_sign_at => return false,
             Instruction::Reveal { round, .. } if *round == s.no_reveal_at => return false,
             _ => {}
         }
         let data = &s.data;
-            Instruction::SignSplit { round, .. } if *round == s.no_sign_at => return false,
         match s.site.answer(ins, |step, me| {
             site_release(spec, data, step, u64::from(me), &RULES)
         }) {
@@ -1586,11 +1590,11 @@ mod tests {
                 data: d.clone(),
                 site: Participant::new(2),
                 silent_from: u64::MAX,
+                no_sign_at: u64::MAX,
                 no_reveal_at: u64::MAX,
             })
             .collect()
     }
-                no_sign_at: u64::MAX,
 
     fn assert_close(a: &[f64], b: &[f64]) {
         assert_eq!(a.len(), b.len());
@@ -1642,10 +1646,6 @@ mod tests {
     }
 
     #[test]
-    fn two_of_four_sites_silent_in_one_round_leave_enough_for_the_study_and_the_round_is_redone() {
-        let spec = spec("min_sites = 2\n");
-        let data = heart(&spec, 4);
-    #[test]
     fn a_survivor_that_never_signs_the_split_is_dropped_and_the_round_redone_without_it() {
         let spec = spec("min_sites = 2\n");
         let data = heart(&spec, 4);
@@ -1673,6 +1673,10 @@ mod tests {
         );
     }
 
+    #[test]
+    fn two_of_four_sites_silent_in_one_round_leave_enough_for_the_study_and_the_round_is_redone() {
+        let spec = spec("min_sites = 2\n");
+        let data = heart(&spec, 4);
         let mut st = state(&spec, 4);
         let mut s = sims(&data);
         s[2].silent_from = 4;

@@ -64,7 +64,7 @@ impl Hub {
         self.site_events.send_modify(|n| *n += 1);
     }
 
-    fn audit_site(
+    async fn audit_site(
         &self,
         site: &str,
         action: &str,
@@ -79,6 +79,7 @@ impl Hub {
                 resource,
                 outcome: outcome.into(),
             })
+            .await
             .map_err(|e| {
                 tracing::error!(error = %e, "audit append failed");
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "audit log unavailable")
@@ -347,7 +348,8 @@ async fn enrol(
         "site.enrol",
         format!("study/{}/site/{site_id}", e.study),
         &format!("enrolled for organisation {}", e.organisation),
-    )?;
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -392,7 +394,8 @@ async fn renew(
         "site.certificate.renew",
         format!("site/{}/certificate/{}", site.id, cert.serial),
         "issued",
-    )?;
+    )
+    .await?;
     Ok(Json(json!({
         "certificate_pem": cert.pem,
         "certificate_not_after_ms": cert.not_after_ms,
@@ -527,7 +530,8 @@ async fn report_task(
             &format!("site.task.{}", b.status),
             format!("study/{}/task/{}", t.study, t.id),
             &format!("{} {}", t.kind, detail).trim().to_string(),
-        )?;
+        )
+        .await?;
     }
     let left = matches!(b.status.as_str(), "failed" | "refused");
     if let (true, "federated-learning", Some(run)) =

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Hub responsiveness under load (issue 13, defect 6), one run, release build: p99 of
+# GET /api/v1/health from CLIENTS (default 1000) concurrent TLS clients on an idle hub and while
+# UPLOADERS (default 4) push UPLOAD_BYTES objects through the chunked upload API; prints both,
+# their ratio, and the 50 ms bar.
+#
+# BEFORE=<commit> also builds that commit in a temporary worktree and runs the same benchmark
+# there first (the benchmark program is copied in), for a before/after comparison in one run.
+# Usage: bench/hub/health.sh [CLIENTS] [REQUESTS_PER_CLIENT] [UPLOADERS] [UPLOAD_BYTES]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ulimit -n 65536 2>/dev/null || true
+args=(--clients "${1:-1000}" --requests "${2:-20}" --uploaders "${3:-4}" --upload-bytes "${4:-67108864}")
+if [ -n "${BEFORE:-}" ]; then
+  wt=$(mktemp -d)
+  git worktree add --detach "$wt" "$BEFORE" >/dev/null
+  trap 'git worktree remove --force "$wt"' EXIT
+  cp crates/hub/examples/health_bench.rs "$wt/crates/hub/examples/"
+  # Hubs before issue 13 had no per-address connection cap to raise.
+  sed -i '/max_connections_per_address/d' "$wt/crates/hub/examples/health_bench.rs"
+  echo "== before: $BEFORE"
+  (cd "$wt" && CARGO_TARGET_DIR="$PWD/target-before" cargo run --release --quiet -p medfed-hub --example health_bench -- "${args[@]}")
+  echo "== after: $(git rev-parse --short HEAD)"
+fi
+cargo run --release --quiet -p medfed-hub --example health_bench -- "${args[@]}"
