@@ -215,10 +215,10 @@ pub fn check_disclosure(
         } else {
             None
         };
-        if let Some(levels) = &label {
-            if !level_counts(&d.y, levels).iter().all(|&c| ok_level(c, n)) {
-                return Err(FederatedError::SmallLevel("the label".into()));
-            }
+        if let Some(levels) = &label
+            && !level_counts(&d.y, levels).iter().all(|&c| ok_level(c, n))
+        {
+            return Err(FederatedError::SmallLevel("the label".into()));
         }
         for (j, name) in spec.data.features.iter().enumerate() {
             let col: Vec<f64> = d.x.iter().map(|x| x[j + 1]).collect();
