@@ -863,12 +863,8 @@ async fn create_study(
         .user(&b.coordinator)
         .await
         .map_err(|_| ApiError::invalid("unknown coordinator"))?;
-    medfed_policy::check_grant(&c.principal, &as_grantee(&coordinator), &b.organisations).map_err(
-        |e| match e {
-            GrantRefusal::SelfGrant => ApiError::new(StatusCode::FORBIDDEN, e.to_string()),
-            GrantRefusal::OutsideTheStudy => ApiError::invalid(e.to_string()),
-        },
-    )?;
+    medfed_policy::check_appointment(&c.principal, &as_grantee(&coordinator))
+        .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.to_string()))?;
     hub.catalogue
         .create_study(id.as_str(), &b.title, &b.organisations)
         .await?;

@@ -88,15 +88,24 @@ fn a_hub_killed_mid_upload_recovers_consistently_and_never_logs_identifying_valu
     let planted = ["PLANTED^NAME^ONE", "PLANTED-MRN-TWO", "Planted Street 3"];
 
     let rt = tokio::runtime::Runtime::new().unwrap();
+    // Segregation of duties: nobody grants themself a study role, so the study's coordinator
+    // is another account, made on the hub's host before it serves (as an operator would).
+    let (coord_id, coord_token) = rt.block_on(async {
+        let cfg = medfed_hub::HubConfig::load(&d.join("hub.toml")).unwrap();
+        let hub = medfed_hub::Hub::open(cfg).await.unwrap();
+        let u = hub.catalogue.create_user("local:coord", Some("org1"), false).await.unwrap();
+        (u.id.clone(), medfed_hub::issue_token(&hub, &u.id, 1).await.unwrap())
+    });
     let server = serve(d, port, &log, None);
     let c = client(d, &server, &token);
+    let coord = client(d, &server, &coord_token);
     let (admin_id, dataset) = rt.block_on(async {
         let me = c.call(reqwest::Method::GET, "/api/v1/me", None).await.unwrap();
         let admin = me["user"]["id"].as_str().unwrap().to_string();
-        c.call(reqwest::Method::POST, "/api/v1/studies", Some(json!({"id": "study-a", "title": "A", "organisations": ["org1"], "coordinator": admin}))).await.unwrap();
-        // Segregation of duties: the administrator holds study roles only by explicit, audited grants.
+        c.call(reqwest::Method::POST, "/api/v1/studies", Some(json!({"id": "study-a", "title": "A", "organisations": ["org1"], "coordinator": coord_id}))).await.unwrap();
+        // The administrator holds study roles only by explicit, audited grants of the coordinator.
         for role in ["site-operator", "researcher"] {
-            c.call(reqwest::Method::POST, "/api/v1/studies/study-a/grants", Some(json!({"user": admin, "role": role}))).await.unwrap();
+            coord.call(reqwest::Method::POST, "/api/v1/studies/study-a/grants", Some(json!({"user": admin, "role": role}))).await.unwrap();
         }
         let ds = c
             .call(

@@ -14,7 +14,7 @@
 //!   organisation, a data-owner deletes or releases only their own organisation's datasets.
 //! - Grants ([`check_grant`]): study roles go only to people of the study's organisations, and
 //!   never by one's own hand (no self-grants, so an administrator cannot make themself
-//!   coordinator and then researcher).
+//!   coordinator and then researcher; [`check_appointment`] for a new study's coordinator).
 
 use serde::{Deserialize, Serialize};
 
@@ -233,11 +233,19 @@ pub fn check_grant(
     grantee: &Principal,
     study_organisations: &[String],
 ) -> Result<(), GrantRefusal> {
-    if granter.id == grantee.id {
-        return Err(GrantRefusal::SelfGrant);
-    }
+    check_appointment(granter, grantee)?;
     match grantee.organisation.as_deref() {
         Some(org) if study_organisations.iter().any(|o| o == org) => Ok(()),
         _ => Err(GrantRefusal::OutsideTheStudy),
     }
+}
+
+/// Whether `granter` (a platform administrator creating a study) may name `coordinator` its
+/// first coordinator. Only the self-grant rule applies: a coordinating centre need not be one
+/// of the study's organisations, but the administrator cannot appoint themself.
+pub fn check_appointment(granter: &Principal, coordinator: &Principal) -> Result<(), GrantRefusal> {
+    if granter.id == coordinator.id {
+        return Err(GrantRefusal::SelfGrant);
+    }
+    Ok(())
 }

@@ -218,9 +218,14 @@ fn listings_show_only_what_may_be_known_and_hidden_means_404() {
 
 #[test]
 fn grants_go_only_to_members_organisations_and_never_to_oneself() {
-    use medfed_policy::{GrantRefusal, check_grant};
+    use medfed_policy::{GrantRefusal, check_appointment, check_grant};
     let orgs = ["org1".to_string(), "org2".to_string()];
-    let coord = principal("coord", "org1", false, &[("s1", StudyRole::StudyCoordinator)]);
+    let coord = principal(
+        "coord",
+        "org1",
+        false,
+        &[("s1", StudyRole::StudyCoordinator)],
+    );
     let admin = principal("admin", "org1", true, &[]);
     let colleague = principal("res", "org2", false, &[]);
     let stranger = principal("x", "org3", false, &[]);
@@ -239,6 +244,12 @@ fn grants_go_only_to_members_organisations_and_never_to_oneself() {
         Err(GrantRefusal::OutsideTheStudy)
     );
     // An administrator naming themself coordinator, a coordinator making themself researcher.
-    assert_eq!(check_grant(&admin, &admin, &orgs), Err(GrantRefusal::SelfGrant));
-    assert_eq!(check_grant(&coord, &coord, &orgs), Err(GrantRefusal::SelfGrant));
+    assert_eq!(
+        check_grant(&admin, &admin, &orgs),
+        Err(GrantRefusal::SelfGrant)
+    );
+    assert_eq!(
+        check_grant(&coord, &coord, &orgs),
+        Err(GrantRefusal::SelfGrant)
+    );
 }

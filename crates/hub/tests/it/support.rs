@@ -356,7 +356,8 @@ pub fn dataset_body() -> Value {
         "title": "Lung CT, site one",
         "licence": "CC-BY-4.0 for study members",
         "retention_until": "2099-12-31",
-        "provenance": {"site": "org1", "deid_settings": "basic+rlmd", "medfed_version": "0.1.0"},
+        // The producing site is set by the hub from the caller.
+        "provenance": {"deid_settings": "basic+rlmd", "medfed_version": "0.1.0"},
     })
 }
 
