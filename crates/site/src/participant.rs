@@ -147,6 +147,7 @@ fn record(
                 &format!("round {round} {stage}: {values} values over {rows} rows, {how}"),
             )?;
             set_progress(s, task, json!({"round": round, "stage": stage}));
+            Ok(())
         }
         Note::Refused(reason) => s.audit_durably("federated.refuse", resource, &reason),
         Note::SplitSigned {
@@ -175,6 +176,11 @@ fn record(
     }
 }
 
+/// Why a site stops when its audit log cannot hold what it would send.
+fn unwritable(e: &medfed_audit::AuditError) -> String {
+    format!("site audit log unwritable: {e}; nothing more is sent for this run")
+}
+
 /// Take part in the run of `task` until it finishes, fails, or the task stops here.
 pub(crate) async fn participate(s: Arc<Shared>, task: LocalTask) {
     let run = task.params["run"].as_str().unwrap_or_default().to_string();
@@ -193,7 +199,6 @@ pub(crate) async fn participate(s: Arc<Shared>, task: LocalTask) {
                 None,
                 None,
                 nothing_leaves(),
-            Ok(())
                 Some(SiteMessage::Refuse { reason }),
             )
         }
@@ -211,11 +216,6 @@ pub(crate) async fn participate(s: Arc<Shared>, task: LocalTask) {
         let answer = client.call(reqwest::Method::POST, &path, Some(body)).await;
         let ins: Instruction = match answer.map(serde_json::from_value) {
             Ok(Ok(ins)) => {
-/// Why a site stops when its audit log cannot hold what it would send.
-fn unwritable(e: &medfed_audit::AuditError) -> String {
-    format!("site audit log unwritable: {e}; nothing more is sent for this run")
-}
-
                 failures = 0;
                 ins
             }
