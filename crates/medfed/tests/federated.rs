@@ -547,10 +547,10 @@ fn audit_outcomes(log: &str, action: &str) -> Vec<String> {
     fn find(v: &Value, action: &str, out: &mut Vec<String>) {
         match v {
             Value::Object(m) => {
-                if m.get("action").and_then(Value::as_str) == Some(action) {
-                    if let Some(o) = m.get("outcome").and_then(Value::as_str) {
-                        out.push(o.to_string());
-                    }
+                if m.get("action").and_then(Value::as_str) == Some(action)
+                    && let Some(o) = m.get("outcome").and_then(Value::as_str)
+                {
+                    out.push(o.to_string());
                 }
                 m.values().for_each(|x| find(x, action, out));
             }
