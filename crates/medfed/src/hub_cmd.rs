@@ -228,3 +228,25 @@ fn display_name(p: &Path) -> String {
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upload_declares_dicom_for_files_that_are_dicom_by_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let part10 = dir.path().join("scan.bin");
+        let mut bytes = vec![0u8; 128];
+        bytes.extend_from_slice(b"DICM\x02\x00\x00\x00UL\x04\x00");
+        std::fs::write(&part10, &bytes).unwrap();
+        assert_eq!(sniffed_media_type(&part10).unwrap(), "application/dicom");
+        // A bare Explicit VR data set starting with (0008,0005) Specific Character Set.
+        let bare = dir.path().join("bare");
+        std::fs::write(&bare, b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100").unwrap();
+        assert_eq!(sniffed_media_type(&bare).unwrap(), "application/dicom");
+        let csv = dir.path().join("t.csv");
+        std::fs::write(&csv, b"a,b\n1,2\n").unwrap();
+        assert_eq!(sniffed_media_type(&csv).unwrap(), "application/octet-stream");
+    }
+}
