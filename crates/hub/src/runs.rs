@@ -188,6 +188,34 @@ impl RunState {
         self.events.push(("run.fail".into(), detail));
     }
 
+    /// Why a run stops for want of sites: how many sites are ready and why the others are not
+    /// (refused by their policy, dropped, silent), so that "every site refused" reads as such.
+    fn why_too_few(&self, ready: usize, need: usize) -> String {
+        let count = |status: &str| self.saved.sites.iter().filter(|s| s.status == status).count();
+        let (refused, dropped) = (count("refused"), count("dropped"));
+        let silent = self.saved.sites.len() - ready - refused - dropped;
+        let total = self.saved.sites.len();
+        if refused == total {
+            return format!(
+                "every site ({total}) refused the run under its policy; see each site's reason"
+            );
+        }
+        let mut parts = Vec::new();
+        if refused > 0 {
+            parts.push(format!("{refused} refused under their policy"));
+        }
+        if dropped > 0 {
+            parts.push(format!("{dropped} dropped"));
+        }
+        if silent > 0 {
+            parts.push(format!("{silent} did not answer within the timeout"));
+        }
+        format!(
+            "{ready} of {total} site(s) ready, the spec needs at least {need}: {}",
+            parts.join(", ")
+        )
+    }
+
     fn needed(&self) -> usize {
         self.spec().run.min_sites.max(2)
     }
@@ -428,10 +456,8 @@ impl RunState {
                     .filter(|i| self.keys.contains_key(i))
                     .collect();
                 if ready.len() < need {
-                    self.fail(format!(
-                        "only {} site(s) ready within the timeout; the spec needs at least {need}",
-                        ready.len()
-                    ));
+                    let why = self.why_too_few(ready.len(), need);
+                    self.fail(why);
                     return;
                 }
                 for i in active.iter().filter(|i| !ready.contains(i)) {
@@ -1283,6 +1309,31 @@ async fn get_run(
     Ok(Json(v))
 }
 
+/// A site that is still "active" in a running run but whose node has not been heard from
+/// within `[sites] online_within_s` (killed, cut off) is shown as such, with when it was last
+/// seen, rather than as simply active until the round timeout drops it.
+async fn mark_offline_sites(hub: &Arc<Hub>, v: &mut Value) -> ApiResult<()> {
+    let within_ms = hub.config.sites.online_within_s as i64 * 1000;
+    let Some(sites) = v.get_mut("sites").and_then(Value::as_array_mut) else {
+        return Ok(());
+    };
+    let mut offline = 0;
+    for s in sites.iter_mut() {
+        let Some(id) = s["site_id"].as_str().map(str::to_string) else {
+            continue;
+        };
+        let last_seen = hub.catalogue.site(&id).await?.and_then(|x| x.last_seen_ms);
+        let online = last_seen.is_some_and(|t| medfed_catalogue::now_ms() - t <= within_ms);
+        if s["status"] == "active" && !online {
+            offline += 1;
+        }
+        s["online"] = json!(online);
+        s["last_seen_ms"] = json!(last_seen);
+    }
+    v["active_sites_offline"] = json!(offline);
+    Ok(())
+}
+
 async fn get_run_view(hub: &Arc<Hub>, run: &Run, q: RunQuery) -> ApiResult<Value> {
     let id = run.id.clone();
     let Some(h) = hub.runs.get(&id) else {
@@ -1300,6 +1351,7 @@ async fn get_run_view(hub: &Arc<Hub>, run: &Run, q: RunQuery) -> ApiResult<Value
         }
     }
     let mut v = lock(&h.state).view();
+    mark_offline_sites(hub, &mut v).await?;
     // Stored fields (who, when, the results dataset) once the driver has saved them.
     let run = hub.catalogue.run(&id).await?.unwrap_or_else(|| run.clone());
     v["created_by"] = json!(run.created_by);
@@ -1689,6 +1741,41 @@ mod tests {
         assert_close(
             &c.result.as_ref().unwrap().params,
             &replay(&spec, &data, &c.history),
+        );
+    }
+
+    #[test]
+    fn a_run_every_site_refuses_fails_saying_so_and_a_mix_is_counted_by_cause() {
+        let spec = spec("min_sites = 3\n");
+        let mut st = state(&spec, 3);
+        for i in 0..3 {
+            st.apply(
+                i,
+                SiteMessage::Refuse {
+                    reason: "not allowed by this site's policy".into(),
+                },
+            );
+        }
+        assert_eq!(st.status, "failed");
+        assert_eq!(
+            st.detail,
+            "every site (3) refused the run under its policy; see each site's reason"
+        );
+        assert!(!st.detail.contains("ready within"), "{}", st.detail);
+
+        let mut st = state(&spec, 3);
+        st.apply(
+            0,
+            SiteMessage::Refuse {
+                reason: "policy".into(),
+            },
+        );
+        st.deadline = Instant::now() - Duration::from_millis(1);
+        st.progress(true);
+        assert_eq!(st.status, "failed");
+        assert_eq!(
+            st.detail,
+            "0 of 3 site(s) ready, the spec needs at least 3: 1 refused under their policy, 2 did not answer within the timeout"
         );
     }
 

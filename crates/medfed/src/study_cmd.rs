@@ -185,8 +185,12 @@ pub async fn follow(
             }
             f
         });
+        let offline = match view["active_sites_offline"].as_u64().unwrap_or(0) {
+            0 => String::new(),
+            n => format!(" ({n} offline)"),
+        };
         bar.set_message(format!(
-            "{} · {} · {}/{} sites active · {} reporting{figures}",
+            "{} · {} · {}/{} sites active{offline} · {} reporting{figures}",
             status,
             view["stage"].as_str().unwrap_or("-"),
             view["active_sites"].as_u64().unwrap_or(0),
@@ -233,9 +237,14 @@ pub fn summary(view: &Value) -> String {
         line(
             &mut out,
             format!(
-                "  site {:<34} {}{}",
+                "  site {:<34} {}{}{}",
                 s["site_id"].as_str().unwrap_or("?"),
                 s["status"].as_str().unwrap_or("?"),
+                if s["status"] == "active" && s["online"] == false {
+                    ", offline: not heard from within the hub's online window"
+                } else {
+                    ""
+                },
                 s["detail"]
                     .as_str()
                     .filter(|d| !d.is_empty())
