@@ -255,7 +255,8 @@ fn serve(
                 return Ok(());
             }
             Pdu::AbortRQ { .. } => return Ok(()),
-            other => return abort(assoc, &format!("unexpected PDU {other:?}")),
+            // Not the PDU itself: its debug form would carry whatever it holds.
+            _ => return abort(assoc, "an unexpected PDU"),
         };
         for v in values {
             let pc = v.presentation_context_id;
