@@ -379,14 +379,14 @@ fn a_dp_run_releases_only_noised_updates() {
 }
 
 /// Google's `dp-accounting` (PyPI), in a virtual environment: `MEDFED_DP_PYTHON`, else
-/// `target/dp-venv/bin/python` of this repository.
+/// `target/pyenv/bin/python` of this repository.
 fn dp_python() -> Option<std::path::PathBuf> {
     let p = std::env::var_os("MEDFED_DP_PYTHON")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {
             std::path::PathBuf::from(concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/../../target/dp-venv/bin/python"
+                "/../../target/pyenv/bin/python"
             ))
         });
     let ok = std::process::Command::new(&p)
@@ -399,7 +399,7 @@ fn dp_python() -> Option<std::path::PathBuf> {
 #[test]
 fn epsilon_agrees_with_googles_dp_accounting() {
     let Some(python) = dp_python() else {
-        let why = "dp-accounting is not installed (python3 -m venv target/dp-venv && target/dp-venv/bin/pip install dp-accounting)";
+        let why = "dp-accounting is not installed (python3 -m venv target/pyenv && target/pyenv/bin/pip install dp-accounting)";
         if std::env::var("MEDFED_REQUIRE_ALL").is_ok_and(|v| v == "1") {
             panic!("{why}");
         }
