@@ -49,6 +49,8 @@ impl HubClient {
             .timeout(Duration::from_secs(300))
             .pool_max_idle_per_host(64);
         if let Some(p) = ca_pem {
+            // A client is built before any request, outside the hub's request workers.
+            #[allow(clippy::disallowed_methods)]
             let pem = std::fs::read(p).map_err(io(p))?;
             let cert = reqwest::Certificate::from_pem(&pem)
                 .map_err(|e| ClientError::Tls(e.to_string()))?;
@@ -175,7 +177,11 @@ impl HubClient {
         resume: Option<&str>,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Value, ClientError> {
-        let (size, sha) = hash_file(path)?;
+        // Hashing reads the whole file: off the async workers.
+        let owned = path.to_path_buf();
+        let (size, sha) = tokio::task::spawn_blocking(move || hash_file(&owned))
+            .await
+            .map_err(|e| io(path)(std::io::Error::other(e.to_string())))??;
         let upload = match resume {
             Some(u) => u.to_string(),
             None => {
@@ -223,7 +229,13 @@ impl HubClient {
             .as_array()
             .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
             .unwrap_or_default();
-        let file = std::sync::Arc::new(std::fs::File::open(path).map_err(io(path))?);
+        let file = std::sync::Arc::new(
+            tokio::fs::File::open(path)
+                .await
+                .map_err(io(path))?
+                .into_std()
+                .await,
+        );
         let mut sends = futures_util::stream::iter(missing)
             .map(|i| {
                 let file = file.clone();
@@ -347,7 +359,9 @@ fn read_chunk(file: &std::fs::File, offset: u64, len: usize) -> std::io::Result<
 }
 
 /// Size and SHA-256 (hex) of a file.
+/// Blocking: call it from a blocking context.
 pub fn hash_file(path: &Path) -> Result<(u64, String), ClientError> {
+    #[allow(clippy::disallowed_methods)] // documented as blocking; upload_file spawns it
     let mut f = std::fs::File::open(path).map_err(io(path))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];

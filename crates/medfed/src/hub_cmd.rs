@@ -247,6 +247,9 @@ mod tests {
         assert_eq!(sniffed_media_type(&bare).unwrap(), "application/dicom");
         let csv = dir.path().join("t.csv");
         std::fs::write(&csv, b"a,b\n1,2\n").unwrap();
-        assert_eq!(sniffed_media_type(&csv).unwrap(), "application/octet-stream");
+        assert_eq!(
+            sniffed_media_type(&csv).unwrap(),
+            "application/octet-stream"
+        );
     }
 }

@@ -358,6 +358,7 @@ async fn identifiable_dicom_is_refused_under_every_media_type_and_on_every_path(
 /// under all options together, passes the hub's check; every original fails it, with or
 /// without a claim of de-identification.
 #[test]
+#[allow(clippy::disallowed_methods)] // a plain #[test]: no async worker to block
 fn medfed_deid_outputs_pass_under_every_option_and_their_originals_do_not() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = medfed_synth::SynthConfig {
@@ -443,6 +444,7 @@ fn medfed_deid_outputs_pass_under_every_option_and_their_originals_do_not() {
 /// The real files in shared/datasets/dicom_samples are originals: refused as they are and when
 /// they claim de-identification; once through medfed-deid they pass.
 #[test]
+#[allow(clippy::disallowed_methods)] // a plain #[test]: no async worker to block
 fn real_sample_files_are_refused_until_medfed_deid_has_processed_them() {
     let Some(dir) = medfed_testkit::shared("datasets/dicom_samples") else {
         return;
@@ -672,7 +674,7 @@ async fn the_dicomweb_client_package_stores_searches_and_retrieves() {
     let mut paths = Vec::new();
     for i in 0..3 {
         let path = dir.path().join(format!("{i}.dcm"));
-        std::fs::write(
+        tokio::fs::write(
             &path,
             instance(
                 "2.25.970",
@@ -683,11 +685,12 @@ async fn the_dicomweb_client_package_stores_searches_and_retrieves() {
                 true,
             ),
         )
+        .await
         .unwrap();
         paths.push(path);
     }
     let planted = dir.path().join("planted.dcm");
-    std::fs::write(&planted, probe_ct()).unwrap();
+    tokio::fs::write(&planted, probe_ct()).await.unwrap();
     let script = r#"
 import json, sys
 import pydicom, requests
