@@ -248,7 +248,9 @@ fn process_file(
         }
     }
     if report.outcome != Outcome::Ok {
-        tracing::warn!(file = %report.input, outcome = ?report.outcome, reason = report.reason.as_deref().unwrap_or(""), "not de-identified");
+        // No file name: exports are often named by SOP Instance UID or patient, and logs travel
+        // further than the report (which names the file, and stays beside the outputs).
+        tracing::warn!(outcome = ?report.outcome, reason = report.reason.as_deref().unwrap_or(""), "a file was not de-identified; deid-report.json names it");
     }
     report
 }

@@ -164,8 +164,8 @@ pub fn extract_case(case: &CaseSpec, settings: &RadiomicsSettings) -> Vec<Featur
             return vec![row(name, Default::default(), Some(e.to_string()))];
         }
     };
+    // No case id in logs: manifests often name cases by MRN; the output table keys its rows.
     tracing::info!(
-        case = %case.id,
         load_s = started.elapsed().as_secs_f64(),
         box_voxels = loaded.image.data.len(),
         "case loaded"
@@ -183,7 +183,6 @@ pub fn extract_case(case: &CaseSpec, settings: &RadiomicsSettings) -> Vec<Featur
             let result = Region::extract_in(&loaded.image, &r.mask, r.label, settings, frame)
                 .and_then(|region| features_of(&region, settings));
             tracing::info!(
-                case = %case.id,
                 region = %r.name,
                 features_s = t.elapsed().as_secs_f64(),
                 features_cpu_s = thread_cpu_seconds() - cpu,

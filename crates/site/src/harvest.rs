@@ -130,39 +130,44 @@ impl Harvester<'_> {
         let reid = ReidTable::new(reid_table_path(self.site_key), &key);
         // A window bounds how many de-identified instances are held in memory at once.
         for window in files.chunks(BATCH * IN_FLIGHT * 2) {
-            let mut prepared = Vec::new();
-            for batch in window.chunks(BATCH) {
-                let mut bodies = Vec::new();
-                let mut originals = Vec::new();
-                let mut identities = BTreeMap::new();
-                for f in batch {
-                    match deidentify_file(&deidentifier, f) {
-                        Ok((bytes, sop, patient)) => {
-                            if let Some((pseudonym, who)) = patient {
-                                identities.insert(pseudonym, who);
+            // De-identifying a window and writing the re-identification table take the CPU and
+            // the disk: off the async workers, so the link's heartbeat keeps its beat.
+            let prepared = crate::node::off_worker(|| -> Result<_, HarvestError> {
+                let mut prepared = Vec::new();
+                for batch in window.chunks(BATCH) {
+                    let mut bodies = Vec::new();
+                    let mut originals = Vec::new();
+                    let mut identities = BTreeMap::new();
+                    for f in batch {
+                        match deidentify_file(&deidentifier, f) {
+                            Ok((bytes, sop, patient)) => {
+                                if let Some((pseudonym, who)) = patient {
+                                    identities.insert(pseudonym, who);
+                                }
+                                bodies.push(bytes);
+                                originals.push((f.clone(), sop));
                             }
-                            bodies.push(bytes);
-                            originals.push((f.clone(), sop));
+                            Err(why) => report.failed.push((f.clone(), why)),
                         }
-                        Err(why) => report.failed.push((f.clone(), why)),
+                    }
+                    if !bodies.is_empty() {
+                        prepared.push((bodies, originals, identities));
                     }
                 }
-                if !bodies.is_empty() {
-                    prepared.push((bodies, originals, identities));
-                }
-            }
-            // The re-identification table is written before anything leaves the site.
-            let all: BTreeMap<_, _> = prepared
-                .iter()
-                .flat_map(|(_, _, ids)| ids.iter().map(|(k, v)| (k.clone(), v.clone())))
-                .collect();
-            reid.merge(&all)?;
+                // The re-identification table is written before anything leaves the site.
+                let all: BTreeMap<_, _> = prepared
+                    .iter()
+                    .flat_map(|(_, _, ids)| ids.iter().map(|(k, v)| (k.clone(), v.clone())))
+                    .collect();
+                reid.merge(&all)?;
+                Ok(prepared)
+            })?;
             let mut sends = futures_util::stream::iter(prepared.into_iter().map(
                 |(bodies, originals, _)| async move {
                     // Fail closed: a batch goes out only once its release is in the site's
                     // audit log, on disk. If that fails, this batch is not sent (the pass
                     // stops; its originals stay in the inbox for the next pass).
-                    if let Err(e) = self.record_release(&originals) {
+                    if let Err(e) = crate::node::off_worker(|| self.record_release(&originals)) {
                         return (originals, Err(e));
                     }
                     let answer = self.hub.stow(self.dataset, &bodies).await;

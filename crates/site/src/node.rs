@@ -592,6 +592,17 @@ impl SiteNode {
     }
 }
 
+/// Run blocking work (de-identification, table reads, training, fsyncs) from async code
+/// without stalling the node's other tasks: on a multi-threaded runtime the worker hands its
+/// queue to another thread first (`block_in_place`), so the link's heartbeat keeps its beat.
+/// On a current-thread runtime (some tests) there is nobody to hand over to: it runs inline.
+pub(crate) fn off_worker<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 fn is_refusal(e: &ClientError) -> bool {
     matches!(e, ClientError::Status { status, .. } if status.as_u16() == 401 || status.as_u16() == 403)
 }

@@ -15,7 +15,7 @@ use medfed_federated::run::{SiteData, site_release};
 use medfed_federated::spec::StudySpec;
 use serde_json::json;
 
-use crate::node::{LocalTask, Shared, backoff, lock};
+use crate::node::{LocalTask, Shared, backoff, lock, off_worker};
 
 /// How long one exchange may wait at the hub for the next instruction.
 const WAIT_MS: u64 = 20_000;
@@ -186,10 +186,12 @@ pub(crate) async fn participate(s: Arc<Shared>, task: LocalTask) {
     let run = task.params["run"].as_str().unwrap_or_default().to_string();
     let resource = format!("study/{}/run/{run}", task.study);
     let path = format!("/api/v1/site/runs/{run}/exchange");
-    let (spec, data, rules, refusal) = match prepare(&s, &task) {
+    let (spec, data, rules, refusal) = match off_worker(|| prepare(&s, &task)) {
         Ok((spec, data, rules)) => (Some(spec), Some(data), rules, None),
         Err(reason) => {
-            if let Err(e) = s.audit_durably("federated.refuse", resource.clone(), &reason) {
+            if let Err(e) =
+                off_worker(|| s.audit_durably("federated.refuse", resource.clone(), &reason))
+            {
                 // Not even the refusal leaves: the hub drops this site at the round timeout.
                 tracing::error!(run, error = %e, "left the run unannounced: the site's audit log cannot be written");
                 s.set_task(&task.id, "failed", &unwritable(&e));
@@ -240,16 +242,21 @@ pub(crate) async fn participate(s: Arc<Shared>, task: LocalTask) {
                 continue;
             }
         };
-        let outcome = me.answer(ins, |step, index| match (&spec, &data) {
-            (Some(spec), Some(data)) => site_release(spec, data, step, u64::from(index), &rules),
-            _ => Err(medfed_federated::FederatedError::Spec(
-                "this site does not take part in the run".into(),
-            )),
+        // Training and masking take the CPU for a while: not on an async worker.
+        let outcome = off_worker(|| {
+            me.answer(ins, |step, index| match (&spec, &data) {
+                (Some(spec), Some(data)) => {
+                    site_release(spec, data, step, u64::from(index), &rules)
+                }
+                _ => Err(medfed_federated::FederatedError::Spec(
+                    "this site does not take part in the run".into(),
+                )),
+            })
         });
         message = match outcome {
             Outcome::Send { message, note } => {
                 if let Some(note) = note
-                    && let Err(e) = record(&s, &task.id, &resource, note)
+                    && let Err(e) = off_worker(|| record(&s, &task.id, &resource, note))
                 {
                     // Fail closed: what the log does not hold is not sent, and the masking
                     // state that went with it is gone, so this site leaves the run.
@@ -282,7 +289,7 @@ pub(crate) async fn participate(s: Arc<Shared>, task: LocalTask) {
     // Cancelled or rejected here meanwhile: tell the hub this site leaves (recorded first,
     // like every refusal; unrecorded, the hub drops the site at the round timeout instead).
     let reason = "the task was stopped at the site";
-    if let Err(e) = s.audit_durably("federated.refuse", resource.clone(), reason) {
+    if let Err(e) = off_worker(|| s.audit_durably("federated.refuse", resource.clone(), reason)) {
         tracing::error!(run, error = %e, "left the run unannounced: the site's audit log cannot be written");
         return;
     }
