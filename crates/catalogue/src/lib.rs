@@ -432,13 +432,10 @@ impl Catalogue {
             Ok(v) => v,
             Err(_) => return Ok(()),
         };
-        let adopted: i64 = match sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations")
+        let adopted: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations")
             .fetch_one(&self.pool)
             .await
-        {
-            Ok(n) => n,
-            Err(_) => 0,
-        };
+            .unwrap_or_default();
         if adopted > 0 {
             return Ok(());
         }

@@ -205,14 +205,14 @@ impl Catalogue {
         .bind(&site.version)
         .execute(&mut *tx)
         .await?;
-        insert_certificate(&mut *tx, cert).await?;
+        insert_certificate(&mut tx, cert).await?;
         tx.commit().await?;
         Ok(())
     }
 
     pub async fn add_site_certificate(&self, cert: &SiteCertificate) -> Result<()> {
         let mut conn = self.pool.acquire().await?;
-        insert_certificate(&mut *conn, cert).await
+        insert_certificate(&mut conn, cert).await
     }
 
     pub async fn site(&self, id: &str) -> Result<Option<Site>> {

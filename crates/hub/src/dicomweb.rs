@@ -544,7 +544,7 @@ async fn stow(
         // (medfed's client does), so a site's part without a digest is refused.
         match &declared {
             None if c.site.is_some() => {
-                tracing::warn!(sop = %entry.sop_uid, "STOW part from a site refused: no Content-Digest");
+                tracing::warn!("STOW part from a site refused: no Content-Digest");
                 failed.push(failure(
                     &entry,
                     PROCESSING_FAILURE,
@@ -553,7 +553,7 @@ async fn stow(
                 continue;
             }
             Some(d) if *d != digest => {
-                tracing::warn!(sop = %entry.sop_uid, "STOW part refused: Content-Digest mismatch");
+                tracing::warn!("STOW part refused: Content-Digest mismatch");
                 failed.push(failure(
                     &entry,
                     PROCESSING_FAILURE,

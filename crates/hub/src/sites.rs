@@ -529,7 +529,7 @@ async fn report_task(
             &site.id,
             &format!("site.task.{}", b.status),
             format!("study/{}/task/{}", t.study, t.id),
-            &format!("{} {}", t.kind, detail).trim().to_string(),
+            format!("{} {}", t.kind, detail).trim(),
         )
         .await?;
     }
