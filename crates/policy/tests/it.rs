@@ -252,4 +252,11 @@ fn grants_go_only_to_members_organisations_and_never_to_oneself() {
         check_grant(&coord, &coord, &orgs),
         Err(GrantRefusal::SelfGrant)
     );
+    // A new study's coordinator may come from a coordinating centre outside it, never be the
+    // administrator creating it.
+    assert_eq!(check_appointment(&admin, &stranger), Ok(()));
+    assert_eq!(
+        check_appointment(&admin, &admin),
+        Err(GrantRefusal::SelfGrant)
+    );
 }

@@ -32,9 +32,10 @@ fn base(hub: &RunningHub) -> String {
 
 /// An HTTPS client trusting the hub, connecting from `from` (any 127.x.y.z is this host).
 fn client_from(hub: &RunningHub, from: [u8; 4], http1: bool) -> reqwest::Client {
-    let ca = std::fs::read(hub.ca_pem.as_ref().expect("generated CA")).unwrap();
+    // The hub's CA (it signed the generated server certificate).
+    let ca = hub.hub.ca.cert_pem.as_bytes();
     let mut b = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .add_root_certificate(reqwest::Certificate::from_pem(ca).unwrap())
         .local_address(IpAddr::from(from))
         .timeout(Duration::from_secs(60));
     if http1 {
@@ -137,12 +138,24 @@ async fn many_different_bad_tokens_from_one_address_lock_that_address_only() {
 const ISS: &str = "https://issuer.test";
 const AUD: &str = "medfed-hub";
 
-fn testdata(name: &str) -> String {
-    std::fs::read_to_string(format!(
-        "{}/../auth/tests/testdata/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap()
+/// The test issuer's keys (medfed-auth's test data), embedded at build time.
+fn testdata(name: &str) -> &'static str {
+    macro_rules! key {
+        ($f:literal) => {
+            include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../auth/tests/testdata/",
+                $f
+            ))
+        };
+    }
+    match name {
+        "issuer-key-1.n" => key!("issuer-key-1.n"),
+        "issuer-key-2.n" => key!("issuer-key-2.n"),
+        "issuer-key-1.pem" => key!("issuer-key-1.pem"),
+        "issuer-key-2.pem" => key!("issuer-key-2.pem"),
+        _ => panic!("no test key {name}"),
+    }
 }
 
 fn jwk(kid: &str, key: u8) -> Value {
@@ -513,8 +526,8 @@ async fn raw_tls(
     alpn: &[u8],
 ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let mut roots = rustls::RootCertStore::empty();
-    let ca = std::fs::read(hub.ca_pem.as_ref().unwrap()).unwrap();
-    for c in rustls_pki_types::pem::PemObject::pem_slice_iter(&ca) {
+    let ca = hub.hub.ca.cert_pem.as_bytes();
+    for c in rustls_pki_types::pem::PemObject::pem_slice_iter(ca) {
         roots.add(c.unwrap()).unwrap();
     }
     let mut cfg = rustls::ClientConfig::builder_with_provider(medfed_hub::tls::crypto_provider())

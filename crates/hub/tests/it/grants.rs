@@ -80,9 +80,10 @@ async fn world() -> World {
     let op = person("local:op", "org1", &[StudyRole::SiteOperator]).await;
     let colleague = person("local:colleague", "org2", &[]).await;
     let stranger = person("local:stranger", "org3", &[]).await;
-    let ca = std::fs::read(hub.ca_pem.as_ref().unwrap()).unwrap();
     let http = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(hub.hub.ca.cert_pem.as_bytes()).unwrap(),
+        )
         .build()
         .unwrap();
     World {
