@@ -15,7 +15,7 @@ if [ -n "${BEFORE:-}" ]; then
   wt=$(mktemp -d)
   git worktree add --detach "$wt" "$BEFORE" >/dev/null
   trap 'git worktree remove --force "$wt"' EXIT
-  cp crates/hub/examples/health_bench.rs "$wt/crates/hub/examples/"
+  cp -r crates/hub/examples/health_bench.rs crates/hub/examples/common "$wt/crates/hub/examples/"
   # Hubs before issue 13 had no per-address connection cap to raise.
   sed -i '/max_connections_per_address/d' "$wt/crates/hub/examples/health_bench.rs"
   echo "== before: $BEFORE"

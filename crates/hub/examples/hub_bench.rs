@@ -15,41 +15,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use medfed_catalogue::{Dataset, InstanceEntry, ObjectEntry, Provenance, now_ms};
+mod common;
+
+use common::{Res, arg, percentile, write_payload};
 use medfed_hub::client::HubClient;
 use medfed_policy::StudyRole;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn write_payload(path: &Path, bytes: u64) -> Res<()> {
-    use std::io::Write;
-    let mut f = std::io::BufWriter::with_capacity(8 << 20, std::fs::File::create(path)?);
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = bytes;
-    while left > 0 {
-        for c in buf.chunks_exact_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            c.copy_from_slice(&x.to_le_bytes());
-        }
-        let n = left.min(buf.len() as u64) as usize;
-        f.write_all(&buf[..n])?;
-        left -= n as u64;
-    }
-    f.flush()?;
-    Ok(())
-}
 
 /// The same bytes over a loopback TCP connection into a file, synced: the plain copy.
 async fn loopback_copy(src: &Path, dest: &Path) -> Res<Duration> {
@@ -86,10 +57,6 @@ async fn loopback_copy(src: &Path, dest: &Path) -> Res<Duration> {
     Ok(t.elapsed())
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Res<()> {
     let bytes = arg("--bytes", 1 << 30);
@@ -98,7 +65,7 @@ async fn main() -> Res<()> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     let payload = dir.join("payload.bin");
-    write_payload(&payload, bytes)?;
+    write_payload(&payload, bytes, 0)?;
 
     let cfg = medfed_hub::HubConfig {
         data_dir: dir.join("hub"),
