@@ -173,8 +173,10 @@ fn a_key_file_gets_its_public_key_beside_it_and_only_that_verifies() {
     verify(&log_path, &public).unwrap();
     // The private key file read as a public key does not verify; its derived key does.
     let private_text = std::fs::read_to_string(&key_path).unwrap();
-    let wrong = medfed_audit::parse_public_key(&private_text).unwrap();
-    assert!(verify(&log_path, &wrong).is_err());
+    // (About half of all private keys are not even a valid point when read as a public key.)
+    if let Ok(wrong) = medfed_audit::parse_public_key(&private_text) {
+        assert!(verify(&log_path, &wrong).is_err());
+    }
     let derived = medfed_audit::public_key_of_private(&private_text).unwrap();
     assert_eq!(derived, public);
     // Reopening the key keeps it and rewrites the same public key.

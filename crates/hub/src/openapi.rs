@@ -317,6 +317,12 @@ pub const ROUTES: &[Route] = &[
         None,
     ),
     r(
+        "GET",
+        "/api/v1/studies/{study}/runs/{run}/results/{name}",
+        "A finished run's stored result file (model.safetensors, result.json, spec.toml, run.json; study coordinators and researchers)",
+        None,
+    ),
+    r(
         "POST",
         "/api/v1/site/runs/{run}/exchange",
         "Site (mutual TLS): one step of a federated run (key, masked release, reveal); answers with the site's next instruction",

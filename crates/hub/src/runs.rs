@@ -51,6 +51,10 @@ pub fn routes(l: &crate::config::Limits) -> Router<Arc<Hub>> {
             get(get_run).delete(cancel_run),
         )
         .route(
+            "/api/v1/studies/{study}/runs/{run}/results/{name}",
+            get(run_result_file),
+        )
+        .route(
             "/api/v1/site/runs/{run}/exchange",
             post(exchange).layer(DefaultBodyLimit::max(l.max_run_message_bytes)),
         )
@@ -1306,10 +1310,7 @@ async fn get_run(
     let mut v = get_run_view(&hub, &run, q).await?;
     // The model and metrics are for the study's coordinators and researchers, as the results
     // dataset is; other members follow the progress only.
-    let sees_results = c.principal.grants.iter().any(|g| {
-        g.study == study && matches!(g.role, StudyRole::StudyCoordinator | StudyRole::Researcher)
-    });
-    if let (false, Some(o)) = (sees_results, v.as_object_mut()) {
+    if let (false, Some(o)) = (sees_results(&c, &study), v.as_object_mut()) {
         o.remove("result");
     }
     Ok(Json(v))
@@ -1338,6 +1339,57 @@ async fn mark_offline_sites(hub: &Arc<Hub>, v: &mut Value) -> ApiResult<()> {
     }
     v["active_sites_offline"] = json!(offline);
     Ok(())
+}
+
+/// The files a finished run stored, by name.
+const RESULT_FILES: [&str; 4] = ["model.safetensors", "result.json", "spec.toml", "run.json"];
+
+/// Whether `c` sees a run's model and metrics: its study's coordinators and researchers.
+fn sees_results(c: &Caller, study: &str) -> bool {
+    c.principal.grants.iter().any(|g| {
+        g.study == study && matches!(g.role, StudyRole::StudyCoordinator | StudyRole::Researcher)
+    })
+}
+
+/// One file of a finished run's results (model, metrics, spec, submitter), for the study's
+/// coordinators and researchers. They are aggregates released under the sites' disclosure
+/// rules, not rows: the coordinator who ran the study gets them here without the data-reading
+/// role the results dataset otherwise asks for.
+async fn run_result_file(
+    State(hub): State<Arc<Hub>>,
+    c: Caller,
+    Path((study, id, name)): Path<(String, String, String)>,
+) -> ApiResult<axum::response::Response> {
+    study_for(&hub, &c, &study).await?;
+    let run = hub
+        .catalogue
+        .run(&id)
+        .await?
+        .filter(|r| r.study == study)
+        .ok_or_else(ApiError::not_found)?;
+    c.note.resource(format!("study/{study}/run/{id}/results"));
+    if !sees_results(&c, &study) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "not permitted"));
+    }
+    if !RESULT_FILES.contains(&name.as_str()) {
+        return Err(ApiError::not_found());
+    }
+    let dataset = match &run.result_dataset {
+        Some(d) => hub.catalogue.dataset(d).await?,
+        None => None,
+    }
+    .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "the run has stored no results"))?;
+    let object = hub
+        .catalogue
+        .object_named(&dataset.id, &name)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    let body = crate::api::stream_object(&hub, &dataset, &object).await?;
+    let mut r = axum::response::Response::new(body);
+    if let Ok(v) = axum::http::HeaderValue::from_str(&object.media_type) {
+        r.headers_mut().insert(axum::http::header::CONTENT_TYPE, v);
+    }
+    Ok(r)
 }
 
 async fn get_run_view(hub: &Arc<Hub>, run: &Run, q: RunQuery) -> ApiResult<Value> {

@@ -24,7 +24,25 @@ pub fn verify(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.public_key.clone()
     };
-    let key = medfed_audit::parse_public_key(&text)?;
+    // A private key file has the same form as a public one (32 bytes, hex): when the log
+    // verifies under the key derived from what was passed, say what it is.
+    let passed_private = || {
+        medfed_audit::public_key_of_private(&text)
+            .is_ok_and(|derived| medfed_audit::verify(&args.log, &derived).is_ok())
+    };
+    let private_key_error = || {
+        anyhow::anyhow!(
+            "{} is the private signing key, not the public key: verify with the .pub file beside \
+             it ({}); keep the private key on the machine that writes the log",
+            args.public_key,
+            medfed_audit::public_key_path(std::path::Path::new(&args.public_key)).display()
+        )
+    };
+    let key = match medfed_audit::parse_public_key(&text) {
+        Ok(k) => k,
+        Err(_) if passed_private() => return Err(private_key_error()),
+        Err(e) => return Err(e.into()),
+    };
     match medfed_audit::verify(&args.log, &key) {
         Ok(v) => {
             println!(
@@ -37,17 +55,8 @@ pub fn verify(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(problem) => {
-            // A private key file has the same form as a public one (32 bytes, hex); a log
-            // that verifies under the key derived from it tells the user what they passed.
-            if let Ok(derived) = medfed_audit::public_key_of_private(&text)
-                && medfed_audit::verify(&args.log, &derived).is_ok()
-            {
-                anyhow::bail!(
-                    "{} is the private signing key, not the public key: verify with the .pub file \
-                     beside it ({}); keep the private key on the machine that writes the log",
-                    args.public_key,
-                    medfed_audit::public_key_path(std::path::Path::new(&args.public_key)).display()
-                );
+            if passed_private() {
+                return Err(private_key_error());
             }
             let at = if problem.line == 0 {
                 "head".to_string()

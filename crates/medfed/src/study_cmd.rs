@@ -20,6 +20,20 @@ pub enum StudyCommand {
     Show(ShowArgs),
     /// Cancel a running run (study coordinator): its sites stop; no results are stored.
     Cancel(CancelArgs),
+    /// Download a finished run's results (model.safetensors, result.json, spec.toml, run.json)
+    /// into a folder (study coordinators and researchers).
+    Results(ResultsArgs),
+}
+
+#[derive(Args)]
+pub struct ResultsArgs {
+    study: String,
+    run: String,
+    /// Folder to write the files into (created; existing files are not replaced)
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    hub: HubArgs,
 }
 
 #[derive(Args)]
@@ -103,6 +117,11 @@ pub fn run(cmd: StudyCommand) -> anyhow::Result<ExitCode> {
                 println!("run {} cancelled", a.run);
                 Ok(ExitCode::SUCCESS)
             }
+            StudyCommand::Results(a) => {
+                let client =
+                    HubClient::new(&a.hub.hub, a.hub.ca.as_deref())?.with_token(&a.hub.token);
+                download_results(&client, &a).await
+            }
             StudyCommand::Show(a) => {
                 let client =
                     HubClient::new(&a.hub.hub, a.hub.ca.as_deref())?.with_token(&a.hub.token);
@@ -117,6 +136,42 @@ pub fn run(cmd: StudyCommand) -> anyhow::Result<ExitCode> {
             }
         }
     })
+}
+
+/// Every result file the run stored; a model is absent for statistics runs.
+async fn download_results(client: &HubClient, a: &ResultsArgs) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let mut written = 0;
+    for name in ["result.json", "spec.toml", "run.json", "model.safetensors"] {
+        let path = format!("/api/v1/studies/{}/runs/{}/results/{name}", a.study, a.run);
+        let resp = client
+            .request(reqwest::Method::GET, &path)
+            .send()
+            .await
+            .with_context(|| format!("asking the hub for {name}"))?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::NOT_FOUND && name == "model.safetensors" && written > 0 {
+            continue;
+        }
+        let bytes = resp.bytes().await?;
+        if !status.is_success() {
+            let detail: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            anyhow::bail!(
+                "the hub refused {name}: {status} {}",
+                detail["detail"].as_str().unwrap_or_default()
+            );
+        }
+        let dest = a.out.join(name);
+        let keep = medfed_durable::Publish {
+            replace: false,
+            ..medfed_durable::Publish::REPLACE
+        };
+        medfed_durable::write_atomically(&dest, &bytes, keep)
+            .with_context(|| format!("writing {} (an existing file is kept)", dest.display()))?;
+        println!("{} ({} bytes)", dest.display(), bytes.len());
+        written += 1;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn finish(view: &Value, json: bool) -> anyhow::Result<ExitCode> {

@@ -223,17 +223,7 @@ fn tail(text: &str) -> &str {
 }
 
 fn phantom_dir() -> std::path::PathBuf {
-    let shared = std::env::var("MEDFED_SHARED_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| {
-            let beside =
-                std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared");
-            if beside.is_dir() {
-                beside
-            } else {
-                "/work/shared".into()
-            }
-        });
+    let shared = medfed_testkit::shared_dir();
     shared.join("ibsi/digital_phantom/nifti")
 }
 

@@ -327,6 +327,37 @@ fn four_hospitals_train_exactly_what_pooled_training_gives_and_the_results_are_a
             .is_some_and(|s| !s.is_empty())
     );
 
+    // The coordinator (no data-reading role) downloads the run's results; the file is the
+    // stored model, byte for byte. A site operator of the study is refused.
+    let out = d.join("results");
+    let results = |token: &str| {
+        medfed()
+            .args(["study", "results", "study-a", view["id"].as_str().unwrap(), "--hub"])
+            .arg(format!("https://127.0.0.1:{port}"))
+            .arg("--ca")
+            .arg(d.join("data/tls/ca.pem"))
+            .arg("--out")
+            .arg(&out)
+            .env("MEDFED_TOKEN", token)
+            .output()
+            .unwrap()
+    };
+    let got = results(&people.coord);
+    assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
+    assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), &bytes[..]);
+    for f in ["result.json", "spec.toml", "run.json"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+    let refused = results(&people.op1);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("403"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(!out.join("result.json").exists());
+
     // Each site recorded what it released, and its audit log verifies.
     for (i, s) in sites.iter().enumerate() {
         if i == 2 {

@@ -36,8 +36,23 @@ pub fn shared_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("MEDFED_SHARED_DIR") {
         return PathBuf::from(d);
     }
-    // This crate is <repo>/crates/testkit.
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
+    repository_root().join("../shared")
+}
+
+/// The checkout being tested: found at run time from the test's own crate (cargo sets
+/// `CARGO_MANIFEST_DIR` for test processes) by walking up to the workspace's `Cargo.lock`,
+/// so that a build shared between two checkouts never points one at the other's data.
+pub fn repository_root() -> PathBuf {
+    let start = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::current_dir().ok())
+        // This crate is <repo>/crates/testkit.
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."));
+    start
+        .ancestors()
+        .find(|d| d.join("Cargo.lock").is_file())
+        .map(PathBuf::from)
+        .unwrap_or(start)
 }
 
 /// A path under `shared/` if it exists; otherwise the skip is reported (see [`skip`]) and
@@ -97,7 +112,11 @@ mod tests {
         if std::env::var_os("MEDFED_SHARED_DIR").is_none() {
             let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
             assert!(repo.join("Cargo.lock").is_file(), "{} is the repository", repo.display());
-            assert_eq!(shared_dir(), repo.join("../shared"));
+            assert_eq!(
+                repository_root().canonicalize().unwrap(),
+                repo.canonicalize().unwrap()
+            );
+            assert_eq!(shared_dir(), repository_root().join("../shared"));
         }
     }
 }

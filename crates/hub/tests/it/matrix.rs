@@ -379,6 +379,13 @@ const ROWS: &[Row] = &[
         [401, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404],
     ),
     row(
+        "GET",
+        "/api/v1/studies/study-a/runs/no-such-run/results/result.json",
+        None,
+        false,
+        [401, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404],
+    ),
+    row(
         "DELETE",
         "/api/v1/studies/study-a/runs/no-such-run",
         None,
