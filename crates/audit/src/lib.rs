@@ -249,7 +249,9 @@ impl AuditLog {
                     self.key.sign(&checkpoint_message(seq, &hash)).to_bytes(),
                 )),
             };
-            text.push_str(&serde_json::to_string(&Line::Record(record.clone())).unwrap_or_default());
+            text.push_str(
+                &serde_json::to_string(&Line::Record(record.clone())).unwrap_or_default(),
+            );
             text.push('\n');
             if seq.is_multiple_of(self.checkpoint_every) {
                 let cp = self.checkpoint(seq, &hash);

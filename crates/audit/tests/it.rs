@@ -168,8 +168,8 @@ fn a_key_file_gets_its_public_key_beside_it_and_only_that_verifies() {
     let log = AuditLog::open(&log_path, key, 4).unwrap();
     log.append(event(1)).unwrap();
     drop(log);
-    let public = medfed_audit::parse_public_key(&std::fs::read_to_string(&public_path).unwrap())
-        .unwrap();
+    let public =
+        medfed_audit::parse_public_key(&std::fs::read_to_string(&public_path).unwrap()).unwrap();
     verify(&log_path, &public).unwrap();
     // The private key file read as a public key does not verify; its derived key does.
     let private_text = std::fs::read_to_string(&key_path).unwrap();
@@ -214,7 +214,11 @@ fn the_writer_thread_batches_concurrent_appends_into_one_verifying_chain() {
         .flat_map(|t| t.join().unwrap())
         .collect();
     seqs.sort_unstable();
-    assert_eq!(seqs, (1..=400).collect::<Vec<_>>(), "every append got its own record");
+    assert_eq!(
+        seqs,
+        (1..=400).collect::<Vec<_>>(),
+        "every append got its own record"
+    );
     assert_eq!(writer.log().len(), 400);
     writer.close();
     let v = verify(&path, &key(1).verifying_key()).unwrap();

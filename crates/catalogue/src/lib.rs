@@ -308,7 +308,9 @@ fn exists_or(what: String) -> impl FnOnce(sqlx::Error) -> CatalogueError {
 
 /// The file of a `sqlite://PATH[?...]` URL; `None` for an in-memory database.
 fn sqlite_path(url: &str) -> Option<PathBuf> {
-    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next().unwrap_or_default();
     (!path.is_empty() && !path.starts_with(":memory:")).then(|| PathBuf::from(path))
 }
@@ -451,7 +453,10 @@ impl Catalogue {
             .bind(m.checksum.to_vec())
             .execute(&mut *conn)
             .await?;
-            tracing::info!(version = m.version, "catalogue migration adopted from schema_migrations");
+            tracing::info!(
+                version = m.version,
+                "catalogue migration adopted from schema_migrations"
+            );
         }
         Ok(())
     }

@@ -13,7 +13,10 @@ const LEGACY: [(i64, &str); 3] = [
 #[tokio::test]
 async fn a_catalogue_of_the_hand_written_runner_is_adopted_and_keeps_its_rows() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("catalogue.db").display());
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("catalogue.db").display()
+    );
     sqlx::any::install_default_drivers();
     {
         // What the hand-written runner left: its table, every migration applied, and data.
@@ -34,8 +37,12 @@ async fn a_catalogue_of_the_hand_written_runner_is_adopted_and_keeps_its_rows() 
         }
         conn.close().await.unwrap();
     }
-    let cat = Catalogue::open(&url).await.expect("adopted, nothing re-run");
-    cat.create_organisation("org-a", "Hospital A").await.unwrap();
+    let cat = Catalogue::open(&url)
+        .await
+        .expect("adopted, nothing re-run");
+    cat.create_organisation("org-a", "Hospital A")
+        .await
+        .unwrap();
     cat.close().await;
     // Reopened: the migrator finds every version applied, with matching checksums.
     let cat = Catalogue::open(&url).await.unwrap();
@@ -53,7 +60,10 @@ async fn a_catalogue_of_the_hand_written_runner_is_adopted_and_keeps_its_rows() 
 #[tokio::test]
 async fn a_changed_migration_is_refused_rather_than_skipped() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("catalogue.db").display());
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("catalogue.db").display()
+    );
     Catalogue::open(&url).await.unwrap().close().await;
     sqlx::any::install_default_drivers();
     let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();

@@ -30,18 +30,26 @@ struct Phase {
     wall: Duration,
 }
 
-/// Every client asks /health `per_client` times, all starting together.
-async fn health_phase(clients: &[HubClient], per_client: usize) -> Res<Phase> {
+/// Every client asks /health `per_client` times, all starting together: back to back
+/// (`interval` zero: a closed loop, which measures throughput as much as latency), or paced at
+/// one request per `interval` each, spread evenly over the clients (an open load of
+/// clients / interval requests a second, the way many users' consoles and sites poll).
+async fn health_phase(clients: &[HubClient], per_client: usize, interval: Duration) -> Res<Phase> {
     let start = Arc::new(tokio::sync::Barrier::new(clients.len() + 1));
     let mut handles = Vec::new();
-    for client in clients {
+    let n = clients.len() as u32;
+    for (k, client) in clients.iter().enumerate() {
         let client = client.clone();
         let start = start.clone();
         handles.push(tokio::spawn(async move {
             start.wait().await;
+            let begun = tokio::time::Instant::now() + interval * k as u32 / n.max(1);
             let mut lat = Vec::with_capacity(per_client);
             let mut errors = 0usize;
-            for _ in 0..per_client {
+            for q in 0..per_client {
+                if !interval.is_zero() {
+                    tokio::time::sleep_until(begun + interval * q as u32).await;
+                }
                 let t = Instant::now();
                 match client
                     .call(reqwest::Method::GET, "/api/v1/health", None)
@@ -95,6 +103,7 @@ async fn main() -> Res<()> {
     let per_client = arg("--requests", 20) as usize;
     let uploaders = arg("--uploaders", 4) as usize;
     let upload_bytes = arg("--upload-bytes", 64 << 20);
+    let interval = Duration::from_millis(arg("--interval-ms", 0));
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
 
@@ -147,7 +156,16 @@ async fn main() -> Res<()> {
     println!(
         "GET /api/v1/health from {clients_n} concurrent clients x {per_client} requests, each on its own TLS connection:"
     );
-    let idle = health_phase(&clients, per_client).await?;
+    if interval.is_zero() {
+        println!("  (closed loop: each client sends its next request when the last is answered)");
+    } else {
+        println!(
+            "  (paced: each client one request every {} ms, {:.0} requests/s offered)",
+            interval.as_millis(),
+            clients_n as f64 / interval.as_secs_f64()
+        );
+    }
+    let idle = health_phase(&clients, per_client, interval).await?;
     report("idle hub", &idle);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -170,7 +188,7 @@ async fn main() -> Res<()> {
     // Let the uploads get going before measuring.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let t = Instant::now();
-    let loaded = health_phase(&clients, per_client).await?;
+    let loaded = health_phase(&clients, per_client, interval).await?;
     let busy = t.elapsed();
     stop.store(true, Ordering::Relaxed);
     for w in workers {

@@ -332,7 +332,13 @@ fn four_hospitals_train_exactly_what_pooled_training_gives_and_the_results_are_a
     let out = d.join("results");
     let results = |token: &str| {
         medfed()
-            .args(["study", "results", "study-a", view["id"].as_str().unwrap(), "--hub"])
+            .args([
+                "study",
+                "results",
+                "study-a",
+                view["id"].as_str().unwrap(),
+                "--hub",
+            ])
             .arg(format!("https://127.0.0.1:{port}"))
             .arg("--ca")
             .arg(d.join("data/tls/ca.pem"))
@@ -343,8 +349,15 @@ fn four_hospitals_train_exactly_what_pooled_training_gives_and_the_results_are_a
             .unwrap()
     };
     let got = results(&people.coord);
-    assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
-    assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), &bytes[..]);
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert_eq!(
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        &bytes[..]
+    );
     for f in ["result.json", "spec.toml", "run.json"] {
         assert!(out.join(f).is_file(), "{f}");
     }

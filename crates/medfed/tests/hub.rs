@@ -93,8 +93,15 @@ fn a_hub_killed_mid_upload_recovers_consistently_and_never_logs_identifying_valu
     let (coord_id, coord_token) = rt.block_on(async {
         let cfg = medfed_hub::HubConfig::load(&d.join("hub.toml")).unwrap();
         let hub = medfed_hub::Hub::open(cfg).await.unwrap();
-        let u = hub.catalogue.create_user("local:coord", Some("org1"), false).await.unwrap();
-        (u.id.clone(), medfed_hub::issue_token(&hub, &u.id, 1).await.unwrap())
+        let u = hub
+            .catalogue
+            .create_user("local:coord", Some("org1"), false)
+            .await
+            .unwrap();
+        (
+            u.id.clone(),
+            medfed_hub::issue_token(&hub, &u.id, 1).await.unwrap(),
+        )
     });
     let server = serve(d, port, &log, None);
     let c = client(d, &server, &token);

@@ -500,5 +500,6 @@ impl Read for ChunkReader {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    medfed_durable::write_atomically(path, bytes, medfed_durable::Publish::REPLACE).map_err(io(path))
+    medfed_durable::write_atomically(path, bytes, medfed_durable::Publish::REPLACE)
+        .map_err(io(path))
 }

@@ -24,7 +24,9 @@ pub fn skip(own_switch: Option<&str>, why: &str) {
     if required(own_switch) {
         panic!(
             "{why}; required because {} is set",
-            own_switch.filter(|k| std::env::var_os(k).is_some()).unwrap_or(REQUIRE_ALL)
+            own_switch
+                .filter(|k| std::env::var_os(k).is_some())
+                .unwrap_or(REQUIRE_ALL)
         );
     }
     eprintln!("SKIPPED: {why}");
@@ -111,7 +113,11 @@ mod tests {
     fn shared_dir_is_beside_the_checkout() {
         if std::env::var_os("MEDFED_SHARED_DIR").is_none() {
             let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-            assert!(repo.join("Cargo.lock").is_file(), "{} is the repository", repo.display());
+            assert!(
+                repo.join("Cargo.lock").is_file(),
+                "{} is the repository",
+                repo.display()
+            );
             assert_eq!(
                 repository_root().canonicalize().unwrap(),
                 repo.canonicalize().unwrap()
