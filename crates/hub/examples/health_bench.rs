@@ -171,17 +171,35 @@ async fn main() -> Res<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let uploaded = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
+    let failed_uploads = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     for p in payloads.clone() {
         let (opc, ds, stop, uploaded) = (opc.clone(), ds.clone(), stop.clone(), uploaded.clone());
+        let failed_uploads = failed_uploads.clone();
         workers.push(tokio::spawn(async move {
+            // Each upload under a new name (a hard link): a dataset holds one object per name.
+            let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                if opc
-                    .upload_file(&ds, &p, "application/octet-stream", None, &|_| {})
-                    .await
-                    .is_ok()
-                {
-                    uploaded.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+                let name = p.with_file_name(format!(
+                    "{}-{i}.bin",
+                    p.file_stem().unwrap_or_default().to_string_lossy()
+                ));
+                if std::fs::hard_link(&p, &name).is_err() {
+                    break;
                 }
+                match opc
+                    .upload_file(&ds, &name, "application/octet-stream", None, &|_| {})
+                    .await
+                {
+                    Ok(_) => {
+                        uploaded.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => failed_uploads
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(e.to_string()),
+                }
+                let _ = std::fs::remove_file(&name);
             }
         }));
     }
@@ -206,6 +224,13 @@ async fn main() -> Res<()> {
         uploaded.load(Ordering::Relaxed),
         busy.as_secs_f64()
     );
+    let failed = failed_uploads
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if let Some(first) = failed.first() {
+        println!("  uploads failed: {} (first: {first})", failed.len());
+    }
     let (p_idle, p_loaded) = (
         percentile(&idle.latencies, 0.99),
         percentile(&loaded.latencies, 0.99),
