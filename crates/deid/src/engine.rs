@@ -39,10 +39,11 @@ const DUMMY_DATETIME: &str = "19000101000000";
 const DUMMY_TIME: &str = "000000";
 const SCRUBBED: &str = "***";
 /// Nesting deeper than this is not a real object but an attack on the parser or on us.
-const MAX_DEPTH: usize = 64;
+pub const MAX_DEPTH: usize = 64;
 
-/// Attributes of VR UI that name a class or a coding resource, not an instance: never remapped.
-const CLASS_UID_TAGS: [Tag; 10] = [
+/// Attributes of VR UI that name a class or a coding resource, not an instance: never remapped
+/// (the hub's admission check keeps them as registered values too).
+pub const CLASS_UID_TAGS: [Tag; 10] = [
     tags::SOP_CLASS_UID,
     tags::REFERENCED_SOP_CLASS_UID,
     tags::MEDIA_STORAGE_SOP_CLASS_UID,

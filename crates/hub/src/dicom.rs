@@ -143,23 +143,9 @@ pub fn index_entry(
     Ok(e)
 }
 
-/// Attributes of VR UI that name a class or a coding resource, not an instance, so they keep
-/// their registered value (the same list medfed-deid never remaps).
-const CLASS_UID_TAGS: [Tag; 10] = [
-    tags::SOP_CLASS_UID,
-    tags::REFERENCED_SOP_CLASS_UID,
-    tags::MEDIA_STORAGE_SOP_CLASS_UID,
-    tags::AFFECTED_SOP_CLASS_UID,
-    tags::REQUESTED_SOP_CLASS_UID,
-    tags::REFERENCED_SOP_CLASS_UID_IN_FILE,
-    tags::REFERENCED_TRANSFER_SYNTAX_UID_IN_FILE,
-    tags::TRANSFER_SYNTAX_UID,
-    tags::CODING_SCHEME_UID,
-    tags::MAPPING_RESOURCE_UID,
-];
-
-/// Deeper nesting is not a real object (medfed-deid refuses it too).
-const MAX_DEPTH: usize = 64;
+// Class and coding UIDs keep their registered value, and nesting is bounded, exactly as
+// medfed-deid does it.
+use medfed_deid::engine::{CLASS_UID_TAGS, MAX_DEPTH};
 
 /// The dummy values medfed-deid writes for action D (Table E.1-1a), by VR.
 fn is_dummy(vr: VR, v: &str) -> bool {

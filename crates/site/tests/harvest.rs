@@ -6,16 +6,14 @@
 
 use std::path::PathBuf;
 
+use medfed_catalogue::User;
 use medfed_hub::client::HubClient;
 use medfed_policy::StudyRole;
 use medfed_site::{Harvester, Inbox, SitePolicy};
 use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_study_is_harvested_de_identified_once_and_only_where_allowed() {
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path();
-    // The hub.
+/// A hub on embedded defaults with organisation `org1`, study `lung-ct` and its site operator.
+async fn hub_with_site_operator(d: &std::path::Path) -> (medfed_hub::RunningHub, User) {
     let running = medfed_hub::start(medfed_hub::HubConfig {
         data_dir: d.join("hub"),
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -23,8 +21,7 @@ async fn a_study_is_harvested_de_identified_once_and_only_where_allowed() {
     })
     .await
     .unwrap();
-    let hub = running.hub.clone();
-    let cat = &hub.catalogue;
+    let cat = &running.hub.catalogue;
     cat.create_organisation("org1", "One").await.unwrap();
     cat.create_study("lung-ct", "Lung CT", &["org1".into()])
         .await
@@ -36,6 +33,26 @@ async fn a_study_is_harvested_de_identified_once_and_only_where_allowed() {
     cat.grant(&op.id, "lung-ct", StudyRole::SiteOperator)
         .await
         .unwrap();
+    (running, op)
+}
+
+/// The site's inbox, filled with `files` as a PACS would send them.
+fn inbox_with(policy: &SitePolicy, files: &[PathBuf]) -> Inbox {
+    let inbox = Inbox::open(&policy.inbox_dir(), 1 << 30).unwrap();
+    for f in files {
+        inbox.import(f).unwrap();
+    }
+    inbox
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_study_is_harvested_de_identified_once_and_only_where_allowed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // The hub.
+    let (running, op) = hub_with_site_operator(d).await;
+    let hub = running.hub.clone();
+    let cat = &hub.catalogue;
     let res = cat
         .create_user("local:res", Some("org1"), false)
         .await
@@ -82,10 +99,7 @@ async fn a_study_is_harvested_de_identified_once_and_only_where_allowed() {
         ..Default::default()
     };
     let set = medfed_synth::generate(&d.join("pacs"), &cfg).unwrap();
-    let inbox = Inbox::open(&policy.inbox_dir(), 1 << 30).unwrap();
-    for f in &set.files {
-        inbox.import(f).unwrap();
-    }
+    let inbox = inbox_with(&policy, &set.files);
     let audit_key = medfed_audit::load_or_create_key(&site_dir.join("audit.key")).unwrap();
     let audit_pub = audit_key.verifying_key();
     let audit_path = site_dir.join("site.audit.jsonl");
@@ -209,26 +223,8 @@ async fn a_study_is_harvested_de_identified_once_and_only_where_allowed() {
 async fn with_its_audit_log_unwritable_a_harvest_sends_nothing_and_keeps_the_inbox() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let running = medfed_hub::start(medfed_hub::HubConfig {
-        data_dir: d.join("hub"),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let (running, op) = hub_with_site_operator(d).await;
     let hub = running.hub.clone();
-    let cat = &hub.catalogue;
-    cat.create_organisation("org1", "One").await.unwrap();
-    cat.create_study("lung-ct", "Lung CT", &["org1".into()])
-        .await
-        .unwrap();
-    let op = cat
-        .create_user("local:site-op", Some("org1"), false)
-        .await
-        .unwrap();
-    cat.grant(&op.id, "lung-ct", StudyRole::SiteOperator)
-        .await
-        .unwrap();
     let base = format!("https://127.0.0.1:{}", running.addr.port());
     let opc = HubClient::new(&base, running.ca_pem.as_deref())
         .unwrap()
@@ -260,10 +256,7 @@ async fn with_its_audit_log_unwritable_a_harvest_sends_nothing_and_keeps_the_inb
         },
     )
     .unwrap();
-    let inbox = Inbox::open(&policy.inbox_dir(), 1 << 30).unwrap();
-    for f in &set.files {
-        inbox.import(f).unwrap();
-    }
+    let inbox = inbox_with(&policy, &set.files);
     let audit_key = medfed_audit::load_or_create_key(&site_dir.join("audit.key")).unwrap();
     let audit_pub = audit_key.verifying_key();
     let audit_path = site_dir.join("site.audit.jsonl");
