@@ -70,6 +70,35 @@ pub fn shared(relative: &str) -> Option<PathBuf> {
     }
 }
 
+/// The test venv `.ci/run` makes (`<repo>/target/pyenv`): Python oracles and the DICOM files
+/// that PyPI packages ship (pydicom's and pydicom-data's test files, all real, many vendors).
+pub fn pyenv_dir() -> PathBuf {
+    repository_root().join("target/pyenv")
+}
+
+/// A folder inside the test venv's `site-packages` (e.g. `pydicom/data/test_files`) if it
+/// exists; otherwise the skip is reported (see [`skip`]) and `None` returned.
+#[track_caller]
+pub fn pyenv_package_dir(relative: &str) -> Option<PathBuf> {
+    let lib = pyenv_dir().join("lib");
+    let found = std::fs::read_dir(&lib).ok().and_then(|entries| {
+        entries
+            .flatten()
+            .map(|e| e.path().join("site-packages").join(relative))
+            .find(|p| p.exists())
+    });
+    if found.is_none() {
+        skip(
+            None,
+            &format!(
+                "{relative} is not in {}/lib/python*/site-packages (.ci/run installs it)",
+                pyenv_dir().display()
+            ),
+        );
+    }
+    found
+}
+
 /// A TCP port on 127.0.0.1 for a server a test starts, free when returned.
 ///
 /// Binding port 0 and closing it (the usual trick) races: the kernel hands the same port out
