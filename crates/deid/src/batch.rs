@@ -1,20 +1,36 @@
 //! De-identifying a folder: every file is read, de-identified and written, or refused with a
-//! one-line reason. One bad file never stops the batch.
+//! one-line reason; every entry that is not a file (a symbolic link, a folder that cannot be
+//! read, a device) gets a line too. One bad entry never stops the batch.
+//!
+//! Symbolic links are not followed: one that points inside the input folder names a file that
+//! is de-identified where it lies, and one that points outside would carry the batch beyond the
+//! folder it was given. Each is reported as skipped, with that reason.
+//!
+//! Durability: outputs are written under a temporary name and linked into place, so no
+//! partial file is ever visible under its name; the whole output file system is synced once
+//! at the end (syncfs), before the report that names the outputs, instead of once per file.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use dicom_object::OpenFileOptions;
+use dicom_core::header::Header;
+use dicom_dictionary_std::tags;
+use dicom_encoding::text::SpecificCharacterSet;
+use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
+use dicom_object::{DefaultDicomObject, InMemDicomObject};
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::engine::{Deidentifier, Rejection, read_bare_dataset};
+use crate::engine::{Deidentifier, Rejection};
 use crate::error::DeidError;
 use crate::profile::DeidProfile;
 use crate::pseudonym::Pseudonymizer;
+use crate::reader::read_file;
 use crate::reid::{OriginalIdentity, ReidTable, reid_table_path};
 use crate::table::TABLE_EDITION;
 
@@ -25,12 +41,14 @@ pub enum Outcome {
     Ok,
     Refused,
     Error,
+    /// Not a file to read: a symbolic link (not followed) or a device, FIFO or socket.
+    Skipped,
 }
 
 /// One line of the report.
 #[derive(Debug, Clone, Serialize)]
 pub struct FileReport {
-    /// Path relative to the input folder.
+    /// Path relative to the input folder (of a folder, for one that could not be read).
     pub input: String,
     pub outcome: Outcome,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -51,11 +69,12 @@ pub struct BatchReport {
     pub files_ok: usize,
     pub files_refused: usize,
     pub files_error: usize,
+    pub files_skipped: usize,
     pub files: Vec<FileReport>,
 }
 
 impl BatchReport {
-    /// True when every input was de-identified.
+    /// True when every input was de-identified (nothing refused, failed or skipped).
     pub fn all_ok(&self) -> bool {
         self.files_ok == self.files_total
     }
@@ -85,11 +104,14 @@ impl BatchRun<'_> {
         output: &Path,
         progress: &(dyn Fn(&FileReport, usize) + Sync),
     ) -> Result<BatchReport, DeidError> {
-        let files = list_inputs(input, output)?;
+        let entries = list_inputs(input, output)?;
         std::fs::create_dir_all(output).map_err(|e| DeidError::io(output, e))?;
         // Every output folder once, up front, rather than a lookup per file.
-        let folders: std::collections::BTreeSet<&Path> =
-            files.iter().filter_map(|f| f.parent()).collect();
+        let folders: std::collections::BTreeSet<&Path> = entries
+            .iter()
+            .filter(|e| matches!(e.kind, EntryKind::File))
+            .filter_map(|e| e.rel.parent())
+            .collect();
         for folder in folders {
             let dir = output.join(folder);
             std::fs::create_dir_all(&dir).map_err(|e| DeidError::io(&dir, e))?;
@@ -97,12 +119,20 @@ impl BatchRun<'_> {
         let deidentifier = Deidentifier::new(self.profile, self.pseudonymizer);
         let identities: Mutex<BTreeMap<String, OriginalIdentity>> = Mutex::new(BTreeMap::new());
 
+        let total = entries.len();
         let work = || {
-            files
+            entries
                 .par_iter()
-                .map(|rel| {
-                    let report = process_file(&deidentifier, input, output, rel, &identities);
-                    progress(&report, files.len());
+                .map(|entry| {
+                    let report = match &entry.kind {
+                        EntryKind::File => {
+                            process_file(&deidentifier, input, output, &entry.rel, &identities)
+                        }
+                        EntryKind::NotProcessed(outcome, reason) => {
+                            not_processed(&entry.rel, *outcome, reason)
+                        }
+                    };
+                    progress(&report, total);
                     report
                 })
                 .collect::<Vec<_>>()
@@ -117,6 +147,9 @@ impl BatchRun<'_> {
                 .install(work)
         };
 
+        // The outputs were not synced one by one; they are before anything names them.
+        sync_outputs(output, &reports).map_err(|e| DeidError::io(output, e))?;
+
         let identities = identities.into_inner().unwrap_or_else(|p| p.into_inner());
         let key = self.pseudonymizer.key();
         ReidTable::new(reid_table_path(key.path()), key).merge(&identities)?;
@@ -130,14 +163,41 @@ impl BatchRun<'_> {
             files_ok: count(Outcome::Ok),
             files_refused: count(Outcome::Refused),
             files_error: count(Outcome::Error),
+            files_skipped: count(Outcome::Skipped),
             files: reports,
         })
     }
 }
 
-/// Every regular file under `input`, relative, sorted. The output folder must not lie inside
-/// the input (it would be read back as input on the next run).
-fn list_inputs(input: &Path, output: &Path) -> Result<Vec<PathBuf>, DeidError> {
+/// One entry of the input folder.
+struct Entry {
+    /// Relative to the input folder.
+    rel: PathBuf,
+    kind: EntryKind,
+}
+
+enum EntryKind {
+    File,
+    /// Reported as it is, with this reason, without being opened.
+    NotProcessed(Outcome, String),
+}
+
+fn not_processed(rel: &Path, outcome: Outcome, reason: &str) -> FileReport {
+    // No path in the log, as for files (see process_file).
+    tracing::warn!(outcome = ?outcome, reason, "an entry of the input folder was not processed; deid-report.json names it");
+    FileReport {
+        input: rel.to_string_lossy().into_owned(),
+        outcome,
+        reason: Some(reason.to_string()),
+        output: None,
+        bytes_in: 0,
+    }
+}
+
+/// Every entry under `input`, relative, sorted: regular files to process, and the symbolic
+/// links, special files and unreadable folders to report. The output folder must not lie
+/// inside the input (it would be read back as input on the next run).
+fn list_inputs(input: &Path, output: &Path) -> Result<Vec<Entry>, DeidError> {
     let input_abs = input.canonicalize().map_err(|e| DeidError::io(input, e))?;
     let output_abs = absolute_lexical(output);
     if output_abs.starts_with(&input_abs) {
@@ -146,27 +206,59 @@ fn list_inputs(input: &Path, output: &Path) -> Result<Vec<PathBuf>, DeidError> {
             out: output.to_path_buf(),
         });
     }
-    let mut files = Vec::new();
+    let relative = |p: &Path| {
+        p.strip_prefix(&input_abs)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|_| p.to_path_buf())
+    };
+    let mut entries = Vec::new();
     for entry in walkdir::WalkDir::new(&input_abs)
         .follow_links(false)
         .sort_by_file_name()
     {
-        let entry = entry.map_err(|e| {
-            let path = e
-                .path()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| input.to_path_buf());
-            DeidError::io(path, e.into())
-        })?;
-        if entry.file_type().is_file() {
-            let rel = entry
-                .path()
-                .strip_prefix(&input_abs)
-                .expect("walk stays under its root");
-            files.push(rel.to_path_buf());
-        }
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                // A folder that cannot be listed: its files are not processed, and the
+                // report says so; the walk goes on with its siblings.
+                let rel = e.path().map(relative).unwrap_or_default();
+                let why = e
+                    .io_error()
+                    .map(|io| io.to_string())
+                    .unwrap_or_else(|| "cannot be walked".to_string());
+                entries.push(Entry {
+                    rel: if rel.as_os_str().is_empty() { PathBuf::from(".") } else { rel },
+                    kind: EntryKind::NotProcessed(
+                        Outcome::Error,
+                        format!("cannot read this folder ({why}); nothing in it was processed"),
+                    ),
+                });
+                continue;
+            }
+        };
+        let ft = entry.file_type();
+        let kind = if ft.is_file() {
+            EntryKind::File
+        } else if ft.is_dir() {
+            continue;
+        } else if ft.is_symlink() {
+            EntryKind::NotProcessed(
+                Outcome::Skipped,
+                "symbolic link, not followed (a target inside the input folder is de-identified where it lies; one outside is not the batch's to read)".into(),
+            )
+        } else {
+            // Opening a FIFO would block the batch; a device is no DICOM file.
+            EntryKind::NotProcessed(
+                Outcome::Skipped,
+                "not a regular file (device, FIFO or socket)".into(),
+            )
+        };
+        entries.push(Entry {
+            rel: relative(entry.path()),
+            kind,
+        });
     }
-    Ok(files)
+    Ok(entries)
 }
 
 fn absolute_lexical(p: &Path) -> PathBuf {
@@ -209,16 +301,19 @@ fn process_file(
     };
     let dest = output.join(rel);
     let result = (|| -> Result<(), Rejection> {
-        // (An existing output is caught when the finished file is linked into place.)
-        let (object, size) = read_object_at(&src)?;
+        let cannot_read = |e: std::io::Error| Rejection::Error(format!("cannot read: {e}"));
+        let file = File::open(&src).map_err(cannot_read)?;
+        let size = file.metadata().map_err(cannot_read)?.len();
         report.bytes_in = size;
-        let done = deidentifier.deidentify(object)?;
-        let encode = |w: &mut BufWriter<File>| {
-            done.object.write_all(w).map_err(|e| {
-                std::io::Error::other(format!("cannot encode the de-identified object: {e}"))
-            })
-        };
-        write_atomically_with(&dest, false, false, encode).map_err(|e| {
+        let leave_pixels = !deidentifier.reads_pixel_data();
+        let (parsed, file) = read_file(file, size, leave_pixels)?;
+        let done = deidentifier.deidentify(parsed.object)?;
+        let pixel_data = parsed.pixel_data.map(|range| (&file, range));
+        // (An existing output is caught when the finished file is linked into place.)
+        write_atomically_with(&dest, false, false, |w| {
+            encode_output(w, done.object, pixel_data)
+        })
+        .map_err(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
                 Rejection::Refused("output file already exists; nothing is overwritten".into())
             } else {
@@ -255,68 +350,94 @@ fn process_file(
     report
 }
 
-/// Parses a DICOM file straight from disk (no copy of the whole file in memory); only a file
-/// the parser rejects is read whole, for [`read_object`]'s fallbacks.
-fn read_object_at(path: &Path) -> Result<(dicom_object::DefaultDicomObject, u64), Rejection> {
-    let cannot_read = |e: std::io::Error| Rejection::Error(format!("cannot read: {e}"));
-    let file = File::open(path).map_err(cannot_read)?;
-    let size = file.metadata().map_err(cannot_read)?.len();
-    match OpenFileOptions::new().from_reader(file) {
-        Ok(obj) => Ok((obj, size)),
-        Err(_) => {
-            let bytes = std::fs::read(path).map_err(cannot_read)?;
-            Ok((read_object(&bytes)?, size))
-        }
+/// Writes the de-identified object. With `pixel_data`, the input's Pixel Data element is
+/// copied between the elements before it and those after it, byte for byte and unread (the
+/// kernel copies file to file where it can): the output keeps the input's transfer syntax, so
+/// those bytes are what encoding the element would have produced.
+fn encode_output(
+    w: &mut BufWriter<File>,
+    object: DefaultDicomObject,
+    pixel_data: Option<(&File, Range<u64>)>,
+) -> std::io::Result<()> {
+    let encode_err = |e: &dyn std::fmt::Display| {
+        std::io::Error::other(format!("cannot encode the de-identified object: {e}"))
+    };
+    // Spliced only where the de-identified object still holds the placeholder: Pixel Data
+    // that the de-identifier removed or replaced is written as it left it.
+    let splice = pixel_data.filter(|_| {
+        object
+            .get(tags::PIXEL_DATA)
+            .is_some_and(crate::reader::is_placeholder)
+    });
+    let Some((input, range)) = splice else {
+        return object.write_all(w).map_err(|e| encode_err(&e));
+    };
+    let ts_uid = object.meta().transfer_syntax().to_string();
+    let ts = TransferSyntaxRegistry
+        .get(&ts_uid)
+        .ok_or_else(|| std::io::Error::other(format!("unknown transfer syntax {ts_uid}")))?;
+    w.write_all(&[0u8; 128])?;
+    w.write_all(b"DICM")?;
+    object.meta().write(&mut *w).map_err(|e| encode_err(&e))?;
+    let mut dataset = object.into_inner();
+    dataset.remove_element(tags::PIXEL_DATA);
+    let charset = dataset
+        .get(tags::SPECIFIC_CHARACTER_SET)
+        .and_then(|e| e.to_str().ok())
+        .and_then(|v| SpecificCharacterSet::from_code(v.split('\\').next().unwrap_or("").trim()))
+        .unwrap_or_default();
+    let has_after = dataset.iter().any(|e| e.tag() > tags::PIXEL_DATA);
+    let (before, after) = if has_after {
+        let (b, a): (Vec<_>, Vec<_>) = dataset.into_iter().partition(|e| e.tag() < tags::PIXEL_DATA);
+        (InMemDicomObject::from_element_iter(b), Some(InMemDicomObject::from_element_iter(a)))
+    } else {
+        (dataset, None)
+    };
+    before
+        .write_dataset_with_ts_cs(&mut *w, ts, charset.clone())
+        .map_err(|e| encode_err(&e))?;
+    let mut src = input;
+    src.seek(SeekFrom::Start(range.start))?;
+    let len = range.end - range.start;
+    let copied = std::io::copy(&mut src.take(len), w)?;
+    if copied != len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the input file shrank while it was being read",
+        ));
     }
+    if let Some(after) = after {
+        after
+            .write_dataset_with_ts_cs(&mut *w, ts, charset)
+            .map_err(|e| encode_err(&e))?;
+    }
+    Ok(())
 }
 
-/// Parses a DICOM file from memory: Part 10 with or without preamble, or, failing that, a bare
-/// Implicit VR Little Endian data set.
-pub fn read_object(bytes: &[u8]) -> Result<dicom_object::DefaultDicomObject, Rejection> {
-    match OpenFileOptions::new().from_reader(bytes) {
-        Ok(obj) => Ok(obj),
-        Err(e) => {
-            // Some writers pad files with zero bytes after the data set. Zeros carry nothing,
-            // so they may be dropped: the parser reads them as empty 8-byte elements of group
-            // 0000 (removed later) and only trips on the last, partial one.
-            let zeros = bytes.iter().rev().take_while(|&&b| b == 0).count();
-            if zeros >= 8 {
-                for cut in 1..8 {
-                    if let Ok(obj) = OpenFileOptions::new().from_reader(&bytes[..bytes.len() - cut])
-                    {
-                        tracing::debug!(zeros, "ignored trailing zero padding");
-                        return Ok(obj);
-                    }
-                }
-            }
-            let has_magic =
-                bytes.get(128..132) == Some(b"DICM") || bytes.get(0..4) == Some(b"DICM");
-            if !has_magic && let Some(obj) = read_bare_dataset(bytes) {
-                return Ok(obj);
-            }
-            if !has_magic {
-                Err(Rejection::Refused(
-                    "not a DICOM file (no DICM magic, and not a bare DICOM data set)".into(),
-                ))
-            } else {
-                Err(Rejection::Error(format!(
-                    "cannot parse DICOM: {}",
-                    one_line(&e)
-                )))
+/// Syncs what the batch wrote: the output file system once (Linux), else each output file,
+/// then each output folder, so that every file the report calls written survives a crash.
+fn sync_outputs(output: &Path, reports: &[FileReport]) -> std::io::Result<()> {
+    let written = reports.iter().filter_map(|r| r.output.as_deref());
+    #[cfg(target_os = "linux")]
+    {
+        let _ = written;
+        rustix::fs::syncfs(File::open(output)?)?;
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let mut folders = std::collections::BTreeSet::new();
+        for rel in written {
+            let path = output.join(rel);
+            File::open(&path)?.sync_all()?;
+            if let Some(parent) = path.parent() {
+                folders.insert(parent.to_path_buf());
             }
         }
+        for dir in folders {
+            medfed_durable::sync_dir(&dir)?;
+        }
     }
-}
-
-fn one_line(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text.replace('\n', " ")
+    Ok(())
 }
 
 /// Writes `bytes` to a temporary name beside `dest`, then moves it into place (medfed-durable).
@@ -333,8 +454,8 @@ pub fn write_atomically(
 
 /// [`write_atomically`] with the content produced by `fill`, streamed to the temporary file.
 /// DICOM outputs pass `durable = false`: the link already guarantees that no reader sees a
-/// partial file, a lost output after a crash is redone from its input, and a sync per object
-/// would cost more than the de-identification.
+/// partial file, and a sync per object would cost more than the de-identification; the batch
+/// syncs them all at once before its report (see the module's note).
 pub fn write_atomically_with(
     dest: &Path,
     replace: bool,

@@ -16,7 +16,6 @@ use dicom_dictionary_std::{StandardDataDictionary, tags, uids};
 use dicom_object::mem::InMemElement;
 use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::{FileDicomObject, InMemDicomObject};
-use dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN;
 
 use crate::dates::shift_date_prefix;
 use crate::pixels::{burned_in_reason, clean_pixel_data, matching_signature, no_signature_reason};
@@ -148,8 +147,8 @@ impl<'a> Deidentifier<'a> {
         let patient_key = patient_key(&dataset);
         let patient_pseudonym = self.pseudonymizer.patient_pseudonym(&patient_key);
         let original = OriginalIdentity {
-            patient_id: string_of(&dataset, tags::PATIENT_ID).unwrap_or_default(),
-            patient_name: string_of(&dataset, tags::PATIENT_NAME).unwrap_or_default(),
+            patient_id: identifier(&dataset, tags::PATIENT_ID).unwrap_or_default(),
+            patient_name: identifier(&dataset, tags::PATIENT_NAME).unwrap_or_default(),
         };
         let ctx = ObjectContext {
             date_shift_days: self.pseudonymizer.date_shift_days(&patient_key),
@@ -183,6 +182,14 @@ impl<'a> Deidentifier<'a> {
             object: cleaned.with_exact_meta(new_meta),
             patient: Some((patient_pseudonym, original)),
         })
+    }
+
+    /// Whether [`Self::deidentify`] looks at Pixel Data. When it does not, a batch leaves the
+    /// Pixel Data in the input file and copies its bytes unread (it would pass through byte
+    /// for byte anyway), so memory holds only the header. Keep this true for every path of
+    /// the pixel gate that reads pixels.
+    pub fn reads_pixel_data(&self) -> bool {
+        self.profile.has(DeidOption::CleanPixelData)
     }
 
     fn has(&self, option: DeidOption) -> bool {
@@ -550,44 +557,35 @@ fn pixel_words_as_bytes(ds: &mut InMemDicomObject) {
     ));
 }
 
-/// Reads a file that has no (or a broken) file meta group: a bare data set in Implicit VR
-/// Little Endian, as old systems write them. Succeeds only if it holds SOP Class and SOP
-/// Instance UIDs, from which a proper meta group is built.
-pub fn read_bare_dataset(bytes: &[u8]) -> Option<FileDicomObject<InMemDicomObject>> {
-    let ds =
-        InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased()).ok()?;
-    let class = string_of(&ds, tags::SOP_CLASS_UID)?;
-    let instance = string_of(&ds, tags::SOP_INSTANCE_UID)?;
-    if !is_uid(&class) || !is_uid(&instance) {
-        return None;
-    }
-    let meta = FileMetaTableBuilder::new()
-        .media_storage_sop_class_uid(class)
-        .media_storage_sop_instance_uid(instance)
-        .transfer_syntax(uids::IMPLICIT_VR_LITTLE_ENDIAN)
-        .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
-        .build()
-        .ok()?;
-    Some(ds.with_exact_meta(meta))
-}
-
-fn is_uid(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-}
-
 fn string_of(ds: &InMemDicomObject, tag: Tag) -> Option<String> {
     let v = ds.get(tag)?.to_str().ok()?;
     let v = v.trim_matches([' ', '\0']);
     (!v.is_empty()).then(|| v.to_string())
 }
 
+/// An identifying value in one canonical spelling, whatever its encoding: UN read by its
+/// dictionary VR (a writer that did not know the attribute sends its raw bytes, padding
+/// included), padding (spaces, NULs) stripped from both ends as PS3.5 6.2 makes it
+/// insignificant for LO, SH and PN, and for PN the empty trailing components
+/// (`DOE^JOHN^^^` is `DOE^JOHN`). So one patient gets one pseudonym and one date shift from
+/// every object, however each was written.
+fn identifier(ds: &InMemDicomObject, tag: Tag) -> Option<String> {
+    let elem = reinterpret_un(ds.get(tag)?.clone());
+    let text = elem.value().to_str().ok()?;
+    let mut v = text.trim_matches([' ', '\0']);
+    if elem.vr() == VR::PN {
+        v = v.trim_end_matches(['^', '=', ' ']);
+    }
+    (!v.is_empty()).then(|| v.to_string())
+}
+
 /// What identifies the patient for pseudonyms and the date shift: Patient ID, else the name,
 /// else the study (so unrelated anonymous objects do not share one pseudonym).
 fn patient_key(ds: &InMemDicomObject) -> String {
-    if let Some(id) = string_of(ds, tags::PATIENT_ID) {
+    if let Some(id) = identifier(ds, tags::PATIENT_ID) {
         return format!("id:{id}");
     }
-    if let Some(name) = string_of(ds, tags::PATIENT_NAME) {
+    if let Some(name) = identifier(ds, tags::PATIENT_NAME) {
         return format!("name:{name}");
     }
     format!(
@@ -732,7 +730,7 @@ fn strs_element(tag: Tag, vr: VR, values: Vec<String>) -> InMemElement {
 /// knows its VR: a text value is decoded as such, a sequence parsed as Implicit VR Little
 /// Endian (PS3.5 6.2.2), so the table's action can apply to what is really inside. What cannot
 /// be read stays UN, and unlisted UN elements are removed.
-fn reinterpret_un(elem: InMemElement) -> InMemElement {
+pub(crate) fn reinterpret_un(elem: InMemElement) -> InMemElement {
     if elem.vr() != VR::UN {
         return elem;
     }
@@ -744,24 +742,8 @@ fn reinterpret_un(elem: InMemElement) -> InMemElement {
         return elem;
     };
     match vr {
-        VR::SQ => {
-            // Re-read the value as the body of an implicit-VR element of that tag.
-            let mut buf = Vec::with_capacity(bytes.len() + 8);
-            buf.extend_from_slice(&tag.group().to_le_bytes());
-            buf.extend_from_slice(&tag.element().to_le_bytes());
-            buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-            buf.extend_from_slice(&bytes);
-            match InMemDicomObject::read_dataset_with_ts(
-                &buf[..],
-                &IMPLICIT_VR_LITTLE_ENDIAN.erased(),
-            ) {
-                Ok(ds) => match ds.get(tag) {
-                    Some(e) if e.vr() == VR::SQ => e.clone(),
-                    _ => elem,
-                },
-                Err(_) => elem,
-            }
-        }
+        // Parsed within its own bytes: a corrupt length inside allocates nothing.
+        VR::SQ => crate::reader::sequence_from_un(tag, &bytes).unwrap_or(elem),
         VR::AE
         | VR::AS
         | VR::CS
@@ -779,13 +761,50 @@ fn reinterpret_un(elem: InMemElement) -> InMemElement {
         | VR::UI
         | VR::UR
         | VR::UT => {
-            // Latin-1 maps every byte, so nothing is lost or invented.
-            let text: String = bytes.iter().map(|&b| b as char).collect();
+            // UTF-8 where the bytes are UTF-8 (ISO_IR 192, and all ASCII); else Latin-1,
+            // which maps every byte, so nothing is lost or invented.
+            let text: String = match std::str::from_utf8(&bytes) {
+                Ok(t) => t.to_string(),
+                Err(_) => bytes.iter().map(|&b| b as char).collect(),
+            };
             let values: Vec<String> = text
                 .split('\\')
                 .map(|v| v.trim_end_matches(['\0', ' ']).to_string())
                 .collect();
             strs_element(tag, vr, values)
+        }
+        // Binary values as Little Endian, the byte order of the Implicit VR encoding that UN
+        // stands in for (PS3.5 6.2.2); a length that is no multiple of the value size is no
+        // such value and stays UN. Frame Increment Pointer (AT) is the one that matters: an
+        // object without it is invalid.
+        VR::AT | VR::US | VR::SS | VR::UL | VR::SL | VR::FL | VR::FD | VR::UV | VR::SV => {
+            let size = match vr {
+                VR::US | VR::SS => 2,
+                VR::FD | VR::UV | VR::SV => 8,
+                _ => 4,
+            };
+            if bytes.is_empty() || bytes.len() % size != 0 {
+                return elem;
+            }
+            let words = bytes.chunks_exact(size);
+            let u16s = |c: &[u8]| u16::from_le_bytes([c[0], c[1]]);
+            let arr = |c: &[u8]| -> [u8; 8] {
+                let mut a = [0u8; 8];
+                a[..c.len()].copy_from_slice(c);
+                a
+            };
+            let value = match vr {
+                VR::AT => PrimitiveValue::Tags(words.map(|c| Tag(u16s(c), u16s(&c[2..]))).collect()),
+                VR::US => PrimitiveValue::U16(words.map(u16s).collect()),
+                VR::SS => PrimitiveValue::I16(words.map(|c| i16::from_le_bytes([c[0], c[1]])).collect()),
+                VR::UL => PrimitiveValue::U32(words.map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+                VR::SL => PrimitiveValue::I32(words.map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+                VR::FL => PrimitiveValue::F32(words.map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+                VR::FD => PrimitiveValue::F64(words.map(|c| f64::from_le_bytes(arr(c))).collect()),
+                VR::UV => PrimitiveValue::U64(words.map(|c| u64::from_le_bytes(arr(c))).collect()),
+                _ => PrimitiveValue::I64(words.map(|c| i64::from_le_bytes(arr(c))).collect()),
+            };
+            DataElement::new(tag, vr, value)
         }
         _ => elem,
     }

@@ -9,6 +9,7 @@
 //! - [`pixels`]: the burned-in annotation gate and clean-pixel-data.
 //! - [`reid`]: the encrypted re-identification table that never leaves the site.
 //! - [`batch`]: folders in, folders and a JSON report out, in parallel.
+//! - `reader`: input parsed with every declared length checked against the bytes that remain.
 
 pub mod batch;
 mod dates;
@@ -17,11 +18,13 @@ mod error;
 pub mod pixels;
 pub mod profile;
 pub mod pseudonym;
+mod reader;
 pub mod reid;
 pub mod table;
 pub mod verify;
 
-pub use batch::{BatchReport, BatchRun, FileReport, Outcome, read_object};
+pub use batch::{BatchReport, BatchRun, FileReport, Outcome};
+pub use reader::{read_bare_dataset, read_object};
 pub use engine::{Deidentified, Deidentifier, Rejection};
 pub use error::DeidError;
 pub use profile::{DeidOption, DeidProfile, SafePrivateAttribute};

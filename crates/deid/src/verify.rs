@@ -10,7 +10,7 @@ use dicom_core::value::Value;
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 
-use crate::batch::read_object;
+use crate::reader::read_object;
 use crate::error::DeidError;
 
 /// What [`verify_output`] found.

@@ -15,6 +15,28 @@ pub fn dicom_samples() -> Option<PathBuf> {
     medfed_testkit::shared("datasets/dicom_samples")
 }
 
+/// The real files that PyPI's pydicom and pydicom-data ship (many vendors, every transfer
+/// syntax, deliberately odd files among them), read in place from the test venv: the two
+/// folders, each reported as a skip (a failure under CI) when missing.
+pub fn pydicom_corpus() -> Vec<PathBuf> {
+    ["pydicom/data/test_files", "data_store/data"]
+        .into_iter()
+        .filter_map(medfed_testkit::pyenv_package_dir)
+        .collect()
+}
+
+/// Every file under `dir`, sorted.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = walkdir::WalkDir::new(dir)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.into_path())
+        .collect();
+    files.sort();
+    files
+}
+
 pub fn key() -> SiteKey {
     SiteKey::from_bytes(*b"medfed test site key, 32 bytes!!")
 }
