@@ -18,7 +18,7 @@ use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 
 use crate::dates::shift_date_prefix;
-use crate::pixels::{burned_in_reason, clean_pixel_data, matching_signature, no_signature_reason};
+use crate::pixels::{burned_in_reason, clean_burned_in_text, matching_signature};
 use crate::profile::{BASIC_PROFILE_CODE, DeidOption, DeidProfile};
 use crate::pseudonym::Pseudonymizer;
 use crate::reid::OriginalIdentity;
@@ -121,28 +121,36 @@ impl<'a> Deidentifier<'a> {
                 "DICOMDIR (media directory): it indexes the original files by their identifiers; build a new one for the output set".into(),
             ));
         }
-        let ts = meta.transfer_syntax().trim_end_matches('\0').to_string();
-        let mut dataset = file.into_inner();
+        let mut ts = meta.transfer_syntax().trim_end_matches('\0').to_string();
+        let mut file = file;
 
-        // A matching signature is the site's statement that this device burns text in, so it
-        // is applied whether or not the object admits to burned-in text.
-        let signature = if self.profile.has(DeidOption::CleanPixelData) {
-            matching_signature(&dataset, &self.profile.pixel_signatures).cloned()
+        // The pixel gate. A matching signature is the site's statement that this device burns
+        // text in, so with clean-pixel-data it is applied (with OCR) whether or not the object
+        // admits to burned-in text; objects that may carry text are searched by OCR.
+        let cleaning = self.profile.has(DeidOption::CleanPixelData);
+        let signature = if cleaning {
+            matching_signature(&file, &self.profile.pixel_signatures).cloned()
         } else {
             None
         };
-        match (burned_in_reason(&dataset), signature) {
-            (_, Some(sig)) => clean_pixel_data(&mut dataset, &sig).map_err(Rejection::Refused)?,
-            (Some(_), None) if self.profile.has(DeidOption::CleanPixelData) => {
-                return Err(Rejection::Refused(no_signature_reason(&dataset)));
-            }
-            (Some(reason), None) => {
+        let mut pixel_method = Vec::new();
+        match (burned_in_reason(&file), signature) {
+            (None, None) => {}
+            (Some(reason), _) if !cleaning => {
                 return Err(Rejection::Refused(format!(
                     "{reason}; refusing without the clean-pixel-data option"
                 )));
             }
-            (None, None) => {}
+            (_, sig) => {
+                let done =
+                    clean_burned_in_text(&mut file, sig.as_ref()).map_err(Rejection::Refused)?;
+                if let Some(new_ts) = done.transfer_syntax {
+                    ts = new_ts;
+                }
+                pixel_method = done.description;
+            }
         }
+        let dataset = file.into_inner();
 
         let patient_key = patient_key(&dataset);
         let patient_pseudonym = self.pseudonymizer.patient_pseudonym(&patient_key);
@@ -158,6 +166,9 @@ impl<'a> Deidentifier<'a> {
 
         let mut cleaned = self.clean_dataset(dataset, &ctx, 0)?;
         self.put_markers(&mut cleaned);
+        if !pixel_method.is_empty() {
+            append_method(&mut cleaned, pixel_method);
+        }
         if ts != EXPLICIT_VR_BIG_ENDIAN {
             pixel_words_as_bytes(&mut cleaned);
         }
@@ -534,6 +545,17 @@ impl<'a> Deidentifier<'a> {
             PrimitiveValue::from(temporal),
         ));
     }
+}
+
+/// Adds what clean-pixel-data did to Deidentification Method (0012,0063).
+fn append_method(ds: &mut InMemDicomObject, more: Vec<String>) {
+    let mut values: Vec<String> = ds
+        .get(tags::DEIDENTIFICATION_METHOD)
+        .and_then(|e| e.value().to_multi_str().ok())
+        .map(|v| v.to_vec())
+        .unwrap_or_default();
+    values.extend(more);
+    ds.put(strs_element(tags::DEIDENTIFICATION_METHOD, VR::LO, values));
 }
 
 /// Holds native OW pixel data as little-endian bytes: the same bytes on the wire, but the

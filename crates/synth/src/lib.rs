@@ -6,6 +6,8 @@
 //! Every identifying value planted is returned, encoded as it appears in the file, so a test
 //! can scan output bytes for it.
 
+pub mod burned_in;
+
 use std::path::{Path, PathBuf};
 
 use dicom_core::value::{DataSetSequence, PrimitiveValue};
