@@ -300,10 +300,8 @@ impl<'a> Deidentifier<'a> {
             Some(row) => row.code_for(self.profile.options()),
             None => return self.clean_unlisted(elem, ctx, depth),
         };
-        // X/Z on a sequence: an empty sequence is invalid wherever it is Type 3 (VM 1-n), and
-        // Type 2 sequences are rare, so the sequence goes.
-        if code == ActionCode::XZ && elem.vr() == VR::SQ {
-            return Ok(None);
+        if let Some(kept_empty) = type2_instead_of_removal(code, &elem) {
+            return Ok(kept_empty);
         }
         let action = code.resolve();
         match action {
@@ -722,6 +720,44 @@ fn private_creators(ds: &InMemDicomObject) -> HashMap<(u16, u8), String> {
             Some(((e.tag().group(), e.tag().element() as u8), name))
         })
         .collect()
+}
+
+/// Sequences that the table removes or empties (X/Z) and that PS3.3 makes Type 2 in every
+/// module that has them, so they are emptied (zero items), never removed.
+const TYPE2_SEQUENCES: [Tag; 1] = [tags::ACQUISITION_CONTEXT_SEQUENCE];
+
+/// Attributes that the table removes (X) although some module of PS3.3 makes them Type 2 or
+/// 2C (Responsible Person and Organization: 2C, required for an animal patient), and none
+/// makes them Type 1 or 1C (an empty Type 1C value is an error, so Requested Procedure ID,
+/// 1C in the Request Attributes Macro, is not here): emptied instead, so that no IOD loses
+/// an attribute it requires.
+const TYPE2_REMOVED: [Tag; 4] = [
+    tags::STUDY_DESCRIPTION,
+    tags::RESPONSIBLE_PERSON,
+    tags::RESPONSIBLE_ORGANIZATION,
+    tags::SOURCE_MANUFACTURER,
+];
+
+/// Where removal would cost IOD conformance, the attribute stays with a zero-length value:
+/// `Some(Some(empty))`, or `Some(None)` for a sequence that must go; `None` when the table's
+/// action applies as it is.
+///
+/// The rule (PS3.15 E.1-1: X/Z is "X unless Z is required to maintain IOD conformance"),
+/// without evaluating the object's IOD: a zero-length value is valid wherever an attribute
+/// is Type 2 or 3 and carries nothing, so X/Z empties values (the general path) and so does
+/// X on the attributes some module makes Type 2 or 2C ([`TYPE2_REMOVED`], from the module
+/// tables of dicom3tools). A sequence with zero items, though, is invalid where it is Type 3
+/// (dciodvfy: "Bad Sequence number of Items 0"), so an X/Z sequence is emptied only where PS3.3
+/// makes it Type 2 everywhere ([`TYPE2_SEQUENCES`]) and removed otherwise.
+fn type2_instead_of_removal(code: ActionCode, elem: &InMemElement) -> Option<Option<InMemElement>> {
+    let tag = elem.tag();
+    match (code, elem.vr()) {
+        (ActionCode::XZ, VR::SQ) => Some(TYPE2_SEQUENCES.contains(&tag).then(|| empty_like(elem))),
+        (ActionCode::X, vr) if vr != VR::SQ && TYPE2_REMOVED.contains(&tag) => {
+            Some(Some(empty_like(elem)))
+        }
+        _ => None,
+    }
 }
 
 fn empty_like(elem: &InMemElement) -> InMemElement {

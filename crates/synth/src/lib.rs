@@ -7,6 +7,7 @@
 //! can scan output bytes for it.
 
 pub mod burned_in;
+pub mod chest;
 
 use std::path::{Path, PathBuf};
 

@@ -9,6 +9,7 @@ use dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN;
 use medfed_deid::Outcome;
 
 use crate::support::*;
+use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 
 /// Retired, yet still met in archives.
 const EXPLICIT_VR_BIG_ENDIAN: &str = "1.2.840.10008.1.2.2";
@@ -230,4 +231,300 @@ fn output_inside_input_is_refused_up_front() {
         err,
         medfed_deid::DeidError::OutputInsideInput { .. }
     ));
+}
+
+/// An element of `tag` whose VR is UN and whose value is `bytes`, as a writer that did not know
+/// the attribute sends it.
+fn un(tag: Tag, bytes: &[u8]) -> DataElement<InMemDicomObject> {
+    DataElement::new(tag, VR::UN, PrimitiveValue::U8(bytes.to_vec().into()))
+}
+
+#[test]
+fn one_patient_gets_one_pseudonym_however_the_id_or_name_is_encoded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    // The same patient: Patient ID as LO, as UN padded with a space, as UN padded with a NUL
+    // (RLE RT dose objects carry it so), and with padding on both sides.
+    let ids: [(&str, Option<&[u8]>); 4] = [
+        ("lo", None),
+        ("un-space", Some(b"PIDX-90817263 ")),
+        ("un-nul", Some(b"PIDX-90817263\0")),
+        ("lo-padded", None),
+    ];
+    for (i, (name, raw)) in ids.iter().enumerate() {
+        let mut ds = small_image(NAME, PID, &format!("1.2.826.0.1.3680043.99.3{i}"));
+        match (name, raw) {
+            (_, Some(bytes)) => ds.put(un(tags::PATIENT_ID, bytes)),
+            (&"lo-padded", None) => ds.put(el(tags::PATIENT_ID, VR::LO, format!(" {PID} "))),
+            _ => None,
+        };
+        write(
+            &with_meta(ds, uids::EXPLICIT_VR_LITTLE_ENDIAN),
+            &input.join(format!("id/{name}.dcm")),
+        );
+    }
+    // Without an ID the name is the key: its empty trailing components are not part of it.
+    for (i, name) in ["Zebulonowski^Philippa", "Zebulonowski^Philippa^^^"]
+        .iter()
+        .enumerate()
+    {
+        let mut ds = small_image(name, "", &format!("1.2.826.0.1.3680043.99.4{i}"));
+        ds.remove_element(tags::PATIENT_ID);
+        write(
+            &with_meta(ds, uids::EXPLICIT_VR_LITTLE_ENDIAN),
+            &input.join(format!("name/{i}.dcm")),
+        );
+    }
+    let out = tmp.path().join("out");
+    let report = run_batch(
+        &input,
+        &out,
+        &tmp.path().join("key"),
+        &[medfed_deid::DeidOption::RetainLongModifiedDates],
+    );
+    assert!(report.all_ok(), "{:#?}", report.files);
+    for group in ["id", "name"] {
+        let outputs: Vec<_> = files_under(&out.join(group)).iter().map(|p| open(p)).collect();
+        let pseudonyms: std::collections::BTreeSet<_> = outputs
+            .iter()
+            .map(|o| text(o, tags::PATIENT_NAME).unwrap())
+            .collect();
+        let shifted: std::collections::BTreeSet<_> = outputs
+            .iter()
+            .map(|o| text(o, tags::STUDY_DATE).unwrap())
+            .collect();
+        assert_eq!(pseudonyms.len(), 1, "{group}: {pseudonyms:?}");
+        assert_eq!(shifted.len(), 1, "{group}: one date shift: {shifted:?}");
+    }
+    // The re-identification table holds the identifier as the patient has it, unpadded.
+    let site_key = key();
+    let table = medfed_deid::ReidTable::new(
+        medfed_deid::reid_table_path(&tmp.path().join("key/site.key")),
+        &site_key,
+    );
+    let ids: std::collections::BTreeSet<String> = table
+        .read_all()
+        .unwrap()
+        .into_values()
+        .map(|who| who.patient_id)
+        .collect();
+    assert!(ids.contains(PID) && ids.len() == 2, "{ids:?}");
+}
+
+#[test]
+fn links_special_files_and_unreadable_folders_each_get_a_line_and_the_batch_goes_on() {
+    use rustix::fs::{FileType, Mode, OFlags};
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    let good = with_meta(
+        small_image(NAME, PID, "1.2.826.0.1.3680043.99.50"),
+        uids::EXPLICIT_VR_LITTLE_ENDIAN,
+    );
+    write(&good, &input.join("a/good.dcm"));
+    write(&good, &tmp.path().join("outside.dcm"));
+    std::os::unix::fs::symlink("a/good.dcm", input.join("link-inside.dcm")).unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("outside.dcm"), input.join("link-outside.dcm"))
+        .unwrap();
+    std::os::unix::fs::symlink("a", input.join("link-folder")).unwrap();
+    std::os::unix::fs::symlink("nowhere", input.join("link-dangling")).unwrap();
+    let dir = rustix::fs::open(&input, OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty()).unwrap();
+    // Opening a FIFO would block the batch for ever.
+    rustix::fs::mknodat(&dir, "pipe", FileType::Fifo, Mode::from_raw_mode(0o644), 0).unwrap();
+    // A folder that cannot be read, even by root: its path is longer than PATH_MAX, so it is
+    // made one level at a time, relative to the one above.
+    let mut fd = dir;
+    let level = "d".repeat(250);
+    for _ in 0..17 {
+        rustix::fs::mkdirat(&fd, level.as_str(), Mode::from_raw_mode(0o755)).unwrap();
+        fd = rustix::fs::openat(&fd, level.as_str(), OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty())
+            .unwrap();
+    }
+    // Siblings after it in the walk are still processed.
+    write(&good, &input.join("z/after.dcm"));
+
+    let out = tmp.path().join("out");
+    let report = run_batch(&input, &out, &tmp.path().join("key"), &[]);
+    let by_outcome = |o| report.files.iter().filter(|f| f.outcome == o).count();
+    assert_eq!(by_outcome(Outcome::Ok), 2, "{:#?}", report.files);
+    assert_eq!(report.files_skipped, 5, "{:#?}", report.files);
+    for link in ["link-inside.dcm", "link-outside.dcm", "link-folder", "link-dangling"] {
+        let f = outcome_of(&report, link);
+        assert_eq!(f.outcome, Outcome::Skipped, "{link}");
+        assert!(f.reason.as_deref().unwrap().contains("symbolic link, not followed"));
+        assert!(!out.join(link).exists(), "{link}: nothing written");
+    }
+    assert!(outcome_of(&report, "pipe").reason.as_deref().unwrap().contains("not a regular file"));
+    let unreadable: Vec<_> = report
+        .files
+        .iter()
+        .filter(|f| f.outcome == Outcome::Error)
+        .collect();
+    assert_eq!(unreadable.len(), 1, "{:#?}", report.files);
+    assert!(unreadable[0].input.starts_with(&level));
+    assert!(unreadable[0].reason.as_deref().unwrap().contains("cannot read this folder"));
+    assert_eq!(report.files_total, report.files.len());
+    assert!(!report.all_ok());
+}
+
+#[test]
+fn bare_explicit_vr_data_sets_are_read_like_implicit_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    for (i, (name, ts)) in [
+        ("implicit", uids::IMPLICIT_VR_LITTLE_ENDIAN),
+        ("explicit-le", uids::EXPLICIT_VR_LITTLE_ENDIAN),
+        ("explicit-be", EXPLICIT_VR_BIG_ENDIAN),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let ts_entry = dicom_transfer_syntax_registry::TransferSyntaxRegistry
+            .get(ts)
+            .unwrap();
+        let mut bare = Vec::new();
+        small_image(NAME, PID, &format!("1.2.826.0.1.3680043.99.6{i}"))
+            .write_dataset_with_ts(&mut bare, ts_entry)
+            .unwrap();
+        std::fs::write(input.join(format!("{name}.dcm")), &bare).unwrap();
+    }
+    let out = tmp.path().join("out");
+    let report = run_batch(&input, &out, &tmp.path().join("key"), &[]);
+    assert!(report.all_ok(), "{:#?}", report.files);
+    for (name, ts) in [
+        ("implicit", uids::IMPLICIT_VR_LITTLE_ENDIAN),
+        ("explicit-le", uids::EXPLICIT_VR_LITTLE_ENDIAN),
+        ("explicit-be", EXPLICIT_VR_BIG_ENDIAN),
+    ] {
+        let obj = open(&out.join(format!("{name}.dcm")));
+        assert_eq!(obj.meta().transfer_syntax().trim_end_matches('\0'), ts, "{name}");
+        // Pixel data came through in the right byte order.
+        let px = obj.get(tags::PIXEL_DATA).unwrap().to_multi_int::<u16>().unwrap();
+        assert_eq!(px, (0..16u16).map(|v| v * 100).collect::<Vec<_>>(), "{name}");
+    }
+    assert!(files_containing(&out, PID.as_bytes()).is_empty());
+}
+
+/// Deterministic mutations of `bytes`: cuts, flipped bits, and lengths set to huge values (the
+/// four bytes after a VR are a length in Explicit VR).
+fn mutations(bytes: &[u8], n: usize, seed: u64) -> Vec<Vec<u8>> {
+    let mut state = seed | 1;
+    let mut next = move || {
+        // xorshift64*: reproducible without a dependency.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    (0..n)
+        .map(|i| {
+            let mut m = bytes.to_vec();
+            match i % 3 {
+                0 => m.truncate(132 + (next() as usize) % (bytes.len() - 132)),
+                1 => {
+                    for _ in 0..1 + next() % 8 {
+                        let at = 132 + (next() as usize) % (bytes.len() - 132);
+                        m[at] ^= 1 << (next() % 8);
+                    }
+                }
+                _ => {
+                    let at = 132 + (next() as usize) % (bytes.len() - 136);
+                    m[at..at + 4].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+                }
+            }
+            m
+        })
+        .collect()
+}
+
+#[test]
+fn mutated_copies_are_each_reported_and_no_declared_length_is_trusted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    // A base with a sequence, a UN sequence and native pixel data; mutated 60 ways.
+    let mut ds = small_image(NAME, PID, "1.2.826.0.1.3680043.99.70");
+    ds.put(seq(
+        tags::REFERENCED_SERIES_SEQUENCE,
+        vec![InMemDicomObject::from_element_iter([el(
+            tags::SERIES_INSTANCE_UID,
+            VR::UI,
+            "1.2.826.0.1.3680043.99.71",
+        )])],
+    ));
+    let mut item = Vec::new();
+    InMemDicomObject::from_element_iter([el(tags::PATIENT_NAME, VR::PN, NAME)])
+        .write_dataset_with_ts(&mut item, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
+        .unwrap();
+    let mut value = vec![0xFE, 0xFF, 0x00, 0xE0];
+    value.extend_from_slice(&(item.len() as u32).to_le_bytes());
+    value.extend_from_slice(&item);
+    ds.put(un(tags::REQUEST_ATTRIBUTES_SEQUENCE, &value));
+    write(&with_meta(ds, uids::EXPLICIT_VR_LITTLE_ENDIAN), &input.join("base.dcm"));
+    let base = std::fs::read(input.join("base.dcm")).unwrap();
+    for (i, m) in mutations(&base, 60, 7).into_iter().enumerate() {
+        std::fs::write(input.join(format!("m{i:03}.dcm")), m).unwrap();
+    }
+    // And one whose Pixel Data declares 4 GiB.
+    let mut huge = base.clone();
+    let pos = memchr::memmem::find(&huge, b"\xE0\x7F\x10\x00OW").unwrap();
+    huge[pos + 8..pos + 12].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+    std::fs::write(input.join("huge-pixel-length.dcm"), huge).unwrap();
+
+    let out = tmp.path().join("out");
+    let report = run_batch(&input, &out, &tmp.path().join("key"), &[]);
+    assert_eq!(report.files_total, 62);
+    for f in &report.files {
+        match f.outcome {
+            // Whatever passes is a whole, readable, de-identified object.
+            Outcome::Ok => {
+                let obj = open(&out.join(&f.input));
+                assert!(obj.get(tags::PATIENT_IDENTITY_REMOVED).is_some(), "{}", f.input);
+            }
+            _ => assert!(f.reason.as_deref().is_some_and(|r| !r.is_empty()), "{}", f.input),
+        }
+    }
+    let huge = outcome_of(&report, "huge-pixel-length.dcm");
+    assert_eq!(huge.outcome, Outcome::Error);
+    assert!(
+        huge.reason.as_deref().unwrap().contains("declares 4294967280 bytes"),
+        "{:?}",
+        huge.reason
+    );
+    assert!(files_containing(&out, b"Zebulonowski").is_empty());
+}
+
+#[test]
+fn type2_attributes_are_emptied_and_un_frame_increment_pointer_is_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut ds = small_image(NAME, PID, "1.2.826.0.1.3680043.99.80");
+    ds.put(seq(
+        tags::ACQUISITION_CONTEXT_SEQUENCE,
+        vec![InMemDicomObject::from_element_iter([el(
+            tags::CODE_MEANING,
+            VR::LO,
+            "context",
+        )])],
+    ));
+    ds.put(el(tags::RESPONSIBLE_PERSON, VR::PN, "Owner^Ottilie"));
+    ds.put(el(tags::RESPONSIBLE_ORGANIZATION, VR::LO, "Farm Quintessa"));
+    // (0018,1063) Frame Time, as a writer that did not know the AT attribute sent it.
+    ds.put(un(tags::FRAME_INCREMENT_POINTER, &[0x18, 0x00, 0x63, 0x10]));
+    write(
+        &with_meta(ds, uids::EXPLICIT_VR_LITTLE_ENDIAN),
+        &tmp.path().join("in/x.dcm"),
+    );
+    let report = run_batch(&tmp.path().join("in"), &tmp.path().join("out"), &tmp.path().join("key"), &[]);
+    assert!(report.all_ok(), "{:#?}", report.files);
+    let out = open(&tmp.path().join("out/x.dcm"));
+    let acq = out.get(tags::ACQUISITION_CONTEXT_SEQUENCE).expect("Type 2: kept");
+    assert_eq!(acq.items().map(|i| i.len()), Some(0));
+    for tag in [tags::RESPONSIBLE_PERSON, tags::RESPONSIBLE_ORGANIZATION] {
+        let e = out.get(tag).expect("Type 2C: kept");
+        assert!(e.to_str().unwrap().trim().is_empty(), "{tag}: emptied");
+    }
+    let fip = out.get(tags::FRAME_INCREMENT_POINTER).expect("kept");
+    assert_eq!(fip.vr(), VR::AT);
+    assert_eq!(fip.value().to_tag().unwrap(), Tag(0x0018, 0x1063));
+    assert!(files_containing(&tmp.path().join("out"), b"Ottilie").is_empty());
 }
