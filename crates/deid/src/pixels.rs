@@ -257,7 +257,8 @@ impl Frames {
                         .unwrap_or(0),
                     Colour::YbrFull => self.read(self.at(f, y, x, 0)) as i64,
                     Colour::YbrFull422 => {
-                        let pair = f * self.frame_len() + (y * self.cols + x / 2 * 2) * 2 * self.bytes;
+                        let pair =
+                            f * self.frame_len() + (y * self.cols + x / 2 * 2) * 2 * self.bytes;
                         self.read(pair + (x % 2) * self.bytes) as i64
                     }
                 };
@@ -287,7 +288,10 @@ impl Frames {
             let (fx, fy) = fill_from;
             let src = f * self.frame_len() + (fy * self.cols + fx / 2 * 2) * 2 * self.bytes;
             let y_fill = self.read(src + (fx % 2) * self.bytes);
-            let (cb, cr) = (self.read(src + 2 * self.bytes), self.read(src + 3 * self.bytes));
+            let (cb, cr) = (
+                self.read(src + 2 * self.bytes),
+                self.read(src + 3 * self.bytes),
+            );
             for y in y0..y1 {
                 for px in (x0 / 2 * 2..x1).step_by(2) {
                     let pair = f * self.frame_len() + (y * self.cols + px) * 2 * self.bytes;
@@ -452,12 +456,13 @@ fn palette_luminance(obj: &InMemDicomObject) -> Option<Vec<u8>> {
     let shift = if bits > 8 { bits - 8 } else { 0 };
     let n = r.len().min(g.len()).min(b.len());
     // Index values below the first mapped one use the first entry (PS3.3 C.7.6.3.1.5).
-    let mut out = vec![0u8; first + n];
-    for i in 0..first + n {
-        let k = i.saturating_sub(first).min(n.saturating_sub(1));
-        let v = r.get(k).max(g.get(k)).max(b.get(k)).copied().unwrap_or(0);
-        out[i] = (v >> shift).min(255) as u8;
-    }
+    let out = (0..first + n)
+        .map(|i| {
+            let k = i.saturating_sub(first).min(n.saturating_sub(1));
+            let v = r.get(k).max(g.get(k)).max(b.get(k)).copied().unwrap_or(0);
+            (v >> shift).min(255) as u8
+        })
+        .collect();
     Some(out)
 }
 
@@ -467,7 +472,11 @@ pub fn clean_burned_in_text(
     file: &mut FileDicomObject<InMemDicomObject>,
     signature: Option<&PixelSignature>,
 ) -> Result<PixelCleaning, String> {
-    let ts = file.meta().transfer_syntax().trim_end_matches('\0').to_string();
+    let ts = file
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches('\0')
+        .to_string();
     let obj: &InMemDicomObject = file;
     let need = |tag, what: &str| {
         uint(obj, tag).ok_or_else(|| format!("clean-pixel-data: {what} missing or not a number"))
@@ -519,8 +528,14 @@ pub fn clean_burned_in_text(
                     return Err("clean-pixel-data: pixel data is not a value".into());
                 };
                 planar = false;
-                decode_rle(seq.fragments(), rows * cols, spp, bits as usize / 8, count)
-                    .map_err(|e| format!("clean-pixel-data: cannot decode pixel data in {}: {e}", ts_name(&ts)))?
+                decode_rle(seq.fragments(), rows * cols, spp, bits as usize / 8, count).map_err(
+                    |e| {
+                        format!(
+                            "clean-pixel-data: cannot decode pixel data in {}: {e}",
+                            ts_name(&ts)
+                        )
+                    },
+                )?
             }
             Err(e) => {
                 return Err(format!(
@@ -571,13 +586,9 @@ pub fn clean_burned_in_text(
         ));
     }
     let brightness: Vec<Vec<i64>> = (0..count).map(|f| frames.brightness(f)).collect();
-    let fills: Vec<(usize, usize)> = (0..count)
-        .map(|f| frames.darkest(&brightness[f]))
-        .collect();
+    let fills: Vec<(usize, usize)> = (0..count).map(|f| frames.darkest(&brightness[f])).collect();
 
-    let mut regions: Vec<Rect> = signature
-        .map(|s| s.rectangles.clone())
-        .unwrap_or_default();
+    let mut regions: Vec<Rect> = signature.map(|s| s.rectangles.clone()).unwrap_or_default();
     let sampled = sampled_frames(count);
     let mut ocr_inputs: Vec<Vec<i64>> = sampled.iter().map(|&f| brightness[f].clone()).collect();
     if count > 1 {
@@ -615,9 +626,9 @@ pub fn clean_burned_in_text(
         }
         regions.extend(new.into_iter().map(|f| f.rect));
     }
-    for f in 0..count {
+    for (f, &fill) in fills.iter().enumerate() {
         for r in &regions {
-            frames.blank(f, r, fills[f]);
+            frames.blank(f, r, fill);
         }
     }
 
@@ -672,7 +683,9 @@ pub fn clean_burned_in_text(
             ));
         }
         // Decompressing does not undo a lossy compression (PS3.3 C.7.6.1.1.5).
-        if LOSSY_SYNTAXES.contains(&ts.as_str()) && file.get(tags::LOSSY_IMAGE_COMPRESSION).is_none() {
+        if LOSSY_SYNTAXES.contains(&ts.as_str())
+            && file.get(tags::LOSSY_IMAGE_COMPRESSION).is_none()
+        {
             file.put(DataElement::new(
                 tags::LOSSY_IMAGE_COMPRESSION,
                 VR::CS,
@@ -685,7 +698,11 @@ pub fn clean_burned_in_text(
         VR::CS,
         PrimitiveValue::from("NO"),
     ));
-    tracing::debug!(frames = count, regions = regions.len(), "pixel data cleaned");
+    tracing::debug!(
+        frames = count,
+        regions = regions.len(),
+        "pixel data cleaned"
+    );
     Ok(PixelCleaning {
         description,
         transfer_syntax,
@@ -695,8 +712,10 @@ pub fn clean_burned_in_text(
 
 /// Whether `outer` holds most (3/4) of `inner`.
 fn covers(outer: &Rect, inner: &Rect) -> bool {
-    let ix = (outer.x + outer.width).min(inner.x + inner.width) as i64 - outer.x.max(inner.x) as i64;
-    let iy = (outer.y + outer.height).min(inner.y + inner.height) as i64 - outer.y.max(inner.y) as i64;
+    let ix =
+        (outer.x + outer.width).min(inner.x + inner.width) as i64 - outer.x.max(inner.x) as i64;
+    let iy =
+        (outer.y + outer.height).min(inner.y + inner.height) as i64 - outer.y.max(inner.y) as i64;
     ix > 0 && iy > 0 && 4 * ix * iy >= 3 * inner.width as i64 * inner.height as i64
 }
 
@@ -725,11 +744,17 @@ fn decode_rle(
         };
         let segments = word(0)?;
         if segments != spp * bytes || segments > 15 {
-            return Err(format!("{segments} RLE segments for {spp} samples of {bytes} bytes"));
+            return Err(format!(
+                "{segments} RLE segments for {spp} samples of {bytes} bytes"
+            ));
         }
         for seg in 0..segments {
             let start = word(1 + seg)?;
-            let end = if seg + 1 < segments { word(2 + seg)? } else { frag.len() };
+            let end = if seg + 1 < segments {
+                word(2 + seg)?
+            } else {
+                frag.len()
+            };
             let src = frag
                 .get(start..end.min(frag.len()))
                 .ok_or_else(|| "RLE segment offset outside the fragment".to_string())?;

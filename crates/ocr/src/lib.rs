@@ -125,7 +125,8 @@ impl Ocr {
             tessdata: tessdata.to_path_buf(),
             language: LANGUAGE.into(),
         };
-        let dir = CString::new(tessdata.as_os_str().as_encoded_bytes()).map_err(|_| init_error())?;
+        let dir =
+            CString::new(tessdata.as_os_str().as_encoded_bytes()).map_err(|_| init_error())?;
         let lang = CString::new(LANGUAGE).expect("a constant without NUL");
         let mut api = TessBaseApi::create();
         // LSTM only: Debian's eng model has both engines, and the legacy one adds time and
@@ -134,10 +135,9 @@ impl Ocr {
             .map_err(|_| init_error())?;
         // Sparse text: overlays are scattered labels, not a page of paragraphs.
         api.set_page_seg_mode(TessPageSegMode_PSM_SPARSE_TEXT);
-        for (name, value) in [(c"debug_file", c"/dev/null")] {
-            // A variable this Tesseract does not know only loses a debug setting.
-            let _ = api.set_variable(name, value);
-        }
+        // Tesseract's diagnostics go to a file, not our stderr; failing to set it only
+        // loses that.
+        let _ = api.set_variable(c"debug_file", c"/dev/null");
         Ok(Self { api })
     }
 

@@ -85,7 +85,8 @@ fn run_path(
     let input = file.parent().unwrap();
     let report = run_batch_with(input, &tmp.join("out"), &tmp.join("key"), profile);
     let f = report.files[0].clone();
-    let out = (f.outcome == Outcome::Ok).then(|| open(&tmp.join("out").join(file.file_name().unwrap())));
+    let out =
+        (f.outcome == Outcome::Ok).then(|| open(&tmp.join("out").join(file.file_name().unwrap())));
     (f, out)
 }
 
@@ -94,7 +95,13 @@ fn run_one(
     profile: &DeidProfile,
 ) -> (medfed_deid::FileReport, Option<Vec<u8>>) {
     let (f, out) = run_file(&with_meta(ds, uids::EXPLICIT_VR_LITTLE_ENDIAN), profile);
-    let pixels = out.map(|o| o.get(tags::PIXEL_DATA).unwrap().to_bytes().unwrap().to_vec());
+    let pixels = out.map(|o| {
+        o.get(tags::PIXEL_DATA)
+            .unwrap()
+            .to_bytes()
+            .unwrap()
+            .to_vec()
+    });
     (f, pixels)
 }
 
@@ -166,7 +173,11 @@ fn frame_grey(obj: &InMemDicomObject, f: usize) -> (Vec<u8>, u32, u32) {
     let spp = obj
         .get(tags::SAMPLES_PER_PIXEL)
         .map_or(1, |e| e.to_int::<usize>().unwrap());
-    let bits = obj.get(tags::BITS_ALLOCATED).unwrap().to_int::<usize>().unwrap();
+    let bits = obj
+        .get(tags::BITS_ALLOCATED)
+        .unwrap()
+        .to_int::<usize>()
+        .unwrap();
     let data = obj.get(tags::PIXEL_DATA).unwrap().to_bytes().unwrap();
     let signed = obj
         .get(tags::PIXEL_REPRESENTATION)
@@ -245,7 +256,12 @@ fn sample_bytes(obj: &InMemDicomObject) -> usize {
     let spp = obj
         .get(tags::SAMPLES_PER_PIXEL)
         .map_or(1, |e| e.to_int::<usize>().unwrap());
-    spp * obj.get(tags::BITS_ALLOCATED).unwrap().to_int::<usize>().unwrap() / 8
+    spp * obj
+        .get(tags::BITS_ALLOCATED)
+        .unwrap()
+        .to_int::<usize>()
+        .unwrap()
+        / 8
 }
 
 /// Bytes of pixels farther than `margin` from every planted box that differ from the input.
@@ -286,7 +302,10 @@ fn font() -> TextFont {
 
 fn check_cleaned(case: &str, made: &BurnedIn, out: &FileDicomObject<InMemDicomObject>) {
     let input: &InMemDicomObject = &made.object;
-    assert_eq!(text(input, tags::BURNED_IN_ANNOTATION).as_deref(), Some("YES"));
+    assert_eq!(
+        text(input, tags::BURNED_IN_ANNOTATION).as_deref(),
+        Some("YES")
+    );
     assert_eq!(
         text(out, tags::BURNED_IN_ANNOTATION).as_deref(),
         Some("NO"),
@@ -298,7 +317,10 @@ fn check_cleaned(case: &str, made: &BurnedIn, out: &FileDicomObject<InMemDicomOb
         .to_multi_str()
         .unwrap()
         .join("\\");
-    assert!(method.contains("clean-pixel-data: Tesseract"), "{case}: {method}");
+    assert!(
+        method.contains("clean-pixel-data: Tesseract"),
+        "{case}: {method}"
+    );
     let frames = text(out, tags::NUMBER_OF_FRAMES)
         .and_then(|f| f.parse().ok())
         .unwrap_or(1usize);
@@ -311,7 +333,10 @@ fn check_cleaned(case: &str, made: &BurnedIn, out: &FileDicomObject<InMemDicomOb
     for f in [0, frames - 1] {
         let words = ocr_text(out, f);
         let leaked = leaks(&words, &made.planted);
-        assert!(leaked.is_empty(), "{case}: frame {f} still reads {leaked:?} ({words:?})");
+        assert!(
+            leaked.is_empty(),
+            "{case}: frame {f} still reads {leaked:?} ({words:?})"
+        );
     }
     let rows = input.get(tags::ROWS).unwrap().to_int::<u32>().unwrap();
     let cols = input.get(tags::COLUMNS).unwrap().to_int::<u32>().unwrap();
@@ -327,7 +352,10 @@ fn check_cleaned(case: &str, made: &BurnedIn, out: &FileDicomObject<InMemDicomOb
         sample_bytes(input),
         10,
     );
-    assert_eq!(changed, 0, "{case}: {changed} pixels changed away from the text");
+    assert_eq!(
+        changed, 0,
+        "{case}: {changed} pixels changed away from the text"
+    );
 }
 
 #[test]
@@ -338,7 +366,14 @@ fn ocr_finds_and_blanks_generated_text_in_every_kind_and_layout() {
         ("US mono8 cine", ImageKind::Us, Layout::Mono8, 240, 320, 12),
         ("OT mono16", ImageKind::Ot, Layout::Mono16, 256, 256, 1),
         ("SC RGB", ImageKind::Sc, Layout::Rgb8, 300, 400, 1),
-        ("CT MONOCHROME1", ImageKind::Ct, Layout::Mono1x16, 256, 256, 1),
+        (
+            "CT MONOCHROME1",
+            ImageKind::Ct,
+            Layout::Mono1x16,
+            256,
+            256,
+            1,
+        ),
     ];
     for (case, kind, layout, rows, cols, frames) in cases {
         let made = burned_in_object(&BurnedInSpec::new(kind, layout, rows, cols, frames), &font);
@@ -382,7 +417,10 @@ fn compressed_text_images_are_decoded_cleaned_and_written_uncompressed() {
             return;
         }
         assert_eq!(
-            open(&packed).meta().transfer_syntax().trim_end_matches('\0'),
+            open(&packed)
+                .meta()
+                .transfer_syntax()
+                .trim_end_matches('\0'),
             ts
         );
         let (f, out) = run_path(&packed, tmp.path(), &clean_profile());
@@ -441,7 +479,11 @@ fn plant_into(
     let mut data = decoded.data().to_vec();
     let stored = decoded.bits_stored() as u32;
     let signed = decoded.pixel_representation() as u8 == 1;
-    let top = if signed { (1u32 << (stored - 1)) - 1 } else { (1u32 << stored) - 1 };
+    let top = if signed {
+        (1u32 << (stored - 1)) - 1
+    } else {
+        (1u32 << stored) - 1
+    };
     let white: u32 = if pi == "MONOCHROME1" {
         if signed { 1u32 << (stored - 1) } else { 0 }
     } else {
@@ -492,20 +534,25 @@ fn plant_into(
         y += th + 4;
     }
     let vr = if bits > 8 { VR::OW } else { VR::OB };
-    obj.put(DataElement::new(tags::PIXEL_DATA, vr, PrimitiveValue::U8(data.into())));
+    obj.put(DataElement::new(
+        tags::PIXEL_DATA,
+        vr,
+        PrimitiveValue::U8(data.into()),
+    ));
     obj.put(el(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, pi.as_str()));
     if spp == 3 {
         obj.put(el(tags::PLANAR_CONFIGURATION, VR::US, 0u16));
     }
-    obj.meta_mut().set_transfer_syntax(
-        &dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN,
-    );
+    obj.meta_mut()
+        .set_transfer_syntax(&dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN);
     Some(planted)
 }
 
 #[test]
 fn real_objects_refused_for_burned_in_text_are_cleaned() {
-    let Some(folders) = real_folders() else { return };
+    let Some(folders) = real_folders() else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let mut refused_today = Vec::new();
     for (i, folder) in folders.iter().enumerate() {
@@ -538,7 +585,10 @@ fn real_objects_refused_for_burned_in_text_are_cleaned() {
         match out {
             Some(out) => {
                 cleaned += 1;
-                assert_eq!(text(&out, tags::BURNED_IN_ANNOTATION).as_deref(), Some("NO"));
+                assert_eq!(
+                    text(&out, tags::BURNED_IN_ANNOTATION).as_deref(),
+                    Some("NO")
+                );
             }
             None => {
                 let reason = f.reason.unwrap_or_default();
@@ -547,7 +597,10 @@ fn real_objects_refused_for_burned_in_text_are_cleaned() {
                     "{}: {reason}",
                     path.display()
                 );
-                still_refused.push(format!("{}: {reason}", path.file_name().unwrap().to_string_lossy()));
+                still_refused.push(format!(
+                    "{}: {reason}",
+                    path.file_name().unwrap().to_string_lossy()
+                ));
                 continue;
             }
         }
@@ -575,7 +628,11 @@ fn real_objects_refused_for_burned_in_text_are_cleaned() {
         for fr in [0, frames - 1] {
             let words = ocr_text(&out, fr);
             let leaked = leaks(&words, &planted);
-            assert!(leaked.is_empty(), "{}: frame {fr} reads {leaked:?}", path.display());
+            assert!(
+                leaked.is_empty(),
+                "{}: frame {fr} reads {leaked:?}",
+                path.display()
+            );
         }
         planted_checked += 1;
     }
@@ -587,5 +644,8 @@ fn real_objects_refused_for_burned_in_text_are_cleaned() {
         fraction * 100.0
     );
     assert!(fraction >= 0.9, "{fraction}: {still_refused:#?}");
-    assert!(planted_checked >= 10, "{planted_checked} planted outputs checked");
+    assert!(
+        planted_checked >= 10,
+        "{planted_checked} planted outputs checked"
+    );
 }
