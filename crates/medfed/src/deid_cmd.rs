@@ -122,11 +122,12 @@ pub fn run(args: &DeidArgs) -> anyhow::Result<ExitCode> {
     report.write_json(&report_path)?;
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "{} files: {} de-identified, {} refused, {} errors in {:.2} s ({:.0} files/s); report: {}",
+        "{} entries: {} de-identified, {} refused, {} errors, {} skipped (links, special files) in {:.2} s ({:.0} files/s); report: {}",
         report.files_total,
         report.files_ok,
         report.files_refused,
         report.files_error,
+        report.files_skipped,
         secs,
         report.files_total as f64 / secs.max(1e-9),
         report_path.display()
