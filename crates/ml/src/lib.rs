@@ -3,6 +3,7 @@
 //! The only crate that links burn (CPU `flex` backend; CUDA behind the `cuda` feature).
 
 pub mod augment;
+pub mod cascade;
 pub mod checkpoint;
 pub mod classifier;
 pub mod device;

@@ -76,7 +76,11 @@ impl Trainer {
     pub fn new(cfg: &UNetConfig, train: &TrainConfig, device: &Device) -> Result<Self> {
         cfg.validate()?;
         cfg.check_spatial(&train.patch)?;
-        if train.batch == 0 || train.steps_per_epoch == 0 || !(train.learning_rate > 0.0) {
+        if train.batch == 0
+            || train.steps_per_epoch == 0
+            || train.learning_rate.is_nan()
+            || train.learning_rate <= 0.0
+        {
             return Err(MlError::Config(
                 "batch, steps_per_epoch and learning_rate must be positive".into(),
             ));
