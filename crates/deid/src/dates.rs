@@ -25,6 +25,21 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// Shifts a calendar date by `days`; `None` if the input is not a valid date or the result
+/// leaves the years 0..=9999 that DICOM (and every human format here) can write.
+pub fn shift_ymd(y: i64, m: u32, d: u32, days: i64) -> Option<(i64, u32, u32)> {
+    if !is_valid_date(y, m, d) {
+        return None;
+    }
+    let (y, m, d) = civil_from_days(days_from_civil(y, m, d) + days);
+    (0..=9999).contains(&y).then_some((y, m, d))
+}
+
+/// Whether y-m-d names a day of the proleptic Gregorian calendar.
+pub fn is_valid_date(y: i64, m: u32, d: u32) -> bool {
+    (1..=12).contains(&m) && d >= 1 && d <= days_in_month(y, m)
+}
+
 fn days_in_month(y: i64, m: u32) -> u32 {
     match m {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
@@ -108,5 +123,14 @@ mod tests {
         assert_eq!(shift_date_prefix("20240230", 1), None);
         assert_eq!(shift_date_prefix("2024-01-01", 1), None);
         assert_eq!(shift_date_prefix("", 1), None);
+    }
+
+    #[test]
+    fn shifts_calendar_dates_and_refuses_invalid_ones() {
+        assert_eq!(shift_ymd(2026, 12, 3, -365), Some((2025, 12, 3)));
+        assert_eq!(shift_ymd(2024, 3, 1, -1), Some((2024, 2, 29)));
+        assert_eq!(shift_ymd(2026, 2, 29, 0), None);
+        assert_eq!(shift_ymd(0, 1, 1, -1), None);
+        assert!(is_valid_date(2000, 2, 29) && !is_valid_date(1900, 2, 29));
     }
 }

@@ -18,6 +18,7 @@ use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 
 use crate::dates::shift_date_prefix;
+use crate::freetext::{DatePolicy, OwnValues, REMOVED, TextCleaner};
 use crate::pixels::{burned_in_reason, clean_burned_in_text, matching_signature};
 use crate::profile::{BASIC_PROFILE_CODE, DeidOption, DeidProfile};
 use crate::pseudonym::Pseudonymizer;
@@ -36,7 +37,6 @@ const DUMMY_TEXT: &str = "ANONYMIZED";
 const DUMMY_DATE: &str = "19000101";
 const DUMMY_DATETIME: &str = "19000101000000";
 const DUMMY_TIME: &str = "000000";
-const SCRUBBED: &str = "***";
 /// Nesting deeper than this is not a real object but an attack on the parser or on us.
 pub const MAX_DEPTH: usize = 64;
 
@@ -84,8 +84,9 @@ pub struct Deidentified {
 /// Per-object facts gathered before any element changes.
 struct ObjectContext {
     date_shift_days: i64,
-    /// Identifying strings of this object, uppercased, longest first: what "clean" removes.
-    identifiers: Vec<String>,
+    /// Finds this object's identifying values, and the patterns of identifying text, in free
+    /// text: what "clean" removes.
+    text: TextCleaner,
     patient_pseudonym: String,
 }
 
@@ -158,9 +159,13 @@ impl<'a> Deidentifier<'a> {
             patient_id: identifier(&dataset, tags::PATIENT_ID).unwrap_or_default(),
             patient_name: identifier(&dataset, tags::PATIENT_NAME).unwrap_or_default(),
         };
+        let date_shift_days = self.pseudonymizer.date_shift_days(&patient_key);
         let ctx = ObjectContext {
-            date_shift_days: self.pseudonymizer.date_shift_days(&patient_key),
-            identifiers: collect_identifiers(&dataset),
+            date_shift_days,
+            text: TextCleaner::new(
+                &collect_identifiers(&dataset, self.profile),
+                self.free_text_dates(date_shift_days),
+            ),
             patient_pseudonym: patient_pseudonym.clone(),
         };
 
@@ -205,6 +210,54 @@ impl<'a> Deidentifier<'a> {
 
     fn has(&self, option: DeidOption) -> bool {
         self.profile.has(option)
+    }
+
+    /// Dates inside free text follow the date attributes: kept, shifted by the patient's
+    /// shift, or removed.
+    fn free_text_dates(&self, shift_days: i64) -> DatePolicy {
+        if self.has(DeidOption::RetainLongFullDates) {
+            DatePolicy::Keep
+        } else if self.has(DeidOption::RetainLongModifiedDates) {
+            DatePolicy::Shift(shift_days)
+        } else {
+            DatePolicy::Remove
+        }
+    }
+
+    /// Text Value (SR TEXT items, acquisition context) and Unformatted Text Value (graphic
+    /// annotations): no row of Table E.1-1 lists them, yet they hold whatever was typed. They
+    /// follow the row of the sequence that holds them: D (a dummy; Type 1 in a TEXT item, so
+    /// never empty) unless the option that cleans that content is on.
+    fn clean_typed_text(&self, elem: InMemElement, ctx: &ObjectContext, clean: DeidOption) -> InMemElement {
+        let (tag, vr) = (elem.tag(), elem.vr());
+        let values = match elem.value().to_multi_str() {
+            Ok(v) if self.has(clean) => v.to_vec(),
+            _ => return DataElement::new(tag, vr, PrimitiveValue::from(DUMMY_TEXT)),
+        };
+        let cleaned = values
+            .iter()
+            .map(|v| fit_to_vr(vr, ctx.text.clean(v)))
+            .collect();
+        strs_element(tag, vr, cleaned)
+    }
+
+    /// The safety net for free text that Table E.1-1 does not list (and so keeps): the object's
+    /// own identifying values are removed from it all the same. Values an option keeps (K) stay
+    /// as they are: keeping them is what the option is for.
+    fn clean_kept_text(&self, elem: InMemElement, ctx: &ObjectContext) -> InMemElement {
+        let vr = elem.vr();
+        if !matches!(vr, VR::SH | VR::LO | VR::ST | VR::LT | VR::UT | VR::UC) {
+            return elem;
+        }
+        let Ok(values) = elem.value().to_multi_str() else {
+            return elem;
+        };
+        let cleaned: Vec<String> = values.iter().map(|v| ctx.text.clean_own(v)).collect();
+        if cleaned.iter().zip(values.iter()).all(|(a, b)| a == b) {
+            return elem;
+        }
+        let cleaned = cleaned.into_iter().map(|v| fit_to_vr(vr, v)).collect();
+        strs_element(elem.tag(), vr, cleaned)
     }
 
     /// Cleans one data set (the top level or a sequence item).
@@ -296,6 +349,16 @@ impl<'a> Deidentifier<'a> {
                 PrimitiveValue::from(ctx.patient_pseudonym.as_str()),
             )));
         }
+        if tag == tags::TEXT_VALUE && elem.vr() != VR::SQ {
+            return Ok(Some(self.clean_typed_text(
+                elem,
+                ctx,
+                DeidOption::CleanStructuredContent,
+            )));
+        }
+        if tag == tags::UNFORMATTED_TEXT_VALUE && elem.vr() != VR::SQ {
+            return Ok(Some(self.clean_typed_text(elem, ctx, DeidOption::CleanGraphics)));
+        }
         let code = match self.table.row(tag) {
             Some(row) => row.code_for(self.profile.options()),
             None => return self.clean_unlisted(elem, ctx, depth),
@@ -337,7 +400,7 @@ impl<'a> Deidentifier<'a> {
             // vouched for.
             VR::UN => Ok(None),
             _ if StandardDataDictionary.by_tag(tag).is_none() => Ok(None),
-            _ => Ok(Some(elem)),
+            _ => Ok(Some(self.clean_kept_text(elem, ctx))),
         }
     }
 
@@ -487,9 +550,16 @@ impl<'a> Deidentifier<'a> {
                 .iter()
                 .map(|v| self.pseudonymizer.ae_pseudonym(v))
                 .collect(),
-            VR::LO | VR::SH | VR::ST | VR::LT | VR::UT | VR::UC | VR::PN | VR::CS => {
-                values.iter().map(|v| scrub(v, &ctx.identifiers)).collect()
-            }
+            VR::LO | VR::SH | VR::ST | VR::LT | VR::UT | VR::UC | VR::PN => values
+                .iter()
+                .map(|v| fit_to_vr(vr, ctx.text.clean(v)))
+                .collect(),
+            // Codes: patterns would break them, but the object's own values still go (and CS
+            // allows neither brackets nor lower case).
+            VR::CS => values
+                .iter()
+                .map(|v| fit_to_vr(vr, ctx.text.clean_own(v).replace(REMOVED, "REMOVED")))
+                .collect(),
             VR::OB | VR::OW | VR::UN => return Ok(None),
             _ => values,
         };
@@ -614,96 +684,105 @@ fn patient_key(ds: &InMemDicomObject) -> String {
     )
 }
 
-/// Attributes whose values are the patient's (or staff's) identity, searched for inside free
-/// text by the clean options.
-const IDENTIFYING_TAGS: [Tag; 14] = [
+/// Attributes whose values identify someone and are matched with or without separators.
+#[allow(deprecated)] // retired attributes, but old objects still carry them
+const ID_TAGS: [Tag; 11] = [
     tags::PATIENT_ID,
-    #[allow(deprecated)] // retired, but old objects still carry it
     tags::OTHER_PATIENT_I_DS,
     tags::ACCESSION_NUMBER,
+    tags::MEDICAL_RECORD_LOCATOR,
+    tags::PATIENT_TELEPHONE_NUMBERS,
+    tags::ADMISSION_ID,
+    tags::STUDY_ID,
+    tags::REQUESTED_PROCEDURE_ID,
+    tags::PERFORMED_PROCEDURE_STEP_ID,
+    tags::SCHEDULED_PROCEDURE_STEP_ID,
+    tags::FILLER_ORDER_NUMBER_IMAGING_SERVICE_REQUEST,
+];
+/// Device identifiers: identifying unless retain-device-identity keeps them.
+const DEVICE_TAGS: [Tag; 2] = [tags::STATION_NAME, tags::DEVICE_SERIAL_NUMBER];
+/// Attributes matched as a whole phrase.
+const PHRASE_TAGS: [Tag; 4] = [
+    tags::PATIENT_ADDRESS,
+    tags::ISSUER_OF_PATIENT_ID,
+    tags::REQUESTING_SERVICE,
+    tags::REFERRING_PHYSICIAN_ADDRESS,
+];
+/// Institution phrases: identifying unless retain-institution-identity keeps them.
+const INSTITUTION_TAGS: [Tag; 3] = [
     tags::INSTITUTION_NAME,
     tags::INSTITUTION_ADDRESS,
-    tags::PATIENT_ADDRESS,
-    tags::PATIENT_TELEPHONE_NUMBERS,
-    #[allow(deprecated)]
-    tags::MEDICAL_RECORD_LOCATOR,
-    tags::ISSUER_OF_PATIENT_ID,
-    tags::STATION_NAME,
-    tags::DEVICE_SERIAL_NUMBER,
-    tags::REQUESTING_SERVICE,
-    tags::ADMISSION_ID,
     tags::INSTITUTIONAL_DEPARTMENT_NAME,
 ];
 
-fn collect_identifiers(ds: &InMemDicomObject) -> Vec<String> {
-    let mut found = Vec::new();
-    collect_identifiers_into(ds, &mut found, 0);
-    if let Some(dob) = string_of(ds, tags::PATIENT_BIRTH_DATE)
-        && dob.len() == 8
-    {
-        let (y, m, d) = (&dob[0..4], &dob[4..6], &dob[6..8]);
-        found.extend([
-            dob.clone(),
-            format!("{y}-{m}-{d}"),
-            format!("{d}.{m}.{y}"),
-            format!("{d}/{m}/{y}"),
-            format!("{m}/{d}/{y}"),
-        ]);
+/// The object's identifying values, at every depth, before anything changes: every person
+/// name, the identifiers, the addresses and institution, the birth date. What an option keeps
+/// in its own attribute is not searched for in text either.
+fn collect_identifiers(ds: &InMemDicomObject, profile: &DeidProfile) -> OwnValues {
+    let mut found = OwnValues::default();
+    collect_identifiers_into(ds, profile, &mut found, 0);
+    if let Some(dob) = string_of(ds, tags::PATIENT_BIRTH_DATE) {
+        found.dates.push(dob);
     }
-    let mut ids: Vec<String> = found
-        .into_iter()
-        .map(|s| s.trim().to_ascii_uppercase())
-        .filter(|s| s.chars().count() >= 3)
-        .collect();
-    ids.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
-    ids.dedup();
-    ids
+    found
 }
 
-fn collect_identifiers_into(ds: &InMemDicomObject, found: &mut Vec<String>, depth: usize) {
+fn collect_identifiers_into(
+    ds: &InMemDicomObject,
+    profile: &DeidProfile,
+    found: &mut OwnValues,
+    depth: usize,
+) {
     if depth > MAX_DEPTH {
         return;
     }
+    let device = !profile.has(DeidOption::RetainDeviceIdentity);
+    let institution = !profile.has(DeidOption::RetainInstitutionIdentity);
     for elem in ds.iter() {
-        match elem.value() {
-            Value::Sequence(seq) => {
-                for item in seq.items() {
-                    collect_identifiers_into(item, found, depth + 1);
-                }
+        if let Value::Sequence(seq) = elem.value() {
+            for item in seq.items() {
+                collect_identifiers_into(item, profile, found, depth + 1);
             }
-            Value::Primitive(_)
-                if elem.vr() == VR::PN || IDENTIFYING_TAGS.contains(&elem.tag()) =>
-            {
-                let Ok(values) = elem.value().to_multi_str() else {
-                    continue;
-                };
-                for v in values.iter() {
-                    found.push(v.clone());
-                    if elem.vr() == VR::PN {
-                        // Each name component and each representation (alphabetic,
-                        // ideographic, phonetic) can appear on its own in free text.
-                        found.extend(v.split(['^', '=']).map(str::to_string));
-                    }
-                }
-            }
-            _ => {}
+            continue;
         }
+        let tag = elem.tag();
+        let list = if elem.vr() == VR::PN {
+            &mut found.names
+        } else if ID_TAGS.contains(&tag) || (device && DEVICE_TAGS.contains(&tag)) {
+            &mut found.ids
+        } else if PHRASE_TAGS.contains(&tag) || (institution && INSTITUTION_TAGS.contains(&tag)) {
+            &mut found.phrases
+        } else {
+            continue;
+        };
+        // A value sent as UN is read by its dictionary VR, like the attribute itself.
+        let elem = reinterpret_un(elem.clone());
+        let Ok(values) = elem.value().to_multi_str() else {
+            continue;
+        };
+        list.extend(
+            values
+                .iter()
+                .map(|v| v.trim_matches([' ', '\0']).to_string())
+                .filter(|v| !v.is_empty()),
+        );
     }
 }
 
-/// Replaces every identifying string inside `text` (case-insensitive for ASCII).
-fn scrub(text: &str, identifiers: &[String]) -> String {
-    let mut out = text.to_string();
-    for id in identifiers {
-        loop {
-            let upper = out.to_ascii_uppercase();
-            let Some(pos) = upper.find(id.as_str()) else {
-                break;
-            };
-            out.replace_range(pos..pos + id.len(), SCRUBBED);
-        }
+/// Truncates a cleaned value to its VR's maximum length (PS3.5 6.2): a marker can be longer
+/// than what it replaced.
+fn fit_to_vr(vr: VR, value: String) -> String {
+    let max = match vr {
+        VR::SH | VR::CS => 16,
+        VR::LO | VR::PN => 64,
+        VR::ST => 1024,
+        VR::LT => 10240,
+        _ => return value,
+    };
+    if value.chars().count() <= max {
+        return value;
     }
-    out
+    value.chars().take(max).collect::<String>().trim_end().to_string()
 }
 
 /// The private creators of a data set, by (group, block).
@@ -873,17 +952,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scrub_removes_identifiers_case_insensitively() {
-        let ids = vec!["DOE".to_string(), "4711".to_string()];
-        assert_eq!(
-            scrub("CT for doe, MRN 4711 follow-up", &ids),
-            "CT for ***, MRN *** follow-up"
-        );
-        assert_eq!(scrub("nothing here", &ids), "nothing here");
-    }
-
-    #[test]
-    fn identifiers_include_name_components_and_date_formats() {
+    fn identifiers_are_found_in_free_text_in_any_spelling() {
         let ds = InMemDicomObject::from_element_iter([
             DataElement::new(
                 tags::PATIENT_NAME,
@@ -896,12 +965,17 @@ mod tests {
                 PrimitiveValue::from("19610203"),
             ),
         ]);
-        let ids = collect_identifiers(&ds);
-        for want in ["DOE^JOHANNA", "JOHANNA", "DOE", "03.02.1961", "1961-02-03"] {
-            assert!(
-                ids.contains(&want.to_string()),
-                "{want} missing from {ids:?}"
-            );
-        }
+        let own = collect_identifiers(&ds, &DeidProfile::default());
+        assert_eq!(own.names, ["Doe^Johanna"]);
+        assert_eq!(own.dates, ["19610203"]);
+        let text = TextCleaner::new(&own, DatePolicy::Remove);
+        assert_eq!(
+            text.clean("CT for johanna DOE, born 03.02.1961"),
+            "CT for [removed], born [removed]"
+        );
+        assert_eq!(
+            fit_to_vr(VR::SH, "0123456789 [removed]".into()),
+            "0123456789 [remo"
+        );
     }
 }

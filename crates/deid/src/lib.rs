@@ -6,6 +6,8 @@
 //! - [`profile`]: the options and the site's profile file.
 //! - [`pseudonym`]: the site key and HMAC-SHA-256 pseudonyms, UIDs and date shifts.
 //! - [`engine`]: one object in, one de-identified object (or a refusal) out.
+//! - [`freetext`]: what the clean options do to free text: own values in any spelling, dates,
+//!   phones, e-mail, IDs and names found by pattern.
 //! - [`pixels`]: the burned-in annotation gate and clean-pixel-data.
 //! - [`reid`]: the encrypted re-identification table that never leaves the site.
 //! - [`batch`]: folders in, folders and a JSON report out, in parallel.
@@ -13,6 +15,7 @@
 
 pub mod batch;
 mod dates;
+pub mod freetext;
 pub mod engine;
 mod error;
 pub mod pixels;

@@ -130,11 +130,11 @@ fn clean_descriptors_keep_text_without_the_identifiers() {
     let out = run(&[DeidOption::CleanDescriptors], None);
     assert_eq!(
         text(&out, tags::STUDY_DESCRIPTION).as_deref(),
-        Some("MR HEAD *** ***")
+        Some("MR HEAD [removed]")
     );
     assert_eq!(
         text(&out, tags::IMAGE_COMMENTS).as_deref(),
-        Some("follow-up for ***")
+        Some("follow-up for [removed]")
     );
 }
 
