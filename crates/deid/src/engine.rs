@@ -228,7 +228,12 @@ impl<'a> Deidentifier<'a> {
     /// annotations): no row of Table E.1-1 lists them, yet they hold whatever was typed. They
     /// follow the row of the sequence that holds them: D (a dummy; Type 1 in a TEXT item, so
     /// never empty) unless the option that cleans that content is on.
-    fn clean_typed_text(&self, elem: InMemElement, ctx: &ObjectContext, clean: DeidOption) -> InMemElement {
+    fn clean_typed_text(
+        &self,
+        elem: InMemElement,
+        ctx: &ObjectContext,
+        clean: DeidOption,
+    ) -> InMemElement {
         let (tag, vr) = (elem.tag(), elem.vr());
         let values = match elem.value().to_multi_str() {
             Ok(v) if self.has(clean) => v.to_vec(),
@@ -357,7 +362,11 @@ impl<'a> Deidentifier<'a> {
             )));
         }
         if tag == tags::UNFORMATTED_TEXT_VALUE && elem.vr() != VR::SQ {
-            return Ok(Some(self.clean_typed_text(elem, ctx, DeidOption::CleanGraphics)));
+            return Ok(Some(self.clean_typed_text(
+                elem,
+                ctx,
+                DeidOption::CleanGraphics,
+            )));
         }
         let code = match self.table.row(tag) {
             Some(row) => row.code_for(self.profile.options()),
@@ -782,7 +791,12 @@ fn fit_to_vr(vr: VR, value: String) -> String {
     if value.chars().count() <= max {
         return value;
     }
-    value.chars().take(max).collect::<String>().trim_end().to_string()
+    value
+        .chars()
+        .take(max)
+        .collect::<String>()
+        .trim_end()
+        .to_string()
 }
 
 /// The private creators of a data set, by (group, block).

@@ -125,7 +125,8 @@ impl TextCleaner {
                         for part in parts {
                             for variant in [part.clone(), expand_umlauts(&part)] {
                                 let folded = fold(&variant);
-                                let letters = folded.chars().filter(|c| c.is_alphanumeric()).count();
+                                let letters =
+                                    folded.chars().filter(|c| c.is_alphanumeric()).count();
                                 let unspaced = folded.chars().any(is_unspaced_script);
                                 let (strong_min, weak_min) = if unspaced { (2, 1) } else { (3, 2) };
                                 if letters < weak_min
@@ -606,9 +607,7 @@ static DATE_PATTERNS: LazyLock<Vec<(Regex, Layout)>> = LazyLock::new(|| {
         ),
         // Day first with dots or hyphens (03.12.2026), month first with slashes (12/03/2026).
         (
-            re(
-                r"\b(?P<a>\d{1,2})(?P<s1>[./-])(?P<b>\d{1,2})(?P<s2>[./-])(?P<y>\d{4}|\d{2})\b",
-            ),
+            re(r"\b(?P<a>\d{1,2})(?P<s1>[./-])(?P<b>\d{1,2})(?P<s2>[./-])(?P<y>\d{4}|\d{2})\b"),
             Layout::Numeric,
         ),
         // 3 Dec 2026, 3rd December 2026, 03-Dec-2026, 3. Dezember 2026.
@@ -671,12 +670,32 @@ fn parse_date(caps: &Captures<'_>, layout: Layout) -> Option<ParsedDate> {
 /// Month number, language (0 English, 1 German) and whether the name was written in full.
 fn month_number(name: &str) -> Option<(u32, usize, bool)> {
     const EN: [&str; 12] = [
-        "january", "february", "march", "april", "may", "june", "july", "august", "september",
-        "october", "november", "december",
+        "january",
+        "february",
+        "march",
+        "april",
+        "may",
+        "june",
+        "july",
+        "august",
+        "september",
+        "october",
+        "november",
+        "december",
     ];
     const DE: [&str; 12] = [
-        "januar", "februar", "märz", "april", "mai", "juni", "juli", "august", "september",
-        "oktober", "november", "dezember",
+        "januar",
+        "februar",
+        "märz",
+        "april",
+        "mai",
+        "juni",
+        "juli",
+        "august",
+        "september",
+        "oktober",
+        "november",
+        "dezember",
     ];
     let n = name.to_lowercase();
     let n = if n == "maerz" { "märz".to_string() } else { n };
@@ -700,12 +719,32 @@ fn month_number(name: &str) -> Option<(u32, usize, bool)> {
 
 fn month_name(m: u32, lang: usize, full: bool) -> &'static str {
     const EN: [&str; 12] = [
-        "January", "February", "March", "April", "May", "June", "July", "August", "September",
-        "October", "November", "December",
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
     ];
     const DE: [&str; 12] = [
-        "Januar", "Februar", "März", "April", "Mai", "Juni", "Juli", "August", "September",
-        "Oktober", "November", "Dezember",
+        "Januar",
+        "Februar",
+        "März",
+        "April",
+        "Mai",
+        "Juni",
+        "Juli",
+        "August",
+        "September",
+        "Oktober",
+        "November",
+        "Dezember",
     ];
     const EN3: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
@@ -918,7 +957,9 @@ fn name_words_after(text: &str, at: usize, after_title: bool) -> Option<usize> {
         let listed = is_given_name(key) || is_surname(key);
         let title_case = word.chars().skip(1).any(char::is_lowercase);
         let accept = if i == 0 {
-            initial || listed || (title_case && (after_title || !is_common_word(key)))
+            initial
+                || listed
+                || (title_case && (after_title || !is_common_word(key)))
                 || (after_title && word.chars().count() > 1)
         } else {
             initial
@@ -977,8 +1018,7 @@ fn find_census_pairs(text: &str, spans: &mut Vec<Span>) {
         let initial_first = w1.chars().count() == 1 && gap.starts_with('.');
         let given_surname = !comma && is_given_name(&u1) && is_surname(&u2);
         let surname_given = comma && is_surname(&u1) && is_given_name(&u2);
-        let initial_surname =
-            initial_first && !st2 && w2.chars().count() > 2 && is_surname(&u2);
+        let initial_surname = initial_first && !st2 && w2.chars().count() > 2 && is_surname(&u2);
         if (st1 == st2 && (given_surname || surname_given)) || initial_surname {
             add(spans, s1, e1, Kind::Other);
             add(spans, s2, e2, Kind::Other);
@@ -1011,24 +1051,182 @@ fn is_surname(upper: &str) -> bool {
 /// object's own names are removed whatever they are.)
 fn is_stopword(upper: &str) -> bool {
     const WORDS: &[&str] = &[
-        "HEAD", "BRAIN", "MARK", "BONE", "HAND", "SHARP", "LONG", "SHORT", "WHITE", "BLACK",
-        "GRAY", "GREY", "YOUNG", "KING", "HALL", "WOOD", "GREEN", "BROWN", "LEFT", "RIGHT",
-        "CHEST", "NECK", "BACK", "FOOT", "KNEE", "HIP", "ARM", "LEG", "LUNG", "LIVER", "HEART",
-        "BODY", "SPINE", "BREAST", "PELVIS", "ABDOMEN", "THORAX", "SKULL", "FACE", "EYE",
-        "PATIENT", "POSITION", "POSITIONING", "ORIENTATION", "HISTORY", "COMMENTS", "AGE",
-        "SEX", "WEIGHT", "SIZE", "PROTOCOL", "INFORMATION", "DATA", "SETUP", "SUPPORT",
-        "TABLE", "MOTION", "PREPARATION", "ID", "NAME", "SUPINE", "PRONE", "STATUS", "DOSE",
-        "REPORT", "STUDY", "SERIES", "IMAGE", "IMAGES", "CONTRAST", "PHASE", "FOLLOW", "SCAN",
-        "SCOUT", "AXIAL", "SAGITTAL", "CORONAL", "STANDARD", "ROUTINE", "SOFT", "TISSUE",
-        "FRONT", "LATERAL", "MEDIAL", "UPPER", "LOWER", "MAY", "WILL", "CAN", "SUMMER",
-        "WINTER", "APRIL", "JUNE", "AUGUST", "MONDAY", "FRIDAY", "SUNDAY", "NORMAL", "CLEAR",
-        "SMALL", "LARGE", "NEW", "OLD", "FIRST", "LAST", "CHANCE", "HOPE", "JOY", "MERCY",
-        "FAITH", "GRACE", "WORTH", "PAGE", "CASE", "POST", "PRE", "WITH", "WITHOUT", "AND",
-        "THE", "FOR", "OF", "IN", "ON", "AT", "TO", "NO", "NOT", "SEE", "RAY", "LEE", "VAN",
-        "VON", "DE", "DA", "DI", "LA", "LE", "DEL", "DOSE", "FIELD", "FIELDS", "PARK", "PA",
-        "AP", "LAT", "AX", "SAG", "COR", "CT", "MR", "PET", "SPECT", "US", "CR", "DX", "NM",
-        "OT", "SC", "SR", "RT", "XA", "MG", "FLAIR", "STIR", "DWI", "ADC", "SWI", "TOF",
-        "ANGIO", "CARDIAC", "LOCALIZER", "LOCALISER", "SURVEY", "PLANNING", "SUMMARY",
+        "HEAD",
+        "BRAIN",
+        "MARK",
+        "BONE",
+        "HAND",
+        "SHARP",
+        "LONG",
+        "SHORT",
+        "WHITE",
+        "BLACK",
+        "GRAY",
+        "GREY",
+        "YOUNG",
+        "KING",
+        "HALL",
+        "WOOD",
+        "GREEN",
+        "BROWN",
+        "LEFT",
+        "RIGHT",
+        "CHEST",
+        "NECK",
+        "BACK",
+        "FOOT",
+        "KNEE",
+        "HIP",
+        "ARM",
+        "LEG",
+        "LUNG",
+        "LIVER",
+        "HEART",
+        "BODY",
+        "SPINE",
+        "BREAST",
+        "PELVIS",
+        "ABDOMEN",
+        "THORAX",
+        "SKULL",
+        "FACE",
+        "EYE",
+        "PATIENT",
+        "POSITION",
+        "POSITIONING",
+        "ORIENTATION",
+        "HISTORY",
+        "COMMENTS",
+        "AGE",
+        "SEX",
+        "WEIGHT",
+        "SIZE",
+        "PROTOCOL",
+        "INFORMATION",
+        "DATA",
+        "SETUP",
+        "SUPPORT",
+        "TABLE",
+        "MOTION",
+        "PREPARATION",
+        "ID",
+        "NAME",
+        "SUPINE",
+        "PRONE",
+        "STATUS",
+        "DOSE",
+        "REPORT",
+        "STUDY",
+        "SERIES",
+        "IMAGE",
+        "IMAGES",
+        "CONTRAST",
+        "PHASE",
+        "FOLLOW",
+        "SCAN",
+        "SCOUT",
+        "AXIAL",
+        "SAGITTAL",
+        "CORONAL",
+        "STANDARD",
+        "ROUTINE",
+        "SOFT",
+        "TISSUE",
+        "FRONT",
+        "LATERAL",
+        "MEDIAL",
+        "UPPER",
+        "LOWER",
+        "MAY",
+        "WILL",
+        "CAN",
+        "SUMMER",
+        "WINTER",
+        "APRIL",
+        "JUNE",
+        "AUGUST",
+        "MONDAY",
+        "FRIDAY",
+        "SUNDAY",
+        "NORMAL",
+        "CLEAR",
+        "SMALL",
+        "LARGE",
+        "NEW",
+        "OLD",
+        "FIRST",
+        "LAST",
+        "CHANCE",
+        "HOPE",
+        "JOY",
+        "MERCY",
+        "FAITH",
+        "GRACE",
+        "WORTH",
+        "PAGE",
+        "CASE",
+        "POST",
+        "PRE",
+        "WITH",
+        "WITHOUT",
+        "AND",
+        "THE",
+        "FOR",
+        "OF",
+        "IN",
+        "ON",
+        "AT",
+        "TO",
+        "NO",
+        "NOT",
+        "SEE",
+        "RAY",
+        "LEE",
+        "VAN",
+        "VON",
+        "DE",
+        "DA",
+        "DI",
+        "LA",
+        "LE",
+        "DEL",
+        "DOSE",
+        "FIELD",
+        "FIELDS",
+        "PARK",
+        "PA",
+        "AP",
+        "LAT",
+        "AX",
+        "SAG",
+        "COR",
+        "CT",
+        "MR",
+        "PET",
+        "SPECT",
+        "US",
+        "CR",
+        "DX",
+        "NM",
+        "OT",
+        "SC",
+        "SR",
+        "RT",
+        "XA",
+        "MG",
+        "FLAIR",
+        "STIR",
+        "DWI",
+        "ADC",
+        "SWI",
+        "TOF",
+        "ANGIO",
+        "CARDIAC",
+        "LOCALIZER",
+        "LOCALISER",
+        "SURVEY",
+        "PLANNING",
+        "SUMMARY",
     ];
     WORDS.contains(&upper)
 }
@@ -1037,8 +1235,23 @@ fn is_stopword(upper: &str) -> bool {
 /// precedes them.
 fn is_common_word(upper: &str) -> bool {
     const WORDS: &[&str] = &[
-        "WAS", "IS", "HAS", "HAD", "WITH", "WITHOUT", "WHO", "PRESENTS", "PRESENTED", "DENIES",
-        "REPORTS", "UNDERWENT", "RECEIVED", "IDENTIFIER", "NUMBER", "CONSENT", "CONSENTED",
+        "WAS",
+        "IS",
+        "HAS",
+        "HAD",
+        "WITH",
+        "WITHOUT",
+        "WHO",
+        "PRESENTS",
+        "PRESENTED",
+        "DENIES",
+        "REPORTS",
+        "UNDERWENT",
+        "RECEIVED",
+        "IDENTIFIER",
+        "NUMBER",
+        "CONSENT",
+        "CONSENTED",
     ];
     WORDS.contains(&upper)
 }
@@ -1073,13 +1286,19 @@ mod tests {
             ("MR for mueller, juergen", "MR for [removed]"),
             ("for Muller Jurgen follow-up", "for [removed] follow-up"),
             ("DOE^JANE", "[removed]"),
-            ("Jane DOE, CT THORAX W/O CONTRAST", "[removed], CT THORAX W/O CONTRAST"),
+            (
+                "Jane DOE, CT THORAX W/O CONTRAST",
+                "[removed], CT THORAX W/O CONTRAST",
+            ),
             ("seen by J. Doe today", "seen by [removed] today"),
             ("Doe, J. reviewed", "[removed] reviewed"),
             ("WEI LI chest", "[removed] chest"),
             ("Lithium 250 mA li", "Lithium 250 mA li"),
             ("山田太郎様の検査", "[removed]様の検査"),
-            ("St. Elsewhere  general hospital", "St. Elsewhere  general hospital"),
+            (
+                "St. Elsewhere  general hospital",
+                "St. Elsewhere  general hospital",
+            ),
             ("at ST. ELSEWHERE GENERAL HOSPITAL", "at [removed]"),
         ] {
             assert_eq!(c.clean(input), want, "{input}");
@@ -1157,17 +1376,27 @@ mod tests {
             ("December 3rd, 2026", "December 3rd, 2025"),
             ("3. Dezember 2026", "3. Dezember 2025"),
         ] {
-            assert_eq!(s.clean(&format!("seen {d}.")), format!("seen {want}."), "{d}");
+            assert_eq!(
+                s.clean(&format!("seen {d}.")),
+                format!("seen {want}."),
+                "{d}"
+            );
         }
         let s = cleaner(DatePolicy::Shift(-40));
         assert_eq!(s.clean("on 2 Jan 2026"), "on 23 Nov 2025");
         assert_eq!(s.clean("on 1st March 2026"), "on 20th January 2026");
         // The birth date goes under every policy.
         let k = cleaner(DatePolicy::Keep);
-        assert_eq!(k.clean("born 03.02.1961, seen 2026-12-03"), "born [removed], seen 2026-12-03");
+        assert_eq!(
+            k.clean("born 03.02.1961, seen 2026-12-03"),
+            "born [removed], seen 2026-12-03"
+        );
         assert_eq!(s.clean("DOB 1961-02-03"), "DOB [removed]");
         // Not dates: versions, invalid days, sizes.
-        assert_eq!(r.clean("VE11 1.2.26 30.02.2026 512/512"), "VE11 1.2.26 30.02.2026 512/512");
+        assert_eq!(
+            r.clean("VE11 1.2.26 30.02.2026 512/512"),
+            "VE11 1.2.26 30.02.2026 512/512"
+        );
     }
 
     #[test]
@@ -1184,7 +1413,10 @@ mod tests {
             ("ref 1234567890", "ref [removed]"),
             ("case AB12345X", "case [removed]"),
             ("uid 1.2.826.0.1.3680043.2.1125", "uid [removed]"),
-            ("reviewed by Dr. Aldridge Quimby", "reviewed by Dr. [removed]"),
+            (
+                "reviewed by Dr. Aldridge Quimby",
+                "reviewed by Dr. [removed]",
+            ),
             ("DR. QUIMBY signed", "DR. [removed] signed"),
             ("patient Hollis was seen", "patient [removed] was seen"),
             ("Name: Zyxwv Qbert", "Name: [removed]"),
@@ -1210,8 +1442,22 @@ mod tests {
     fn never_panics_on_odd_text() {
         let c = cleaner(DatePolicy::Shift(-1000));
         for input in [
-            "", " ", "\u{0}", "ǅ", "İstanbul", "ﬀ", "٣٤٥٦٧٨٩", "99999999", "00000000",
-            "31/12/9999", "1/1/1800", "Dr.", "patient", "+", "a@b", "🙂 Müller 🙂",
+            "",
+            " ",
+            "\u{0}",
+            "ǅ",
+            "İstanbul",
+            "ﬀ",
+            "٣٤٥٦٧٨٩",
+            "99999999",
+            "00000000",
+            "31/12/9999",
+            "1/1/1800",
+            "Dr.",
+            "patient",
+            "+",
+            "a@b",
+            "🙂 Müller 🙂",
         ] {
             let _ = c.clean(input);
             let _ = c.clean_own(input);

@@ -44,7 +44,10 @@ fn content_item(value_type: &str, meaning: &str, value: (Tag, VR, &str)) -> InMe
     InMemDicomObject::from_element_iter([
         el(tags::RELATIONSHIP_TYPE, VR::CS, "CONTAINS"),
         el(tags::VALUE_TYPE, VR::CS, value_type),
-        seq(tags::CONCEPT_NAME_CODE_SEQUENCE, vec![code("121071", meaning)]),
+        seq(
+            tags::CONCEPT_NAME_CODE_SEQUENCE,
+            vec![code("121071", meaning)],
+        ),
         el(value.0, value.1, value.2),
     ])
 }
@@ -52,8 +55,17 @@ fn content_item(value_type: &str, meaning: &str, value: (Tag, VR, &str)) -> InMe
 /// A Basic Text SR that names its patient the way reports do: in TEXT items at two depths,
 /// a PNAME item, a DATE item.
 fn report() -> InMemDicomObject {
-    let mut ds = small_image("MÜLLER-LÜDENSCHEIDT^Jürgen", "4711-0815", "1.2.826.0.1.3680043.88.1");
-    for tag in [tags::ROWS, tags::COLUMNS, tags::PIXEL_DATA, tags::BITS_ALLOCATED] {
+    let mut ds = small_image(
+        "MÜLLER-LÜDENSCHEIDT^Jürgen",
+        "4711-0815",
+        "1.2.826.0.1.3680043.88.1",
+    );
+    for tag in [
+        tags::ROWS,
+        tags::COLUMNS,
+        tags::PIXEL_DATA,
+        tags::BITS_ALLOCATED,
+    ] {
         ds.remove_element(tag);
     }
     ds.put(el(tags::SOP_CLASS_UID, VR::UI, uids::BASIC_TEXT_SR_STORAGE));
@@ -64,7 +76,10 @@ fn report() -> InMemDicomObject {
         el(tags::RELATIONSHIP_TYPE, VR::CS, "CONTAINS"),
         el(tags::VALUE_TYPE, VR::CS, "CONTAINER"),
         el(tags::CONTINUITY_OF_CONTENT, VR::CS, "SEPARATE"),
-        seq(tags::CONCEPT_NAME_CODE_SEQUENCE, vec![code("121070", "Findings")]),
+        seq(
+            tags::CONCEPT_NAME_CODE_SEQUENCE,
+            vec![code("121070", "Findings")],
+        ),
         seq(
             tags::CONTENT_SEQUENCE,
             vec![content_item(
@@ -129,7 +144,17 @@ fn assert_no_name(ds: &InMemDicomObject) {
     strings(ds, &mut all);
     for (tag, v) in all {
         let p = plain(&v);
-        for needle in ["muller", "mueller", "ludenscheidt", "jurgen", "quimby", "aldridge", "47110815", "4711 0815", "1234567"] {
+        for needle in [
+            "muller",
+            "mueller",
+            "ludenscheidt",
+            "jurgen",
+            "quimby",
+            "aldridge",
+            "47110815",
+            "4711 0815",
+            "1234567",
+        ] {
             assert!(!p.contains(needle), "{needle} survived in {tag}: {v:?}");
         }
     }
@@ -143,7 +168,10 @@ fn sr_text_under_the_basic_profile_becomes_a_dummy_and_the_tree_stays() {
     // The document's structure and codes stay: Content Sequence is D (a dummy tree), not X.
     let items = out.get(tags::CONTENT_SEQUENCE).unwrap().items().unwrap();
     assert_eq!(items.len(), 4);
-    assert_eq!(text(&items[1], tags::PERSON_NAME).as_deref(), Some("ANONYMIZED"));
+    assert_eq!(
+        text(&items[1], tags::PERSON_NAME).as_deref(),
+        Some("ANONYMIZED")
+    );
     assert_eq!(text(&items[2], tags::DATE).as_deref(), Some("19000101"));
 }
 
@@ -164,14 +192,23 @@ fn clean_structured_content_keeps_the_findings_without_the_identity() {
 fn dates_in_sr_text_move_with_the_patients_shift() {
     let out = deidentify(
         report(),
-        &[DeidOption::CleanStructuredContent, DeidOption::RetainLongModifiedDates],
+        &[
+            DeidOption::CleanStructuredContent,
+            DeidOption::RetainLongModifiedDates,
+        ],
     );
     let study = text(&out, tags::STUDY_DATE).unwrap();
     assert_ne!(study, "20261203");
     let (y, m, d) = (&study[0..4], &study[4..6], &study[6..8]);
     let texts = text_values(&out);
-    assert!(texts[0].contains(&format!("seen {d}.{m}.{y};")), "{texts:?}");
-    assert!(texts[1].contains(&format!("study of {y}-{m}-{d} ")), "{texts:?}");
+    assert!(
+        texts[0].contains(&format!("seen {d}.{m}.{y};")),
+        "{texts:?}"
+    );
+    assert!(
+        texts[1].contains(&format!("study of {y}-{m}-{d} ")),
+        "{texts:?}"
+    );
     // The DATE item follows the same shift.
     let items = out.get(tags::CONTENT_SEQUENCE).unwrap().items().unwrap();
     assert_eq!(text(&items[2], tags::DATE).as_deref(), Some(study.as_str()));
@@ -183,7 +220,11 @@ fn graphic_text_is_cleaned_under_clean_graphics_and_a_dummy_otherwise() {
     let with_graphics = || {
         let mut ds = small_image("Doe^Jane", "PID-123456", "1.2.826.0.1.3680043.88.2");
         let text_object = InMemDicomObject::from_element_iter([
-            el(tags::UNFORMATTED_TEXT_VALUE, VR::ST, "L lung, Jane Doe PID-123456"),
+            el(
+                tags::UNFORMATTED_TEXT_VALUE,
+                VR::ST,
+                "L lung, Jane Doe PID-123456",
+            ),
             el(tags::ANCHOR_POINT_VISIBILITY, VR::CS, "N"),
         ]);
         let annotation = InMemDicomObject::from_element_iter([
@@ -210,7 +251,11 @@ fn graphic_text_is_cleaned_under_clean_graphics_and_a_dummy_otherwise() {
 fn clean_descriptors_cleans_every_depth_and_keeps_clinical_words() {
     let mut ds = small_image("Ølberg^Åse", "A-77-1234", "1.2.826.0.1.3680043.88.3");
     ds.put(el(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192"));
-    ds.put(el(tags::STUDY_DESCRIPTION, VR::LO, "CT THORAX W/O CONTRAST ØLBERG"));
+    ds.put(el(
+        tags::STUDY_DESCRIPTION,
+        VR::LO,
+        "CT THORAX W/O CONTRAST ØLBERG",
+    ));
     ds.put(el(tags::SERIES_DESCRIPTION, VR::LO, "Lung 1.0 B70f"));
     ds.put(el(tags::PROTOCOL_NAME, VR::LO, "AX T2 FLAIR a771234"));
     ds.put(seq(
@@ -222,10 +267,23 @@ fn clean_descriptors_cleans_every_depth_and_keeps_clinical_words() {
         )])],
     ));
     let out = deidentify(ds, &[DeidOption::CleanDescriptors]);
-    assert_eq!(text(&out, tags::STUDY_DESCRIPTION).as_deref(), Some("CT THORAX W/O CONTRAST [removed]"));
-    assert_eq!(text(&out, tags::SERIES_DESCRIPTION).as_deref(), Some("Lung 1.0 B70f"));
-    assert_eq!(text(&out, tags::PROTOCOL_NAME).as_deref(), Some("AX T2 FLAIR [removed]"));
-    let item = &out.get(tags::REQUEST_ATTRIBUTES_SEQUENCE).unwrap().items().unwrap()[0];
+    assert_eq!(
+        text(&out, tags::STUDY_DESCRIPTION).as_deref(),
+        Some("CT THORAX W/O CONTRAST [removed]")
+    );
+    assert_eq!(
+        text(&out, tags::SERIES_DESCRIPTION).as_deref(),
+        Some("Lung 1.0 B70f")
+    );
+    assert_eq!(
+        text(&out, tags::PROTOCOL_NAME).as_deref(),
+        Some("AX T2 FLAIR [removed]")
+    );
+    let item = &out
+        .get(tags::REQUEST_ATTRIBUTES_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap()[0];
     assert_eq!(
         text(item, tags::REQUESTED_PROCEDURE_DESCRIPTION).as_deref(),
         Some("CHEST PA/LAT for [removed]")
@@ -249,7 +307,10 @@ fn unlisted_text_loses_the_patients_own_values_under_every_profile() {
         let out = deidentify(ds.clone(), options);
         let mut all = Vec::new();
         strings(&out, &mut all);
-        assert!(all.iter().all(|(_, v)| !plain(v).contains("johanna")), "{all:?}");
+        assert!(
+            all.iter().all(|(_, v)| !plain(v).contains("johanna")),
+            "{all:?}"
+        );
         assert!(all.iter().any(|(_, v)| v == "Chest"));
     }
 }
@@ -259,7 +320,11 @@ fn spelled(family: &str, given: &str, style: u8) -> String {
     let title = |s: &str| -> String {
         let mut c = s.chars();
         c.next()
-            .map(|f| f.to_uppercase().chain(c.flat_map(char::to_lowercase)).collect())
+            .map(|f| {
+                f.to_uppercase()
+                    .chain(c.flat_map(char::to_lowercase))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let initial: String = given.chars().take(1).collect();

@@ -86,7 +86,11 @@ fn plain(s: &str) -> String {
 fn title(s: &str) -> String {
     let mut c = s.chars();
     c.next()
-        .map(|f| f.to_uppercase().chain(c.flat_map(char::to_lowercase)).collect())
+        .map(|f| {
+            f.to_uppercase()
+                .chain(c.flat_map(char::to_lowercase))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -144,13 +148,22 @@ fn human(d: &str) -> String {
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
     let m: usize = d[4..6].parse().unwrap();
-    format!("{} {} {}", d[6..8].trim_start_matches('0'), MON[m - 1], &d[0..4])
+    format!(
+        "{} {} {}",
+        d[6..8].trim_start_matches('0'),
+        MON[m - 1],
+        &d[0..4]
+    )
 }
 
 fn separated(id: &str, i: usize) -> String {
     let sep = ["-", " ", "/", "."][i % 4];
     let chars: Vec<char> = id.chars().collect();
-    chars.chunks(3).map(|c| c.iter().collect::<String>()).collect::<Vec<_>>().join(sep)
+    chars
+        .chunks(3)
+        .map(|c| c.iter().collect::<String>())
+        .collect::<Vec<_>>()
+        .join(sep)
 }
 
 /// Every TEXT content item's Text Value at any depth gets the patient written into it.
@@ -208,8 +221,16 @@ fn plant(ds: &mut InMemDicomObject, index: usize) -> Planted {
     ];
     let spelling = |k: usize| name_spellings[(index + k) % name_spellings.len()].clone();
     let text = [
-        (tags::STUDY_DESCRIPTION, VR::LO, format!("CT THORAX W/O CONTRAST {}", spelling(0))),
-        (tags::SERIES_DESCRIPTION, VR::LO, format!("AX T2 FLAIR {id_a}")),
+        (
+            tags::STUDY_DESCRIPTION,
+            VR::LO,
+            format!("CT THORAX W/O CONTRAST {}", spelling(0)),
+        ),
+        (
+            tags::SERIES_DESCRIPTION,
+            VR::LO,
+            format!("AX T2 FLAIR {id_a}"),
+        ),
         (
             tags::IMAGE_COMMENTS,
             VR::LT,
@@ -247,7 +268,11 @@ fn plant(ds: &mut InMemDicomObject, index: usize) -> Planted {
     ds.put(seq(
         tags::REQUEST_ATTRIBUTES_SEQUENCE,
         vec![InMemDicomObject::from_element_iter([
-            el(tags::REQUESTED_PROCEDURE_DESCRIPTION, VR::LO, format!("CHEST PA/LAT {}", spelling(3))),
+            el(
+                tags::REQUESTED_PROCEDURE_DESCRIPTION,
+                VR::LO,
+                format!("CHEST PA/LAT {}", spelling(3)),
+            ),
             el(
                 tags::SCHEDULED_PROCEDURE_STEP_DESCRIPTION,
                 VR::LO,
@@ -268,12 +293,20 @@ fn plant(ds: &mut InMemDicomObject, index: usize) -> Planted {
                     el(tags::CODE_MEANING, VR::LO, "Comment"),
                 ])],
             ),
-            el(tags::TEXT_VALUE, VR::UT, format!("positioned by staff; {} {id_a}", spelling(5))),
+            el(
+                tags::TEXT_VALUE,
+                VR::UT,
+                format!("positioned by staff; {} {id_a}", spelling(5)),
+            ),
         ])],
     ));
     let has_text_item = plant_sr_text(
         ds,
-        &format!("Report for {} {upper}, MRN {id_b}, of {}.", title(given), dotted(&study_date)),
+        &format!(
+            "Report for {} {upper}, MRN {id_b}, of {}.",
+            title(given),
+            dotted(&study_date)
+        ),
         0,
     );
 
@@ -292,7 +325,12 @@ fn plant(ds: &mut InMemDicomObject, index: usize) -> Planted {
         study_date: study_date.clone(),
         words: words.into_iter().collect(),
         numbers: vec![id.to_string(), phone.replace(' ', "")],
-        dates: vec![dotted(birth), dotted(&study_date), human(&study_date), birth.to_string()],
+        dates: vec![
+            dotted(birth),
+            dotted(&study_date),
+            human(&study_date),
+            birth.to_string(),
+        ],
         dotted_study_date: true,
         has_text_item,
     }
@@ -310,7 +348,11 @@ fn build_corpus(roots: &[PathBuf], dir: &Path) -> BTreeMap<PathBuf, Planted> {
     let mut planted = BTreeMap::new();
     let mut index = 0;
     for root in roots {
-        for entry in walkdir::WalkDir::new(root).sort_by_file_name().into_iter().flatten() {
+        for entry in walkdir::WalkDir::new(root)
+            .sort_by_file_name()
+            .into_iter()
+            .flatten()
+        {
             if !entry.file_type().is_file() {
                 continue;
             }
@@ -373,7 +415,8 @@ fn leaks(path: &Path, p: &Planted) -> Vec<String> {
             let at_word = pv.match_indices(&pw).any(|(i, _)| {
                 let before = pv[..i].chars().next_back();
                 let after = pv[i + pw.len()..].chars().next();
-                !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
+                !before.is_some_and(char::is_alphanumeric)
+                    && !after.is_some_and(char::is_alphanumeric)
             });
             if at_word {
                 found.push(format!("{w} in {tag}: {v:?}"));
@@ -415,7 +458,11 @@ fn run_profile(
 ) -> (ProfileRun, PathBuf) {
     let out = tmp.join(format!("out-{name}"));
     let report = run_batch(input, &out, &tmp.join("key"), options);
-    let mut run = ProfileRun { outputs: 0, refused: 0, leaked: Vec::new() };
+    let mut run = ProfileRun {
+        outputs: 0,
+        refused: 0,
+        leaked: Vec::new(),
+    };
     for f in &report.files {
         match f.outcome {
             Outcome::Ok => {}
@@ -439,9 +486,16 @@ fn run_profile(
         .map(|s| s.as_bytes().to_vec())
         .collect();
     let v = verify_output(&out, &needles).unwrap();
-    assert!(v.unmarked.is_empty() && v.unreadable.is_empty(), "{name}: {v:?}");
+    assert!(
+        v.unmarked.is_empty() && v.unreadable.is_empty(),
+        "{name}: {v:?}"
+    );
     for (path, i) in &v.leaks {
-        run.leaked.push(format!("{}: raw bytes hold {:?}", path.display(), String::from_utf8_lossy(&needles[*i])));
+        run.leaked.push(format!(
+            "{}: raw bytes hold {:?}",
+            path.display(),
+            String::from_utf8_lossy(&needles[*i])
+        ));
     }
     eprintln!(
         "planted corpus, {name}: {} outputs, {} refused, {} planted tokens survive",
@@ -476,9 +530,20 @@ fn planted_identifiers_survive_no_profile() {
     let profiles: [(&str, &[DeidOption]); 5] = [
         ("basic", &[]),
         ("basic+modified-dates", &[RetainLongModifiedDates]),
-        ("clean-descriptors+modified-dates", &[CleanDescriptors, RetainLongModifiedDates]),
+        (
+            "clean-descriptors+modified-dates",
+            &[CleanDescriptors, RetainLongModifiedDates],
+        ),
         ("clean-structured-content", &[CleanStructuredContent]),
-        ("all-clean+modified-dates", &[CleanDescriptors, CleanStructuredContent, CleanGraphics, RetainLongModifiedDates]),
+        (
+            "all-clean+modified-dates",
+            &[
+                CleanDescriptors,
+                CleanStructuredContent,
+                CleanGraphics,
+                RetainLongModifiedDates,
+            ],
+        ),
     ];
     let mut failures = Vec::new();
     for (name, options) in profiles {
@@ -490,7 +555,12 @@ fn planted_identifiers_survive_no_profile() {
             check_clinical_words(name, &out, &planted, &mut failures);
         }
     }
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// One pseudonym per patient (and none shared), one constant date shift per patient, and
@@ -511,7 +581,10 @@ fn check_patients(
             continue;
         }
         let obj = open(&path);
-        pseudonyms.entry(p.patient).or_default().insert(text(&obj, tags::PATIENT_ID).unwrap_or_default());
+        pseudonyms
+            .entry(p.patient)
+            .or_default()
+            .insert(text(&obj, tags::PATIENT_ID).unwrap_or_default());
         if !modified {
             continue;
         }
@@ -528,7 +601,10 @@ fn check_patients(
             let comments = text(&obj, tags::IMAGE_COMMENTS).unwrap_or_default();
             let want = format!("seen {}.", dotted(&shifted));
             if !comments.contains(&want) {
-                failures.push(format!("{name}: {}: {comments:?} lacks {want:?}", rel.display()));
+                failures.push(format!(
+                    "{name}: {}: {comments:?} lacks {want:?}",
+                    rel.display()
+                ));
             }
         }
     }
