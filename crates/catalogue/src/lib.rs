@@ -53,6 +53,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/0001_init.sql")),
     (2, "sites", include_str!("../migrations/0002_sites.sql")),
     (3, "runs", include_str!("../migrations/0003_runs.sql")),
+    (4, "object_names", include_str!("../migrations/0004_object_names.sql")),
 ];
 
 fn migrator() -> Migrator {
@@ -945,7 +946,7 @@ impl Catalogue {
         .bind(o.created_ms)
         .execute(&mut *tx)
         .await
-        .map_err(exists_or(format!("object {}", o.id)))?;
+        .map_err(exists_or(format!("an object named {:?}", o.name)))?;
         if let Some(i) = instance {
             sqlx::query(
                 "INSERT INTO instances (dataset, object, study_uid, series_uid, sop_uid, sop_class_uid, modality, patient_id, patient_name, study_date, series_number, instance_number) \

@@ -1,5 +1,6 @@
 //! The catalogue's migrations run through sqlx's migrator, and a catalogue made by the earlier
-//! hand-written runner (versions in `schema_migrations`) is adopted without re-running anything.
+//! hand-written runner (versions in `schema_migrations`) is adopted without re-running anything;
+//! later migrations then run on it.
 
 use medfed_catalogue::Catalogue;
 use sqlx::Connection;
@@ -35,6 +36,15 @@ async fn a_catalogue_of_the_hand_written_runner_is_adopted_and_keeps_its_rows() 
                 .await
                 .unwrap();
         }
+        // Two objects of one name, which that hub's check-then-insert let a race store.
+        for (id, ms) in [("o-late", 2), ("o-early", 1)] {
+            sqlx::query("INSERT INTO objects (dataset, id, name, media_type, size, sha256, created_ms) VALUES ('ds', $1, 'scan.dcm', 'application/dicom', 1, 'x', $2)")
+                .bind(id)
+                .bind(ms)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
         conn.close().await.unwrap();
     }
     let cat = Catalogue::open(&url)
@@ -43,6 +53,21 @@ async fn a_catalogue_of_the_hand_written_runner_is_adopted_and_keeps_its_rows() 
     cat.create_organisation("org-a", "Hospital A")
         .await
         .unwrap();
+    // Both objects kept; the later one renamed so that the unique index could be made.
+    let early = cat.object("ds", "o-early").await.unwrap().unwrap();
+    let late = cat.object("ds", "o-late").await.unwrap().unwrap();
+    assert_eq!(early.name, "scan.dcm");
+    assert_eq!(late.name, "scan.dcm [o-late]");
+    // Now the database itself refuses a second object of a name, whatever the hub checked.
+    let again = medfed_catalogue::ObjectEntry {
+        id: "o-third".into(),
+        ..early.clone()
+    };
+    let e = cat.add_object(&again, None).await.unwrap_err();
+    assert!(
+        matches!(e, medfed_catalogue::CatalogueError::Exists(ref w) if w.contains("scan.dcm")),
+        "{e}"
+    );
     cat.close().await;
     // Reopened: the migrator finds every version applied, with matching checksums.
     let cat = Catalogue::open(&url).await.unwrap();
@@ -54,7 +79,7 @@ async fn a_catalogue_of_the_hand_written_runner_is_adopted_and_keeps_its_rows() 
             .fetch_one(&mut conn)
             .await
             .unwrap();
-    assert_eq!(applied, 3);
+    assert_eq!(applied, LEGACY.len() as i64 + 1, "the legacy three, then 0004");
 }
 
 #[tokio::test]

@@ -519,6 +519,9 @@ pub struct RoundRecord {
     pub round: u64,
     pub stage: String,
     pub sites: usize,
+    /// The sites whose releases are in the round's sum.
+    #[serde(default)]
+    pub site_ids: Vec<String>,
     /// Mean training loss at the start of the round (Newton), when known.
     pub loss: Option<f64>,
     /// Largest parameter change the round made.
@@ -544,6 +547,13 @@ pub struct FeatureStatistics {
     pub moment_sites: usize,
     #[serde(default)]
     pub histogram_sites: usize,
+    /// The sites of the moments round and of the histogram round. Of the histogram round's
+    /// sites, `histogram_sites` are in the counts: which of them withheld a feature's histogram
+    /// is hidden by secure aggregation (only the sum of their flags is released).
+    #[serde(default)]
+    pub moment_site_ids: Vec<String>,
+    #[serde(default)]
+    pub histogram_round_site_ids: Vec<String>,
     /// Whether neighbouring bins of the spec's were merged so that every site's bins hold
     /// none or at least its minimum cell count (then `edges` are the merged ones).
     #[serde(default)]
@@ -558,9 +568,11 @@ pub struct CrossTab {
     /// Row-major: `counts[level * 2 + label]`.
     pub counts: Vec<u64>,
     /// Sites whose counts are in the table (a site with a cell below its minimum withholds
-    /// its table).
+    /// its table), out of the round's `round_site_ids`.
     #[serde(default)]
     pub sites: usize,
+    #[serde(default)]
+    pub round_site_ids: Vec<String>,
 }
 
 /// The overall evaluation, from the summed binned scores.
@@ -656,6 +668,8 @@ pub struct Coordinator {
     moments: Option<Vec<stats::Moments>>,
     #[serde(default)]
     moment_sites: usize,
+    #[serde(default)]
+    moment_site_ids: Vec<String>,
 }
 
 fn shape(msg: String) -> FederatedError {
@@ -682,6 +696,7 @@ impl Coordinator {
             result: None,
             moments: None,
             moment_sites: 0,
+            moment_site_ids: Vec::new(),
         }
     }
 
@@ -724,14 +739,15 @@ impl Coordinator {
             .count() as u64
     }
 
-    /// Advance on the sum of `sites` releases for the current step; `metrics` are the sites'
-    /// own evaluation figures (evaluate stage only), keyed by site id.
+    /// Advance on the sum of the releases of `site_ids` for the current step; `metrics` are
+    /// the sites' own evaluation figures (evaluate stage only), keyed by site id.
     pub fn advance(
         &mut self,
         sum: &[f64],
-        sites: usize,
+        site_ids: &[String],
         metrics: BTreeMap<String, Metrics>,
     ) -> Result<(), FederatedError> {
+        let sites = site_ids.len();
         let step = self
             .step
             .clone()
@@ -742,6 +758,7 @@ impl Coordinator {
             round: step.round,
             stage: step.stage.name().into(),
             sites,
+            site_ids: site_ids.to_vec(),
             loss: None,
             change: None,
         };
@@ -778,6 +795,7 @@ impl Coordinator {
                         .collect();
                     self.moments = Some(moments);
                     self.moment_sites = sites;
+                    self.moment_site_ids = site_ids.to_vec();
                     Some(Stage::Histogram { edges, pass: 0 })
                 } else {
                     let mut s = Scaling {
@@ -841,6 +859,7 @@ impl Coordinator {
                             levels: levels.clone(),
                             counts: count(&sum[at..at + k]),
                             sites: sites.saturating_sub(tab_flags[crosstabs.len()] as usize),
+                            round_site_ids: site_ids.to_vec(),
                         });
                         at += k;
                     }
@@ -867,6 +886,8 @@ impl Coordinator {
                                 counts,
                                 moment_sites: self.moment_sites,
                                 histogram_sites: sites.saturating_sub(flags[j] as usize),
+                                moment_site_ids: self.moment_site_ids.clone(),
+                                histogram_round_site_ids: site_ids.to_vec(),
                                 bins_merged: *pass > 0,
                             }
                         })
@@ -1005,11 +1026,24 @@ impl Coordinator {
                 w.push("differential privacy: no evaluation was released (per-site metrics and score bins have no bounded sensitivity for a whole site's table)".into());
             }
         }
+        let names = |ids: &[String]| ids.join(", ");
         for f in &r.statistics {
-            if f.moment_sites != f.histogram_sites {
+            if f.moment_site_ids != f.histogram_round_site_ids
+                || f.histogram_sites != f.histogram_round_site_ids.len()
+            {
                 w.push(format!(
-                    "feature {:?}: n, mean and sd cover {} site(s), the histogram and quartiles {}",
-                    f.feature, f.moment_sites, f.histogram_sites
+                    "feature {:?}: n, mean and sd cover {} site(s) ({}); the histogram and quartiles {} of the {} site(s) of their round ({}){}",
+                    f.feature,
+                    f.moment_sites,
+                    names(&f.moment_site_ids),
+                    f.histogram_sites,
+                    f.histogram_round_site_ids.len(),
+                    names(&f.histogram_round_site_ids),
+                    if f.histogram_sites < f.histogram_round_site_ids.len() {
+                        "; which of them withheld it secure aggregation hides"
+                    } else {
+                        ""
+                    }
                 ));
             }
             if f.bins_merged {
@@ -1021,23 +1055,29 @@ impl Coordinator {
                 ));
             }
         }
-        let counts: Vec<usize> = self.history.iter().map(|h| h.sites).collect();
-        if counts.windows(2).any(|c| c[0] != c[1]) {
+        if self
+            .history
+            .windows(2)
+            .any(|h| h[0].site_ids != h[1].site_ids)
+        {
             let per: Vec<String> = self
                 .history
                 .iter()
-                .map(|h| format!("{} {}", h.stage, h.sites))
+                .map(|h| format!("{} {}: {}", h.stage, h.round, names(&h.site_ids)))
                 .collect();
             w.push(format!(
-                "rounds cover different numbers of sites (sites dropped or withheld): {}",
-                per.join(", ")
+                "rounds cover different sites (sites dropped or withheld): {}",
+                per.join("; ")
             ));
         }
         for t in &r.crosstabs {
-            if t.sites != self.moment_sites {
+            if t.sites != t.round_site_ids.len() {
                 w.push(format!(
-                    "cross-tab {:?} covers {} of {} site(s): the others hold a cell below their minimum and withheld it",
-                    t.feature, t.sites, self.moment_sites
+                    "cross-tab {:?} covers {} of {} site(s) ({}): the others hold a cell below their minimum and withheld it; which ones secure aggregation hides",
+                    t.feature,
+                    t.sites,
+                    t.round_site_ids.len(),
+                    names(&t.round_site_ids)
                 ));
             }
         }

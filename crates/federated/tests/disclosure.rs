@@ -38,6 +38,11 @@ fn numbered(text: &str, first: usize) -> String {
     out
 }
 
+/// Site ids for the first `n` centres of a test.
+fn site_ids(n: usize) -> Vec<String> {
+    CENTRES.iter().take(n).map(|c| c.to_string()).collect()
+}
+
 fn spec(body: &str) -> StudySpec {
     StudySpec::from_toml(&format!("study = \"s\"\n[data]\ntable = \"heart\"\n{body}")).unwrap()
 }
@@ -57,7 +62,7 @@ fn drive(spec: &StudySpec, sites: &[SiteData]) -> Result<Coordinator, FederatedE
                 *a += b;
             }
         }
-        c.advance(&sum, sites.len(), BTreeMap::new())?;
+        c.advance(&sum, &site_ids(sites.len()), BTreeMap::new())?;
     }
     Ok(c)
 }
@@ -325,6 +330,8 @@ fn statistics_with_the_documented_defaults_merge_bins_and_say_which_sites_each_f
         assert!(f.bins_merged && f.counts.len() < 20, "{f:?}");
         assert_eq!(f.counts.iter().sum::<u64>(), f.n, "{}", f.feature);
         assert_eq!((f.moment_sites, f.histogram_sites), (3, 3));
+        assert_eq!(f.moment_site_ids, site_ids(3));
+        assert_eq!(f.histogram_round_site_ids, site_ids(3));
     }
     // Every site's own histogram on the merged edges bears the minimum cell count.
     for f in &r.statistics {
@@ -342,8 +349,10 @@ fn statistics_with_the_documented_defaults_merge_bins_and_say_which_sites_each_f
     // cp by the label has a cell below 5 at some centre: withheld there, and said so.
     let t = &r.crosstabs[0];
     assert!(t.sites < 3, "{t:?}");
+    assert_eq!(t.round_site_ids, site_ids(3));
+    let named = format!("cross-tab \"cp\" covers {} of 3 site(s) ({})", t.sites, site_ids(3).join(", "));
     assert!(
-        r.warnings.iter().any(|w| w.contains("cross-tab \"cp\"")),
+        r.warnings.iter().any(|w| w.contains(&named)),
         "{:?}",
         r.warnings
     );

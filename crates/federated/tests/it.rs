@@ -759,7 +759,8 @@ fn drive_under(
             .enumerate()
             .filter_map(|(i, r)| r.metrics.map(|m| (format!("site-{i}"), m)))
             .collect();
-        c.advance(&masked_sum(step.round, &vectors), sites.len(), metrics)?;
+        let ids: Vec<String> = (0..sites.len()).map(|i| format!("site-{i}")).collect();
+        c.advance(&masked_sum(step.round, &vectors), &ids, metrics)?;
     }
     Ok(c)
 }

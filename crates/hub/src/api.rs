@@ -1498,7 +1498,8 @@ async fn put_chunk(
         })?
         .to_string();
     let hub2 = hub.clone();
-    tokio::task::spawn_blocking(move || hub2.uploads.put_chunk(&id, index, &body, &sha))
+    hub.bulk
+        .run(move || hub2.uploads.put_chunk(&id, index, &body, &sha))
         .await
         .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))??;
     Ok(StatusCode::NO_CONTENT)
@@ -1527,7 +1528,7 @@ async fn complete_upload(
     let declared_dicom = u.media_type == "application/dicom";
     let (max, size) = (hub.config.limits.max_stow_bytes as u64, plan.size);
     let (hub2, id2, dataset, object) = (hub.clone(), id.clone(), d.id.clone(), u.object.clone());
-    let (is_dicom, instance) = tokio::task::spawn_blocking(move || {
+    let (is_dicom, instance) = hub.bulk.run(move || {
         let unreadable = |e: std::io::Error| ApiError::invalid(format!("upload unreadable: {e}"));
         let mut head = Vec::with_capacity(crate::dicom::SNIFF_LEN);
         std::io::Read::read_to_end(
@@ -1565,10 +1566,9 @@ async fn complete_upload(
     let dk = hub.keys.unwrap(&hub.catalogue.wrapped_key(&d.id).await?)?;
     let hub2 = hub.clone();
     let id2 = id.clone();
-    tokio::task::spawn_blocking(move || {
-        hub2.uploads.complete(&id2, hub2.blobs.as_ref(), &key, &dk)
-    })
-    .await
+    hub.bulk
+        .run(move || hub2.uploads.complete(&id2, hub2.blobs.as_ref(), &key, &dk))
+        .await
     .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))??;
     hub.failpoint(Failpoint::AfterBlobPublish);
     let entry = ObjectEntry {

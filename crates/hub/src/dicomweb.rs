@@ -524,21 +524,22 @@ async fn stow(
         let object = Id::random();
         // Parsing and the check are CPU work on up to max_stow_bytes: off the async workers.
         let (p2, ds2, o2) = (part.clone(), d.id.clone(), object.as_str().to_string());
-        let checked =
-            tokio::task::spawn_blocking(move || crate::dicom::index_entry(&p2, &ds2, &o2))
-                .await
+        let checked = hub
+            .bulk
+            .run(move || {
+                use sha2::Digest;
+                crate::dicom::index_entry(&p2, &ds2, &o2)
+                    .map(|entry| (entry, sha2::Sha256::digest(&p2[..]).to_vec()))
+            })
+            .await
                 .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))?;
-        let entry = match checked {
+        let (entry, digest) = match checked {
             Ok(e) => e,
             Err(why) => {
                 tracing::info!(%why, "STOW part refused");
                 failed.push(unparsed(CANNOT_UNDERSTAND, &why.to_string()));
                 continue;
             }
-        };
-        let digest = {
-            use sha2::Digest;
-            sha2::Sha256::digest(&part).to_vec()
         };
         // End-to-end check: what the sender hashed is what arrived. A site node always hashes
         // (medfed's client does), so a site's part without a digest is refused.
@@ -568,9 +569,14 @@ async fn stow(
         let k2 = key.clone();
         let size = part.len() as i64;
         let sha = hex::encode(&digest);
-        if let Err(e) = hub
-            .blocking(move |b| medfed_store::put_encrypted(b, &k2, &dk2, &part[..]))
-            .await
+        let blobs = hub.blobs.clone();
+        let written = hub
+            .bulk
+            .run(move || medfed_store::put_encrypted(blobs.as_ref(), &k2, &dk2, &part[..]))
+            .await;
+        if let Err(e) = written
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
         {
             tracing::error!(error = %e, "STOW blob write failed");
             failed.push(failure(

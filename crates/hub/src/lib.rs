@@ -12,10 +12,12 @@
 //! the only possible debris is blobs without rows, which [`Hub::recover`] removes at start.
 
 pub mod api;
+pub mod bulk;
 pub mod client;
 pub mod config;
 pub mod dicom;
 mod dicomweb;
+pub mod host;
 pub mod jwks;
 pub mod keys;
 pub mod names;
@@ -110,6 +112,8 @@ pub struct Hub {
     pub(crate) site_events: watch::Sender<u64>,
     /// The federated runs this process drives.
     pub(crate) runs: runs::Registry,
+    /// Hashing, encryption and parsing of uploads, at lower OS priority than the request path.
+    pub bulk: bulk::BulkPool,
     failpoint: Option<Failpoint>,
 }
 
@@ -171,6 +175,7 @@ impl Hub {
             server_trust_pem,
             site_events: watch::channel(0).0,
             runs: runs::Registry::default(),
+            bulk: bulk::BulkPool::new().map_err(|e| HubError::Invalid(e.to_string()))?,
             failpoint: Failpoint::from_env(),
         });
         let h = hub.recover().await?;
@@ -371,6 +376,21 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         .map_err(|e| HubError::io(Path::new("listener"), e))?;
     let app = router(hub.clone());
     let (tx, rx) = watch::channel(false);
+    // Host commands (`medfed hub issue-token`) while serving: the audit log has one writer.
+    let host_socket = host::socket_path(&hub.config.data_dir);
+    let host_commands = match host::bind(&hub.config.data_dir).await {
+        Ok(l) => Some(tokio::spawn(host::serve(
+            hub.clone(),
+            l,
+            host_socket,
+            rx.clone(),
+        ))),
+        Err(e @ HubError::Invalid(_)) => return Err(e),
+        Err(e) => {
+            tracing::warn!(error = %e, "no host socket: host commands need the hub stopped");
+            None
+        }
+    };
     let connection_limits = tls::ConnectionLimits::from_limits(&hub.config.limits);
     let sweeper = hub.clone();
     let mut sweep_stop = rx.clone();
@@ -394,6 +414,10 @@ pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         });
         tls::serve_with(listener, tls_cfg, app, connection_limits, rx).await;
         lifecycle.abort();
+        // Stopped means the socket is gone too, so a restart on this data directory binds it.
+        if let Some(h) = host_commands {
+            let _ = h.await;
+        }
     });
     Ok(RunningHub {
         addr,

@@ -571,7 +571,8 @@ impl RunState {
                     for v in plain.values() {
                         sum.iter_mut().zip(v).for_each(|(s, x)| *s += x);
                     }
-                    self.complete_round(&step, sum, plain.len(), metrics);
+                    let sites: Vec<u32> = plain.keys().copied().collect();
+                    self.complete_round(&step, sum, &sites, metrics);
                 }
             }
             Phase::Confirm {
@@ -665,7 +666,10 @@ impl RunState {
                     return;
                 }
                 match secagg::unmask(&masked, &dropped, &reveals, threshold) {
-                    Ok(sum) => self.complete_round(&step, sum, masked.len(), metrics),
+                    Ok(sum) => {
+                        let sites: Vec<u32> = masked.keys().copied().collect();
+                        self.complete_round(&step, sum, &sites, metrics)
+                    }
                     Err(e) => self.fail(format!("round {}: unmasking failed: {e}", step.round)),
                 }
             }
@@ -676,14 +680,19 @@ impl RunState {
         &mut self,
         step: &Step,
         sum: Vec<f64>,
-        sites: usize,
+        in_sum: &[u32],
         metrics: BTreeMap<u32, Metrics>,
     ) {
         let by_site = metrics
             .into_iter()
             .map(|(i, m)| (self.saved.sites[i as usize].site_id.clone(), m))
             .collect();
-        if let Err(e) = self.saved.coordinator.advance(&sum, sites, by_site) {
+        let site_ids: Vec<String> = in_sum
+            .iter()
+            .map(|&i| self.saved.sites[i as usize].site_id.clone())
+            .collect();
+        let sites = site_ids.len();
+        if let Err(e) = self.saved.coordinator.advance(&sum, &site_ids, by_site) {
             self.fail(format!("round {}: {e}", step.round));
             return;
         }
@@ -1691,7 +1700,7 @@ mod tests {
                 }
                 sum.iter_mut().zip(&v).for_each(|(a, b)| *a += b);
             }
-            c.advance(&sum, h.sites, BTreeMap::new()).unwrap();
+            c.advance(&sum, &h.site_ids, BTreeMap::new()).unwrap();
         }
         c.result.unwrap().params
     }

@@ -25,6 +25,7 @@ pub enum HubCommand {
         organisation: Option<String>,
     },
     /// Issue an API token for a user, on the hub's host (for accounts without OIDC). Audited.
+    /// Works while the hub serves (through its host socket, `<data_dir>/host.sock`) or stopped.
     IssueToken {
         #[command(flatten)]
         config: ConfigArg,
@@ -83,7 +84,23 @@ pub fn run(cmd: HubCommand) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             HubCommand::IssueToken { config, user, days } => {
-                let hub = medfed_hub::Hub::open(config.load()?).await?;
+                let cfg = config.load()?;
+                // A running hub does it itself (it holds the audit log); else open it here.
+                let ask = medfed_hub::host::HostRequest::IssueToken { user: user.clone(), days };
+                match medfed_hub::host::request(&cfg.data_dir, &ask).await? {
+                    Some(medfed_hub::host::HostAnswer::Token(token)) => {
+                        println!("{token}");
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    Some(medfed_hub::host::HostAnswer::Refused(why)) => {
+                        anyhow::bail!("the running hub refused: {why}")
+                    }
+                    None => {}
+                }
+                if !(1..=365).contains(&days) {
+                    anyhow::bail!("days must be between 1 and 365");
+                }
+                let hub = medfed_hub::Hub::open(cfg).await?;
                 hub.catalogue.user(&user).await.context("no such user")?;
                 let token = medfed_hub::issue_token(&hub, &user, days).await?;
                 hub.audit_system("token.issue-on-host", &format!("user/{user}"), "allowed").await?;

@@ -263,6 +263,18 @@ pub async fn follow(
     }
 }
 
+/// A list of site ids for people, `-` when the hub did not say.
+fn ids(v: &Value) -> String {
+    match v.as_array() {
+        Some(a) if !a.is_empty() => a
+            .iter()
+            .map(|x| x.as_str().unwrap_or("?"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => "-".into(),
+    }
+}
+
 fn num(v: &Value) -> String {
     v.as_f64().map_or("-".into(), |x| format!("{x:.3}"))
 }
@@ -353,14 +365,17 @@ pub fn summary(view: &Value) -> String {
         line(
             &mut out,
             format!(
-                "  {:<20} n {:>6}  mean {:>10}  sd {:>10}  quartiles {} / {} / {}",
+                "  {:<20} n {:>6}  mean {:>10}  sd {:>10}  quartiles {} / {} / {}  (sites {}; histogram {} of {})",
                 s["feature"].as_str().unwrap_or("?"),
                 s["n"],
                 num(&s["mean"]),
                 num(&s["sd"]),
                 num(&s["q25"]),
                 num(&s["median"]),
-                num(&s["q75"])
+                num(&s["q75"]),
+                ids(&s["moment_site_ids"]),
+                s["histogram_sites"],
+                s["histogram_round_site_ids"].as_array().map_or(0, Vec::len),
             ),
         );
     }
@@ -381,9 +396,11 @@ pub fn summary(view: &Value) -> String {
         line(
             &mut out,
             format!(
-                "  {} by label (label 0/1): {}",
+                "  {} by label (label 0/1): {}  ({} of the sites {})",
                 t["feature"].as_str().unwrap_or("?"),
-                cells.join(", ")
+                cells.join(", "),
+                t["sites"],
+                ids(&t["round_site_ids"]),
             ),
         );
     }
@@ -407,6 +424,9 @@ pub fn summary(view: &Value) -> String {
                 v[v.len() / 2]
             ),
         );
+    }
+    for w in result["warnings"].as_array().into_iter().flatten() {
+        line(&mut out, format!("  note: {}", w.as_str().unwrap_or("?")));
     }
     if let Some(d) = view["result_dataset"].as_str() {
         line(

@@ -764,6 +764,8 @@ fn disclosure_attacks_are_refused_at_every_site_and_refusals_carry_no_counts() {
     for f in result["statistics"].as_array().unwrap() {
         assert_eq!(f["moment_sites"], 3, "{f:#}");
         assert_eq!(f["histogram_sites"], 3, "{f:#}");
+        assert_eq!(f["moment_site_ids"].as_array().unwrap().len(), 3, "{f:#}");
+        assert_eq!(f["moment_site_ids"], f["histogram_round_site_ids"], "{f:#}");
         assert_eq!(f["bins_merged"], true, "{f:#}");
         let counts: u64 = f["counts"]
             .as_array()
@@ -787,6 +789,7 @@ fn disclosure_attacks_are_refused_at_every_site_and_refusals_carry_no_counts() {
     // Hungary and Long Beach hold a cell of 3 (cp = 1 with disease; cp = 2 healthy): they
     // withhold the table, which is then Cleveland's alone, and says so.
     assert_eq!(tab["sites"], 1, "{tab:#}");
+    assert_eq!(tab["round_site_ids"], result["statistics"][0]["moment_site_ids"]);
     assert_eq!(
         tab["counts"],
         serde_json::json!([16, 7, 41, 9, 68, 18, 39, 105])

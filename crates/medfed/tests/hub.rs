@@ -88,23 +88,36 @@ fn a_hub_killed_mid_upload_recovers_consistently_and_never_logs_identifying_valu
     let planted = ["PLANTED^NAME^ONE", "PLANTED-MRN-TWO", "Planted Street 3"];
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    // Segregation of duties: nobody grants themself a study role, so the study's coordinator
-    // is another account, made on the hub's host before it serves (as an operator would).
-    let (coord_id, coord_token) = rt.block_on(async {
-        let cfg = medfed_hub::HubConfig::load(&d.join("hub.toml")).unwrap();
-        let hub = medfed_hub::Hub::open(cfg).await.unwrap();
-        let u = hub
-            .catalogue
-            .create_user("local:coord", Some("org1"), false)
-            .await
-            .unwrap();
-        (
-            u.id.clone(),
-            medfed_hub::issue_token(&hub, &u.id, 1).await.unwrap(),
-        )
-    });
     let server = serve(d, port, &log, None);
     let c = client(d, &server, &token);
+    // Segregation of duties: nobody grants themself a study role, so the study's coordinator
+    // is another account. The administrator creates it; its first token (no OIDC here) comes
+    // from the hub's host while the hub serves (`hub issue-token`, through the host socket).
+    let coord_id = rt.block_on(async {
+        let u = c
+            .call(reqwest::Method::POST, "/api/v1/users", Some(json!({"subject": "local:coord", "organisation": "org1"})))
+            .await
+            .unwrap();
+        u["id"].as_str().unwrap().to_string()
+    });
+    let issue = |user: &str| {
+        medfed()
+            .args(["hub", "issue-token", "--user", user, "--days", "1", "--config"])
+            .arg(d.join("hub.toml"))
+            .output()
+            .unwrap()
+    };
+    let issued = issue(&coord_id);
+    assert!(issued.status.success(), "{}", String::from_utf8_lossy(&issued.stderr));
+    let coord_token = String::from_utf8(issued.stdout).unwrap().trim().to_string();
+    assert!(coord_token.starts_with("mf_"), "{coord_token}");
+    let unknown = issue("no-such-user");
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("the running hub refused: no user no-such-user"),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
     let coord = client(d, &server, &coord_token);
     let (admin_id, dataset) = rt.block_on(async {
         let me = c.call(reqwest::Method::GET, "/api/v1/me", None).await.unwrap();
@@ -231,6 +244,13 @@ fn a_hub_killed_mid_upload_recovers_consistently_and_never_logs_identifying_valu
 
     // The audit chain verifies after both crashes.
     let audit = d.join("data/audit/hub.audit.jsonl");
+    let records = std::fs::read_to_string(&audit).unwrap();
+    let host_issues: Vec<&str> = records
+        .lines()
+        .filter(|l| l.contains("token.issue-on-host"))
+        .collect();
+    assert_eq!(host_issues.len(), 2, "both host requests are audited");
+    assert!(host_issues[0].contains("allowed") && host_issues[1].contains("refused"));
     let v = medfed()
         .args(["audit", "verify", "--log"])
         .arg(&audit)
