@@ -53,7 +53,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/0001_init.sql")),
     (2, "sites", include_str!("../migrations/0002_sites.sql")),
     (3, "runs", include_str!("../migrations/0003_runs.sql")),
-    (4, "object_names", include_str!("../migrations/0004_object_names.sql")),
+    (
+        4,
+        "object_names",
+        include_str!("../migrations/0004_object_names.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {

@@ -84,7 +84,11 @@ async fn a_catalogue_of_the_hand_written_runner_is_adopted_and_keeps_its_rows() 
             .fetch_one(&mut conn)
             .await
             .unwrap();
-    assert_eq!(applied, LEGACY.len() as i64 + 1, "the legacy three, then 0004");
+    assert_eq!(
+        applied,
+        LEGACY.len() as i64 + 1,
+        "the legacy three, then 0004"
+    );
 }
 
 #[tokio::test]

@@ -227,7 +227,11 @@ fn list_inputs(input: &Path, output: &Path) -> Result<Vec<Entry>, DeidError> {
                     .map(|io| io.to_string())
                     .unwrap_or_else(|| "cannot be walked".to_string());
                 entries.push(Entry {
-                    rel: if rel.as_os_str().is_empty() { PathBuf::from(".") } else { rel },
+                    rel: if rel.as_os_str().is_empty() {
+                        PathBuf::from(".")
+                    } else {
+                        rel
+                    },
                     kind: EntryKind::NotProcessed(
                         Outcome::Error,
                         format!("cannot read this folder ({why}); nothing in it was processed"),
@@ -388,8 +392,13 @@ fn encode_output(
         .unwrap_or_default();
     let has_after = dataset.iter().any(|e| e.tag() > tags::PIXEL_DATA);
     let (before, after) = if has_after {
-        let (b, a): (Vec<_>, Vec<_>) = dataset.into_iter().partition(|e| e.tag() < tags::PIXEL_DATA);
-        (InMemDicomObject::from_element_iter(b), Some(InMemDicomObject::from_element_iter(a)))
+        let (b, a): (Vec<_>, Vec<_>) = dataset
+            .into_iter()
+            .partition(|e| e.tag() < tags::PIXEL_DATA);
+        (
+            InMemDicomObject::from_element_iter(b),
+            Some(InMemDicomObject::from_element_iter(a)),
+        )
     } else {
         (dataset, None)
     };

@@ -945,12 +945,28 @@ pub(crate) fn reinterpret_un(elem: InMemElement) -> InMemElement {
                 a
             };
             let value = match vr {
-                VR::AT => PrimitiveValue::Tags(words.map(|c| Tag(u16s(c), u16s(&c[2..]))).collect()),
+                VR::AT => {
+                    PrimitiveValue::Tags(words.map(|c| Tag(u16s(c), u16s(&c[2..]))).collect())
+                }
                 VR::US => PrimitiveValue::U16(words.map(u16s).collect()),
-                VR::SS => PrimitiveValue::I16(words.map(|c| i16::from_le_bytes([c[0], c[1]])).collect()),
-                VR::UL => PrimitiveValue::U32(words.map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
-                VR::SL => PrimitiveValue::I32(words.map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
-                VR::FL => PrimitiveValue::F32(words.map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+                VR::SS => {
+                    PrimitiveValue::I16(words.map(|c| i16::from_le_bytes([c[0], c[1]])).collect())
+                }
+                VR::UL => PrimitiveValue::U32(
+                    words
+                        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect(),
+                ),
+                VR::SL => PrimitiveValue::I32(
+                    words
+                        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect(),
+                ),
+                VR::FL => PrimitiveValue::F32(
+                    words
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect(),
+                ),
                 VR::FD => PrimitiveValue::F64(words.map(|c| f64::from_le_bytes(arr(c))).collect()),
                 VR::UV => PrimitiveValue::U64(words.map(|c| u64::from_le_bytes(arr(c))).collect()),
                 _ => PrimitiveValue::I64(words.map(|c| i64::from_le_bytes(arr(c))).collect()),

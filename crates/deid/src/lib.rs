@@ -15,9 +15,9 @@
 
 pub mod batch;
 mod dates;
-pub mod freetext;
 pub mod engine;
 mod error;
+pub mod freetext;
 pub mod pixels;
 pub mod profile;
 pub mod pseudonym;
@@ -27,11 +27,11 @@ pub mod table;
 pub mod verify;
 
 pub use batch::{BatchReport, BatchRun, FileReport, Outcome};
-pub use reader::{read_bare_dataset, read_object};
 pub use engine::{Deidentified, Deidentifier, Rejection};
 pub use error::DeidError;
 pub use profile::{DeidOption, DeidProfile, SafePrivateAttribute};
 pub use pseudonym::{Pseudonymizer, SiteKey};
+pub use reader::{read_bare_dataset, read_object};
 pub use reid::{OriginalIdentity, ReidTable, reid_table_path};
 pub use table::{ActionTable, TABLE_EDITION};
 pub use verify::{Verification, verify_output};

@@ -215,8 +215,11 @@ fn read_source<R: BufRead + Seek>(
                 "not a DICOM file (no DICM magic, and not a bare DICOM data set)".into(),
             )
         };
-        let layout = Layout::detect(src, 0, size).map_err(io)?.ok_or_else(not_dicom)?;
-        let parsed = parse_dataset(src, 0, size, layout, leave_pixel_data).map_err(|_| not_dicom())?;
+        let layout = Layout::detect(src, 0, size)
+            .map_err(io)?
+            .ok_or_else(not_dicom)?;
+        let parsed =
+            parse_dataset(src, 0, size, layout, leave_pixel_data).map_err(|_| not_dicom())?;
         let object = with_meta_from_dataset(parsed.object, None, None, layout.uid())
             .map_err(|_| not_dicom())?;
         return Ok(ParsedFile {
@@ -276,7 +279,8 @@ fn read_source<R: BufRead + Seek>(
         }
     };
     let leave = leave_pixel_data && layout_kept;
-    let parsed = parse_dataset(src, dataset_start, size, layout, leave).map_err(ParseError::into_rejection)?;
+    let parsed = parse_dataset(src, dataset_start, size, layout, leave)
+        .map_err(ParseError::into_rejection)?;
     let object = with_meta_from_dataset(parsed.object, meta.sop_class, meta.sop_instance, &ts_uid)?;
     Ok(ParsedFile {
         object,
@@ -301,16 +305,22 @@ fn read_up_to<R: Read>(src: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
 /// writer got that wrong), bounded by the file; returns what medfed needs and where the data
 /// set starts.
 fn read_meta<R: Read + Seek>(src: &mut R, start: u64, size: u64) -> Result<(Meta, u64), Rejection> {
-    let err = |at: u64, what: String| Rejection::Error(format!("cannot parse DICOM: file meta group at byte {at}: {what}"));
+    let err = |at: u64, what: String| {
+        Rejection::Error(format!(
+            "cannot parse DICOM: file meta group at byte {at}: {what}"
+        ))
+    };
     let mut meta = Meta::default();
     let mut pos = start;
-    src.seek(SeekFrom::Start(pos)).map_err(|e| err(pos, e.to_string()))?;
+    src.seek(SeekFrom::Start(pos))
+        .map_err(|e| err(pos, e.to_string()))?;
     loop {
         if size - pos < 8 {
             break;
         }
         let mut h = [0u8; 8];
-        src.read_exact(&mut h).map_err(|e| err(pos, e.to_string()))?;
+        src.read_exact(&mut h)
+            .map_err(|e| err(pos, e.to_string()))?;
         let group = u16::from_le_bytes([h[0], h[1]]);
         if group != 0x0002 {
             break;
@@ -323,7 +333,8 @@ fn read_meta<R: Read + Seek>(src: &mut R, start: u64, size: u64) -> Result<(Meta
                     return Err(err(pos, "ends inside an element header".into()));
                 }
                 let mut l = [0u8; 4];
-                src.read_exact(&mut l).map_err(|e| err(pos, e.to_string()))?;
+                src.read_exact(&mut l)
+                    .map_err(|e| err(pos, e.to_string()))?;
                 (12, u32::from_le_bytes(l))
             }
             Some(_) => (8, u32::from(u16::from_le_bytes([h[6], h[7]]))),
@@ -348,7 +359,8 @@ fn read_meta<R: Read + Seek>(src: &mut R, start: u64, size: u64) -> Result<(Meta
         match slot {
             Some(slot) if len <= MAX_META_VALUE => {
                 let mut v = vec![0u8; len as usize];
-                src.read_exact(&mut v).map_err(|e| err(pos, e.to_string()))?;
+                src.read_exact(&mut v)
+                    .map_err(|e| err(pos, e.to_string()))?;
                 let text: String = v.iter().map(|&b| b as char).collect();
                 *slot = Some(text.trim_end_matches(['\0', ' ']).to_string());
             }
@@ -366,8 +378,19 @@ fn read_meta<R: Read + Seek>(src: &mut R, start: u64, size: u64) -> Result<(Meta
 fn has_long_length(vr: VR) -> bool {
     matches!(
         vr,
-        VR::OB | VR::OD | VR::OF | VR::OL | VR::OV | VR::OW | VR::SQ | VR::SV | VR::UC | VR::UN
-            | VR::UR | VR::UT | VR::UV
+        VR::OB
+            | VR::OD
+            | VR::OF
+            | VR::OL
+            | VR::OV
+            | VR::OW
+            | VR::SQ
+            | VR::SV
+            | VR::UC
+            | VR::UN
+            | VR::UR
+            | VR::UT
+            | VR::UV
     )
 }
 
@@ -382,7 +405,9 @@ fn read_deflated<R: Read + Seek>(
 ) -> Result<ParsedFile, Rejection> {
     let io = |e: std::io::Error| Rejection::Error(format!("cannot read: {e}"));
     src.seek(SeekFrom::Start(start)).map_err(io)?;
-    let cap = size.saturating_mul(INFLATE_RATIO).saturating_add(INFLATE_SLACK);
+    let cap = size
+        .saturating_mul(INFLATE_RATIO)
+        .saturating_add(INFLATE_SLACK);
     let mut inflated = Vec::new();
     adapter
         .adapt_reader(Box::new(src.take(size - start)))
@@ -424,7 +449,9 @@ fn with_meta_from_dataset(
             .map(|v| v.trim_matches(['\0', ' ']).to_string())
             .filter(|v| is_uid(v))
     };
-    let class = class.filter(|c| !c.is_empty()).or_else(|| from_ds(tags::SOP_CLASS_UID));
+    let class = class
+        .filter(|c| !c.is_empty())
+        .or_else(|| from_ds(tags::SOP_CLASS_UID));
     let instance = instance
         .filter(|c| !c.is_empty())
         .or_else(|| from_ds(tags::SOP_INSTANCE_UID));
@@ -778,7 +805,9 @@ impl<R: BufRead + Seek> Parser<R> {
                     let bound = Bound::At(self.pos() + u64::from(l));
                     items.push(self.dataset(sub, bound, depth)?);
                 }
-                (Tag(0xFFFE, 0xE000), None) => items.push(self.dataset(sub, Bound::Delimited, depth)?),
+                (Tag(0xFFFE, 0xE000), None) => {
+                    items.push(self.dataset(sub, Bound::Delimited, depth)?)
+                }
                 // (A delimiter inside a sequence of defined length ends it too.)
                 (Tag(0xFFFE, 0xE0DD), _) => break,
                 (tag, _) => return self.fail(at, format!("expected an item, found {tag}")),
@@ -825,7 +854,12 @@ impl<R: BufRead + Seek> Parser<R> {
                     }
                 }
                 (Tag(0xFFFE, 0xE0DD), _) => break,
-                (tag, _) => return self.fail(here, format!("unexpected {tag} in the Pixel Data (at byte {at})")),
+                (tag, _) => {
+                    return self.fail(
+                        here,
+                        format!("unexpected {tag} in the Pixel Data (at byte {at})"),
+                    );
+                }
             }
         }
         Ok(DataElement::new(

@@ -10,8 +10,8 @@ use dicom_core::value::Value;
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 
-use crate::reader::read_object;
 use crate::error::DeidError;
+use crate::reader::read_object;
 
 /// What [`verify_output`] found.
 #[derive(Debug, Default)]

@@ -350,7 +350,11 @@ fn statistics_with_the_documented_defaults_merge_bins_and_say_which_sites_each_f
     let t = &r.crosstabs[0];
     assert!(t.sites < 3, "{t:?}");
     assert_eq!(t.round_site_ids, site_ids(3));
-    let named = format!("cross-tab \"cp\" covers {} of 3 site(s) ({})", t.sites, site_ids(3).join(", "));
+    let named = format!(
+        "cross-tab \"cp\" covers {} of 3 site(s) ({})",
+        t.sites,
+        site_ids(3).join(", ")
+    );
     assert!(
         r.warnings.iter().any(|w| w.contains(&named)),
         "{:?}",

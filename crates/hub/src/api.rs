@@ -1528,34 +1528,37 @@ async fn complete_upload(
     let declared_dicom = u.media_type == "application/dicom";
     let (max, size) = (hub.config.limits.max_stow_bytes as u64, plan.size);
     let (hub2, id2, dataset, object) = (hub.clone(), id.clone(), d.id.clone(), u.object.clone());
-    let (is_dicom, instance) = hub.bulk.run(move || {
-        let unreadable = |e: std::io::Error| ApiError::invalid(format!("upload unreadable: {e}"));
-        let mut head = Vec::with_capacity(crate::dicom::SNIFF_LEN);
-        std::io::Read::read_to_end(
-            &mut std::io::Read::take(
-                hub2.uploads.assembled(&id2)?,
-                crate::dicom::SNIFF_LEN as u64,
-            ),
-            &mut head,
-        )
-        .map_err(unreadable)?;
-        if !declared_dicom && !crate::dicom::looks_like_dicom(&head) {
-            return Ok::<_, ApiError>((false, None));
-        }
-        if size > max {
-            return Err(ApiError::invalid(format!(
-                "the content is DICOM, and a DICOM instance may have at most {max} bytes"
-            )));
-        }
-        let mut bytes = Vec::with_capacity(size as usize);
-        std::io::Read::read_to_end(&mut hub2.uploads.assembled(&id2)?, &mut bytes)
+    let (is_dicom, instance) = hub
+        .bulk
+        .run(move || {
+            let unreadable =
+                |e: std::io::Error| ApiError::invalid(format!("upload unreadable: {e}"));
+            let mut head = Vec::with_capacity(crate::dicom::SNIFF_LEN);
+            std::io::Read::read_to_end(
+                &mut std::io::Read::take(
+                    hub2.uploads.assembled(&id2)?,
+                    crate::dicom::SNIFF_LEN as u64,
+                ),
+                &mut head,
+            )
             .map_err(unreadable)?;
-        let entry = crate::dicom::index_entry(&bytes, &dataset, &object)
-            .map_err(|e| ApiError::invalid(e.to_string()))?;
-        Ok((true, Some(entry)))
-    })
-    .await
-    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))??;
+            if !declared_dicom && !crate::dicom::looks_like_dicom(&head) {
+                return Ok::<_, ApiError>((false, None));
+            }
+            if size > max {
+                return Err(ApiError::invalid(format!(
+                    "the content is DICOM, and a DICOM instance may have at most {max} bytes"
+                )));
+            }
+            let mut bytes = Vec::with_capacity(size as usize);
+            std::io::Read::read_to_end(&mut hub2.uploads.assembled(&id2)?, &mut bytes)
+                .map_err(unreadable)?;
+            let entry = crate::dicom::index_entry(&bytes, &dataset, &object)
+                .map_err(|e| ApiError::invalid(e.to_string()))?;
+            Ok((true, Some(entry)))
+        })
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))??;
     if hub.catalogue.object_named(&d.id, &u.name).await?.is_some() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -1569,7 +1572,7 @@ async fn complete_upload(
     hub.bulk
         .run(move || hub2.uploads.complete(&id2, hub2.blobs.as_ref(), &key, &dk))
         .await
-    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))??;
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))??;
     hub.failpoint(Failpoint::AfterBlobPublish);
     let entry = ObjectEntry {
         dataset: d.id.clone(),

@@ -532,7 +532,7 @@ async fn stow(
                     .map(|entry| (entry, sha2::Sha256::digest(&p2[..]).to_vec()))
             })
             .await
-                .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))?;
+            .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))?;
         let (entry, digest) = match checked {
             Ok(e) => e,
             Err(why) => {

@@ -102,7 +102,10 @@ pub(crate) async fn serve(
 
 async fn own_uid() -> Option<u32> {
     use std::os::unix::fs::MetadataExt;
-    tokio::fs::metadata("/proc/self").await.ok().map(|m| m.uid())
+    tokio::fs::metadata("/proc/self")
+        .await
+        .ok()
+        .map(|m| m.uid())
 }
 
 async fn answer(hub: &Hub, stream: UnixStream, own_uid: Option<u32>) -> std::io::Result<()> {
@@ -138,7 +141,10 @@ async fn carry_out(hub: &Hub, request: HostRequest) -> HostAnswer {
                 HostAnswer::Refused(_) => "refused",
             };
             // Fail closed: a token the audit log does not hold is not handed out.
-            match hub.audit_system("token.issue-on-host", &resource, noted).await {
+            match hub
+                .audit_system("token.issue-on-host", &resource, noted)
+                .await
+            {
                 Ok(()) => outcome,
                 Err(e) => HostAnswer::Refused(format!("the audit log refused the record: {e}")),
             }
@@ -165,7 +171,10 @@ async fn issue_token(hub: &Hub, user: &str, days: u64) -> HostAnswer {
 
 /// Send one host command to the hub running on `data_dir`. `Ok(None)`: no hub answers there
 /// (no socket, or a stale one), so the caller may open the hub itself.
-pub async fn request(data_dir: &Path, request: &HostRequest) -> Result<Option<HostAnswer>, HubError> {
+pub async fn request(
+    data_dir: &Path,
+    request: &HostRequest,
+) -> Result<Option<HostAnswer>, HubError> {
     let path = socket_path(data_dir);
     let stream = match UnixStream::connect(&path).await {
         Ok(s) => s,

@@ -789,7 +789,10 @@ fn disclosure_attacks_are_refused_at_every_site_and_refusals_carry_no_counts() {
     // Hungary and Long Beach hold a cell of 3 (cp = 1 with disease; cp = 2 healthy): they
     // withhold the table, which is then Cleveland's alone, and says so.
     assert_eq!(tab["sites"], 1, "{tab:#}");
-    assert_eq!(tab["round_site_ids"], result["statistics"][0]["moment_site_ids"]);
+    assert_eq!(
+        tab["round_site_ids"],
+        result["statistics"][0]["moment_site_ids"]
+    );
     assert_eq!(
         tab["counts"],
         serde_json::json!([16, 7, 41, 9, 68, 18, 39, 105])

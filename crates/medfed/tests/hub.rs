@@ -95,26 +95,43 @@ fn a_hub_killed_mid_upload_recovers_consistently_and_never_logs_identifying_valu
     // from the hub's host while the hub serves (`hub issue-token`, through the host socket).
     let coord_id = rt.block_on(async {
         let u = c
-            .call(reqwest::Method::POST, "/api/v1/users", Some(json!({"subject": "local:coord", "organisation": "org1"})))
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/users",
+                Some(json!({"subject": "local:coord", "organisation": "org1"})),
+            )
             .await
             .unwrap();
         u["id"].as_str().unwrap().to_string()
     });
     let issue = |user: &str| {
         medfed()
-            .args(["hub", "issue-token", "--user", user, "--days", "1", "--config"])
+            .args([
+                "hub",
+                "issue-token",
+                "--user",
+                user,
+                "--days",
+                "1",
+                "--config",
+            ])
             .arg(d.join("hub.toml"))
             .output()
             .unwrap()
     };
     let issued = issue(&coord_id);
-    assert!(issued.status.success(), "{}", String::from_utf8_lossy(&issued.stderr));
+    assert!(
+        issued.status.success(),
+        "{}",
+        String::from_utf8_lossy(&issued.stderr)
+    );
     let coord_token = String::from_utf8(issued.stdout).unwrap().trim().to_string();
     assert!(coord_token.starts_with("mf_"), "{coord_token}");
     let unknown = issue("no-such-user");
     assert!(!unknown.status.success());
     assert!(
-        String::from_utf8_lossy(&unknown.stderr).contains("the running hub refused: no user no-such-user"),
+        String::from_utf8_lossy(&unknown.stderr)
+            .contains("the running hub refused: no user no-such-user"),
         "{}",
         String::from_utf8_lossy(&unknown.stderr)
     );

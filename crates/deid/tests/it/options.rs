@@ -76,10 +76,11 @@ fn basic_profile_removes_or_replaces_everything_listed() {
         "Type 1 class kept"
     );
     // Study Description is X but Type 2 where any module has it: emptied, not removed.
-    assert!(
-        out.get(tags::STUDY_DESCRIPTION)
-            .is_some_and(|e| e.value().primitive().is_none_or(|v| v.to_str().trim().is_empty()))
-    );
+    assert!(out.get(tags::STUDY_DESCRIPTION).is_some_and(|e| {
+        e.value()
+            .primitive()
+            .is_none_or(|v| v.to_str().trim().is_empty())
+    }));
     assert!(out.get(tags::IMAGE_COMMENTS).is_none());
     assert!(out.get(tags::PATIENT_AGE).is_none() && out.get(tags::PATIENT_WEIGHT).is_none());
     assert_eq!(text(&out, tags::PATIENT_SEX).as_deref(), Some(""));

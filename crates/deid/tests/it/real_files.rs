@@ -334,7 +334,11 @@ fn reader_agrees_with_dicom_rs_on_real_files() {
                 let sop = series.items().unwrap()[0]
                     .get(tags::REFERENCED_SOP_SEQUENCE)
                     .unwrap();
-                assert!(sop.items().unwrap()[0].get(tags::REFERENCED_SOP_INSTANCE_UID).is_some());
+                assert!(
+                    sop.items().unwrap()[0]
+                        .get(tags::REFERENCED_SOP_INSTANCE_UID)
+                        .is_some()
+                );
                 continue;
             }
             let theirs = dicom_object::OpenFileOptions::new().from_reader(&bytes[..]);
@@ -355,7 +359,11 @@ fn reader_agrees_with_dicom_rs_on_real_files() {
         }
     }
     assert!(compared > 200, "{compared} files compared");
-    for bare in ["ExplVR_LitEndNoMeta.dcm", "ExplVR_BigEndNoMeta.dcm", "no_meta_group_length.dcm"] {
+    for bare in [
+        "ExplVR_LitEndNoMeta.dcm",
+        "ExplVR_BigEndNoMeta.dcm",
+        "no_meta_group_length.dcm",
+    ] {
         assert!(only_ours.iter().any(|n| n == bare), "{bare}: {only_ours:?}");
     }
 }

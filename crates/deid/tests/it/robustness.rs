@@ -284,7 +284,10 @@ fn one_patient_gets_one_pseudonym_however_the_id_or_name_is_encoded() {
     );
     assert!(report.all_ok(), "{:#?}", report.files);
     for group in ["id", "name"] {
-        let outputs: Vec<_> = files_under(&out.join(group)).iter().map(|p| open(p)).collect();
+        let outputs: Vec<_> = files_under(&out.join(group))
+            .iter()
+            .map(|p| open(p))
+            .collect();
         let pseudonyms: std::collections::BTreeSet<_> = outputs
             .iter()
             .map(|o| text(o, tags::PATIENT_NAME).unwrap())
@@ -323,8 +326,11 @@ fn links_special_files_and_unreadable_folders_each_get_a_line_and_the_batch_goes
     write(&good, &input.join("a/good.dcm"));
     write(&good, &tmp.path().join("outside.dcm"));
     std::os::unix::fs::symlink("a/good.dcm", input.join("link-inside.dcm")).unwrap();
-    std::os::unix::fs::symlink(tmp.path().join("outside.dcm"), input.join("link-outside.dcm"))
-        .unwrap();
+    std::os::unix::fs::symlink(
+        tmp.path().join("outside.dcm"),
+        input.join("link-outside.dcm"),
+    )
+    .unwrap();
     std::os::unix::fs::symlink("a", input.join("link-folder")).unwrap();
     std::os::unix::fs::symlink("nowhere", input.join("link-dangling")).unwrap();
     let dir = rustix::fs::open(&input, OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty()).unwrap();
@@ -336,8 +342,13 @@ fn links_special_files_and_unreadable_folders_each_get_a_line_and_the_batch_goes
     let level = "d".repeat(250);
     for _ in 0..17 {
         rustix::fs::mkdirat(&fd, level.as_str(), Mode::from_raw_mode(0o755)).unwrap();
-        fd = rustix::fs::openat(&fd, level.as_str(), OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty())
-            .unwrap();
+        fd = rustix::fs::openat(
+            &fd,
+            level.as_str(),
+            OFlags::DIRECTORY | OFlags::RDONLY,
+            Mode::empty(),
+        )
+        .unwrap();
     }
     // Siblings after it in the walk are still processed.
     write(&good, &input.join("z/after.dcm"));
@@ -347,13 +358,29 @@ fn links_special_files_and_unreadable_folders_each_get_a_line_and_the_batch_goes
     let by_outcome = |o| report.files.iter().filter(|f| f.outcome == o).count();
     assert_eq!(by_outcome(Outcome::Ok), 2, "{:#?}", report.files);
     assert_eq!(report.files_skipped, 5, "{:#?}", report.files);
-    for link in ["link-inside.dcm", "link-outside.dcm", "link-folder", "link-dangling"] {
+    for link in [
+        "link-inside.dcm",
+        "link-outside.dcm",
+        "link-folder",
+        "link-dangling",
+    ] {
         let f = outcome_of(&report, link);
         assert_eq!(f.outcome, Outcome::Skipped, "{link}");
-        assert!(f.reason.as_deref().unwrap().contains("symbolic link, not followed"));
+        assert!(
+            f.reason
+                .as_deref()
+                .unwrap()
+                .contains("symbolic link, not followed")
+        );
         assert!(!out.join(link).exists(), "{link}: nothing written");
     }
-    assert!(outcome_of(&report, "pipe").reason.as_deref().unwrap().contains("not a regular file"));
+    assert!(
+        outcome_of(&report, "pipe")
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("not a regular file")
+    );
     let unreadable: Vec<_> = report
         .files
         .iter()
@@ -361,7 +388,13 @@ fn links_special_files_and_unreadable_folders_each_get_a_line_and_the_batch_goes
         .collect();
     assert_eq!(unreadable.len(), 1, "{:#?}", report.files);
     assert!(unreadable[0].input.starts_with(&level));
-    assert!(unreadable[0].reason.as_deref().unwrap().contains("cannot read this folder"));
+    assert!(
+        unreadable[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("cannot read this folder")
+    );
     assert_eq!(report.files_total, report.files.len());
     assert!(!report.all_ok());
 }
@@ -397,10 +430,22 @@ fn bare_explicit_vr_data_sets_are_read_like_implicit_ones() {
         ("explicit-be", EXPLICIT_VR_BIG_ENDIAN),
     ] {
         let obj = open(&out.join(format!("{name}.dcm")));
-        assert_eq!(obj.meta().transfer_syntax().trim_end_matches('\0'), ts, "{name}");
+        assert_eq!(
+            obj.meta().transfer_syntax().trim_end_matches('\0'),
+            ts,
+            "{name}"
+        );
         // Pixel data came through in the right byte order.
-        let px = obj.get(tags::PIXEL_DATA).unwrap().to_multi_int::<u16>().unwrap();
-        assert_eq!(px, (0..16u16).map(|v| v * 100).collect::<Vec<_>>(), "{name}");
+        let px = obj
+            .get(tags::PIXEL_DATA)
+            .unwrap()
+            .to_multi_int::<u16>()
+            .unwrap();
+        assert_eq!(
+            px,
+            (0..16u16).map(|v| v * 100).collect::<Vec<_>>(),
+            "{name}"
+        );
     }
     assert!(files_containing(&out, PID.as_bytes()).is_empty());
 }
@@ -460,7 +505,10 @@ fn mutated_copies_are_each_reported_and_no_declared_length_is_trusted() {
     value.extend_from_slice(&(item.len() as u32).to_le_bytes());
     value.extend_from_slice(&item);
     ds.put(un(tags::REQUEST_ATTRIBUTES_SEQUENCE, &value));
-    write(&with_meta(ds, uids::EXPLICIT_VR_LITTLE_ENDIAN), &input.join("base.dcm"));
+    write(
+        &with_meta(ds, uids::EXPLICIT_VR_LITTLE_ENDIAN),
+        &input.join("base.dcm"),
+    );
     let base = std::fs::read(input.join("base.dcm")).unwrap();
     for (i, m) in mutations(&base, 60, 7).into_iter().enumerate() {
         std::fs::write(input.join(format!("m{i:03}.dcm")), m).unwrap();
@@ -479,15 +527,26 @@ fn mutated_copies_are_each_reported_and_no_declared_length_is_trusted() {
             // Whatever passes is a whole, readable, de-identified object.
             Outcome::Ok => {
                 let obj = open(&out.join(&f.input));
-                assert!(obj.get(tags::PATIENT_IDENTITY_REMOVED).is_some(), "{}", f.input);
+                assert!(
+                    obj.get(tags::PATIENT_IDENTITY_REMOVED).is_some(),
+                    "{}",
+                    f.input
+                );
             }
-            _ => assert!(f.reason.as_deref().is_some_and(|r| !r.is_empty()), "{}", f.input),
+            _ => assert!(
+                f.reason.as_deref().is_some_and(|r| !r.is_empty()),
+                "{}",
+                f.input
+            ),
         }
     }
     let huge = outcome_of(&report, "huge-pixel-length.dcm");
     assert_eq!(huge.outcome, Outcome::Error);
     assert!(
-        huge.reason.as_deref().unwrap().contains("declares 4294967280 bytes"),
+        huge.reason
+            .as_deref()
+            .unwrap()
+            .contains("declares 4294967280 bytes"),
         "{:?}",
         huge.reason
     );
@@ -514,10 +573,17 @@ fn type2_attributes_are_emptied_and_un_frame_increment_pointer_is_kept() {
         &with_meta(ds, uids::EXPLICIT_VR_LITTLE_ENDIAN),
         &tmp.path().join("in/x.dcm"),
     );
-    let report = run_batch(&tmp.path().join("in"), &tmp.path().join("out"), &tmp.path().join("key"), &[]);
+    let report = run_batch(
+        &tmp.path().join("in"),
+        &tmp.path().join("out"),
+        &tmp.path().join("key"),
+        &[],
+    );
     assert!(report.all_ok(), "{:#?}", report.files);
     let out = open(&tmp.path().join("out/x.dcm"));
-    let acq = out.get(tags::ACQUISITION_CONTEXT_SEQUENCE).expect("Type 2: kept");
+    let acq = out
+        .get(tags::ACQUISITION_CONTEXT_SEQUENCE)
+        .expect("Type 2: kept");
     assert_eq!(acq.items().map(|i| i.len()), Some(0));
     for tag in [tags::RESPONSIBLE_PERSON, tags::RESPONSIBLE_ORGANIZATION] {
         let e = out.get(tag).expect("Type 2C: kept");
