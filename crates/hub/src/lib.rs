@@ -474,6 +474,9 @@ pub async fn bootstrap_on(
 
 /// Issue an API token for a user (stored hashed; the returned string is shown once).
 pub async fn issue_token(hub: &Hub, user_id: &str, days: u64) -> Result<String, HubError> {
+    if !(1..=365).contains(&days) {
+        return Err(HubError::Invalid("days must be between 1 and 365".into()));
+    }
     let expires = (now_ms() as u64) / 1000 + days * 86_400;
     let (token, stored) = medfed_auth::ApiTokens::issue(user_id, expires);
     hub.catalogue
