@@ -21,6 +21,7 @@ use std::collections::HashSet;
 use std::sync::LazyLock;
 
 use aho_corasick::{AhoCorasick, MatchKind};
+use dicom_encoding::text::{SpecificCharacterSet, TextCodec};
 use regex::{Captures, Regex};
 use unicode_normalization::char::{decompose_compatible, is_combining_mark};
 
@@ -99,7 +100,7 @@ impl TextCleaner {
     pub fn new(own: &OwnValues, dates: DatePolicy) -> Self {
         let mut name_patterns: Vec<(String, NamePattern)> = Vec::new();
         let mut initials = Vec::new();
-        for value in &own.names {
+        for value in own.names.iter().map(|v| matchable(v)) {
             for group in value.split('=') {
                 for (index, component) in group.split('^').enumerate() {
                     // Prefix and suffix (Dr., Jr.) name nobody; matching them would remove
@@ -153,7 +154,7 @@ impl TextCleaner {
         let mut ids: Vec<String> = own
             .ids
             .iter()
-            .map(|v| compact(v))
+            .map(|v| compact(&matchable(v)))
             .filter(|c| c.chars().count() >= 3)
             .collect();
         ids.sort();
@@ -161,7 +162,7 @@ impl TextCleaner {
         let mut phrases: Vec<String> = own
             .phrases
             .iter()
-            .map(|v| fold(v).split_whitespace().collect::<Vec<_>>().join(" "))
+            .map(|v| fold(&matchable(v)).split_whitespace().collect::<Vec<_>>().join(" "))
             .filter(|f| f.chars().filter(|c| c.is_alphanumeric()).count() >= 4)
             .collect();
         phrases.sort();
@@ -203,6 +204,19 @@ impl TextCleaner {
     fn clean_with(&self, text: &str, patterns: bool) -> String {
         if text.trim().is_empty() {
             return text.to_string();
+        }
+        if text.contains(ESC) {
+            // Text under ISO 2022 code extensions reaches us undecoded (the DICOM reader takes
+            // only the first, empty, value of `\ISO 2022 IR 87`): clean it as the characters
+            // it spells, and write it back in the same escapes. What cannot be decoded or
+            // re-encoded is removed whole: no matcher can vouch for bytes it cannot read.
+            return match decode_escaped(text) {
+                Some(decoded) if !decoded.contains(ESC) => {
+                    encode_escaped(&self.clean_with(&decoded, patterns))
+                        .unwrap_or_else(|| REMOVED.to_string())
+                }
+                _ => REMOVED.to_string(),
+            };
         }
         let mut spans: Vec<Span> = Vec::new();
         if patterns {
@@ -404,11 +418,25 @@ fn build_matcher_kind<'a>(
         .ok()
 }
 
-/// Adds a removal span unless it overlaps one found earlier (earlier classes win).
+/// Adds a removal span. Where it overlaps spans found earlier, the earlier ones stand and the
+/// parts of it they do not cover are added: a removal is never dropped because a neighbour
+/// (an initial taken in from the next name, a kept date) reached into it.
 fn add(spans: &mut Vec<Span>, start: usize, end: usize, kind: Kind) {
-    push(spans, start, end, kind, REMOVED.to_string());
+    let mut taken: Vec<(usize, usize)> = spans
+        .iter()
+        .filter(|s| s.start < end && start < s.end)
+        .map(|s| (s.start, s.end))
+        .collect();
+    taken.sort_unstable();
+    let mut at = start;
+    for (s, e) in taken {
+        push(spans, at, s.min(end), kind, REMOVED.to_string());
+        at = at.max(e);
+    }
+    push(spans, at, end, kind, REMOVED.to_string());
 }
 
+/// Adds a span unless it overlaps one found earlier (earlier classes win).
 fn push(spans: &mut Vec<Span>, start: usize, end: usize, kind: Kind, replacement: String) {
     if start >= end || spans.iter().any(|s| s.start < end && start < s.end) {
         return;
@@ -438,7 +466,7 @@ fn render(text: &str, mut spans: Vec<Span>) -> String {
             if removal(prev.kind)
                 && removal(span.kind)
                 && gap.chars().count() <= 3
-                && gap.chars().all(|c| " \t^,.-'’/;:".contains(c))
+                && gap.chars().all(|c| " \t^=,.-'’/;:".contains(c))
             {
                 last.push(span);
                 continue;
@@ -462,6 +490,56 @@ fn render(text: &str, mut spans: Vec<Span>) -> String {
     }
     out.push_str(&text[at..]);
     out
+}
+
+/// The escape that starts an ISO 2022 code extension (PS3.5 6.1.2.5).
+const ESC: char = '\x1b';
+
+/// The Japanese code extensions (ISO 2022 IR 87 with IR 6/IR 14 escapes) that DICOM text can
+/// carry in ASCII bytes with escape sequences.
+fn iso2022_jp() -> Option<SpecificCharacterSet> {
+    SpecificCharacterSet::from_code("ISO 2022 IR 87")
+}
+
+/// `text` (escape sequences and 7-bit bytes, as read without the extensions) as Unicode.
+fn decode_escaped(text: &str) -> Option<String> {
+    // Only the escapes of JIS X 0208 and of ASCII / JIS X 0201 Roman: others (Korean,
+    // Chinese, the 8-bit sets) the decoder would pass through as visible text.
+    const KNOWN: [&str; 4] = ["\x1b$B", "\x1b$@", "\x1b(B", "\x1b(J"];
+    let known = text
+        .match_indices(ESC)
+        .all(|(at, _)| KNOWN.iter().any(|k| text[at..].starts_with(k)));
+    if !text.is_ascii() || !known {
+        return None;
+    }
+    iso2022_jp()?
+        .decode(text.as_bytes())
+        .ok()
+        .filter(|d| !d.contains('\u{FFFD}'))
+}
+
+/// Unicode back into escape sequences and 7-bit bytes, the form the reader gave.
+fn encode_escaped(text: &str) -> Option<String> {
+    let bytes = iso2022_jp()?.encode(text).ok()?;
+    let mut out = String::from_utf8(bytes).ok().filter(|s| s.is_ascii())?;
+    // PS3.5 6.1.2.5.3: a value ends in the default repertoire; the encoder leaves the last
+    // extension open.
+    if let Some(at) = out.rfind(ESC)
+        && !out[at..].starts_with("\x1b(B")
+        && !out[at..].starts_with("\x1b(J")
+    {
+        out.push_str("\x1b(B");
+    }
+    Some(out)
+}
+
+/// A value's text for matching: decoded where it carries ISO 2022 escapes.
+fn matchable(value: &str) -> String {
+    if value.contains(ESC) {
+        decode_escaped(value).unwrap_or_else(|| value.to_string())
+    } else {
+        value.to_string()
+    }
 }
 
 /// Case-, accent- and compatibility-folded form of `s`, for matching.
@@ -1470,5 +1548,31 @@ mod tests {
         assert_eq!(fold("Straße Øre Łódź ﬁ"), "strasse ore lodz fi");
         assert_eq!(expand_umlauts("Müller"), "Mueller");
         assert_eq!(fold("ΠΑΠΑΔΌΠΟΥΛΟΣ"), fold("Παπαδόπουλος"));
+    }
+}
+
+#[cfg(test)]
+mod iso2022_tests {
+    use super::*;
+
+    /// The demo's Japanese patient (PS3.5 Annex H's example, longer names): before the text
+    /// was decoded, 太郎 and the phonetic group survived in every description.
+    #[test]
+    fn names_written_in_iso2022_escapes_are_removed_from_text() {
+        let name = "Yamadaya^Tarouemon=\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B=\x1b$B$d$^$@\x1b(B^\x1b$B$?$m$&\x1b(B";
+        let c = TextCleaner::new(
+            &OwnValues {
+                names: vec![name.into()],
+                ..Default::default()
+            },
+            DatePolicy::Remove,
+        );
+        let out = c.clean(&format!("CT for {name}, follow-up"));
+        assert_eq!(out, "CT for [removed], follow-up");
+        // Other text in the same escapes keeps its meaning: 検査 ("examination").
+        let exam = "\x1b$B8!::\x1b(B";
+        assert_eq!(c.clean(&format!("{name} {exam}")), format!("[removed] {exam}"));
+        // Escapes that are not the Japanese extensions cannot be read: the value goes whole.
+        assert_eq!(c.clean("CT \x1b$)C\x0e\x21\x21"), REMOVED);
     }
 }
