@@ -8,11 +8,13 @@
 # there first (the benchmark program is copied in), for a before/after comparison in one run.
 # INTERVAL_MS paces each client (default 1000: 1,000 clients offer 1,000 requests/s); 0 runs a
 # closed loop (each client sends its next request when the last is answered: a throughput test).
+# UPLOADER_NICE (default 10) is the priority of the uploader processes, which stand for remote
+# sites; 0 runs them at the hub's priority (all client work on the hub's cores).
 # Usage: bench/hub/health.sh [CLIENTS] [REQUESTS_PER_CLIENT] [UPLOADERS] [UPLOAD_BYTES]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ulimit -n 65536 2>/dev/null || true
-args=(--clients "${1:-1000}" --requests "${2:-20}" --uploaders "${3:-4}" --upload-bytes "${4:-67108864}" --interval-ms "${INTERVAL_MS:-1000}")
+args=(--clients "${1:-1000}" --requests "${2:-20}" --uploaders "${3:-4}" --upload-bytes "${4:-67108864}" --interval-ms "${INTERVAL_MS:-1000}" --uploader-nice "${UPLOADER_NICE:-10}")
 if [ -n "${BEFORE:-}" ]; then
   wt=$(mktemp -d)
   git worktree add --detach "$wt" "$BEFORE" >/dev/null
