@@ -22,6 +22,8 @@ if [ -n "${BEFORE:-}" ]; then
   cp -r crates/hub/examples/health_bench.rs crates/hub/examples/common "$wt/crates/hub/examples/"
   # Hubs before issue 13 had no per-address connection cap to raise.
   sed -i '/max_connections_per_address/d' "$wt/crates/hub/examples/health_bench.rs"
+  # ... nor medfed_hub::server_runtime (their hub ran on tokio's default runtime) ...
+  sed -i 's/medfed_hub::server_runtime()?/tokio::runtime::Builder::new_multi_thread().enable_all().build()?/' "$wt/crates/hub/examples/health_bench.rs"
   # ... and required the dataset's provenance.site from the client.
   sed -i 's/"provenance": {"deid_settings"/"provenance": {"site": "org1", "deid_settings"/' "$wt/crates/hub/examples/health_bench.rs"
   echo "== before: $BEFORE"

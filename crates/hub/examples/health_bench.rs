@@ -200,10 +200,7 @@ fn main() -> Res<()> {
     let dir = tmp.path();
 
     // The hub's runtime: its own worker threads, as in `medfed hub serve`.
-    let hub_rt = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("hub")
-        .enable_all()
-        .build()?;
+    let hub_rt = medfed_hub::server_runtime()?;
     let mut cfg = medfed_hub::HubConfig {
         data_dir: dir.join("hub"),
         listen: "127.0.0.1:0".parse()?,

@@ -72,7 +72,9 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 pub fn run(cmd: HubCommand) -> anyhow::Result<ExitCode> {
-    let rt = runtime()?;
+    // The hub's own runtime (more async workers than cores) also for the short commands:
+    // one runtime per process, built before the command is known.
+    let rt = medfed_hub::server_runtime()?;
     rt.block_on(async move {
         match cmd {
             HubCommand::Serve(c) => serve(c.load()?).await,
