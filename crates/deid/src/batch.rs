@@ -315,7 +315,12 @@ fn process_file(
         let pixel_data = parsed.pixel_data.map(|range| (&file, range));
         // (An existing output is caught when the finished file is linked into place.)
         write_atomically_with(&dest, false, false, |w| {
-            encode_output(w, done.object, pixel_data)
+            encode_output(w, done.object, pixel_data)?;
+            // The batch syncs once at its end; starting each file's write-back now overlaps
+            // the disk with the next files' de-identification.
+            w.flush()?;
+            medfed_durable::start_writeback(w.get_ref());
+            Ok(())
         })
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {

@@ -162,7 +162,12 @@ impl TextCleaner {
         let mut phrases: Vec<String> = own
             .phrases
             .iter()
-            .map(|v| fold(&matchable(v)).split_whitespace().collect::<Vec<_>>().join(" "))
+            .map(|v| {
+                fold(&matchable(v))
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
             .filter(|f| f.chars().filter(|c| c.is_alphanumeric()).count() >= 4)
             .collect();
         phrases.sort();
@@ -1571,7 +1576,10 @@ mod iso2022_tests {
         assert_eq!(out, "CT for [removed], follow-up");
         // Other text in the same escapes keeps its meaning: 検査 ("examination").
         let exam = "\x1b$B8!::\x1b(B";
-        assert_eq!(c.clean(&format!("{name} {exam}")), format!("[removed] {exam}"));
+        assert_eq!(
+            c.clean(&format!("{name} {exam}")),
+            format!("[removed] {exam}")
+        );
         // Escapes that are not the Japanese extensions cannot be read: the value goes whole.
         assert_eq!(c.clean("CT \x1b$)C\x0e\x21\x21"), REMOVED);
     }

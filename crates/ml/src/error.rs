@@ -30,9 +30,12 @@ pub enum MlError {
         /// burn's message.
         message: String,
     },
-    /// Reading tensor data back from the backend.
-    #[error("tensor data: {0}")]
+    /// Reading tensor data back from the backend, or case data that cannot be used.
+    #[error("data: {0}")]
     Data(String),
+    /// An image or label file that medfed-volume could not read.
+    #[error(transparent)]
+    Volume(#[from] medfed_volume::VolumeError),
 }
 
 /// Result with [`MlError`].

@@ -97,10 +97,32 @@ impl Trainer {
         })
     }
 
+    /// A run that continues from `model` (fine-tuning): its frozen parameters stay as they are.
+    /// `model` lives on the autodiff form of `device` (load it there).
+    pub fn from_model(
+        model: UNet3d,
+        cfg: &UNetConfig,
+        train: &TrainConfig,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut t = Self::new(cfg, train, device)?;
+        t.model = model;
+        Ok(t)
+    }
+
     /// Runs epoch `self.next_epoch` over `samples`. The patch and augmentation generator is
     /// derived from the seed and the epoch number, so an epoch resumed from a checkpoint draws
     /// the same patches as it would have without the interruption.
     pub fn epoch(&mut self, samples: &[Sample]) -> Result<EpochReport> {
+        self.epoch_with(samples, || {})
+    }
+
+    /// [`Self::epoch`], calling `step_done` after each optimizer step (for progress bars).
+    pub fn epoch_with(
+        &mut self,
+        samples: &[Sample],
+        mut step_done: impl FnMut(),
+    ) -> Result<EpochReport> {
         if samples.is_empty() {
             return Err(MlError::Config("no training samples".into()));
         }
@@ -145,6 +167,7 @@ impl Trainer {
             self.model = self
                 .optim
                 .step(self.train.learning_rate, self.model.clone(), grads);
+            step_done();
         }
         self.next_epoch += 1;
         let report = EpochReport {

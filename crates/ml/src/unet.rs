@@ -89,6 +89,15 @@ impl UNetConfig {
     }
 }
 
+/// `modules` with the first `n` frozen (their parameters need no gradient).
+fn freeze_first<M: Module>(modules: Vec<M>, n: usize) -> Vec<M> {
+    modules
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| if i < n { m.no_grad() } else { m })
+        .collect()
+}
+
 macro_rules! unet {
     ($Name:ident, $Block:ident, $R:literal, $Conv:ident, $ConvCfg:ident, $Up:ident, $UpCfg:ident,
      $k3:expr, $k2:expr, $k1:expr, $pad:expr) => {
@@ -203,6 +212,24 @@ macro_rules! unet {
                     x = dec.forward(Tensor::cat(vec![up.forward(x), skip], 1));
                 }
                 self.head.forward(x)
+            }
+
+            /// The network with the weights of its first `levels` encoder levels (and, for
+            /// `levels > depth`, the bottom block) frozen: fine-tuning then trains only the
+            /// decoder side and what is left of the encoder.
+            pub fn freeze_encoder(self, levels: usize) -> Self {
+                let n = levels.min(self.encoders.len());
+                let bottom = if levels > self.encoders.len() {
+                    self.bottom.no_grad()
+                } else {
+                    self.bottom
+                };
+                Self {
+                    encoders: freeze_first(self.encoders, n),
+                    downs: freeze_first(self.downs, n),
+                    bottom,
+                    ..self
+                }
             }
 
             /// [`Self::forward`] after checking the input's channels and spatial size.
