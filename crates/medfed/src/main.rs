@@ -58,6 +58,14 @@ enum Command {
     Upload(hub_cmd::UploadArgs),
     /// Write a synthetic DICOM set with planted identifying values (for tests and benchmarks).
     Synth(demo::SynthArgs),
+    /// Segmentation networks (train, evaluate, predict, finetune, cascade, info, synth-chest):
+    /// runs the `medfed-ml` binary beside this one (build it with `cargo build --release -p
+    /// medfed-ml`), so that only that binary links the deep-learning engine.
+    #[command(disable_help_flag = true)]
+    Ml {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -88,6 +96,29 @@ enum DeidSubcommand {
     },
 }
 
+/// Runs `medfed-ml` from this binary's folder, else from PATH, with `args`; its exit code is ours.
+fn run_ml(args: &[std::ffi::OsString]) -> anyhow::Result<ExitCode> {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("medfed-ml")))
+        .filter(|p| p.is_file());
+    let program = beside.unwrap_or_else(|| PathBuf::from("medfed-ml"));
+    let status = std::process::Command::new(&program)
+        .args(args)
+        .status()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot run {} ({e}); build it with `cargo build --release -p medfed-ml`",
+                program.display()
+            )
+        })?;
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
+        None => ExitCode::from(1),
+    })
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -115,6 +146,7 @@ fn main() -> ExitCode {
         Command::Upload(args) => hub_cmd::upload(&args),
         Command::Site(cmd) => site_cmd::run(cmd),
         Command::Study(cmd) => study_cmd::run(cmd),
+        Command::Ml { args } => run_ml(&args),
     };
     match result {
         Ok(code) => code,

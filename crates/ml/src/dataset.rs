@@ -183,6 +183,11 @@ pub struct Preprocess {
     pub intensity: Intensity,
     #[serde(default)]
     pub labels: LabelRule,
+    /// For the second network of a cascade: while training, the image is kept only where the
+    /// label maps to non-zero under this rule (the organ), 0 elsewhere, as the cascade will
+    /// show it the image inside the first network's mask.
+    #[serde(default)]
+    pub restrict_training_to: Option<LabelRule>,
 }
 
 fn yes() -> bool {
@@ -196,6 +201,7 @@ impl Default for Preprocess {
             spacing: None,
             intensity: Intensity::default(),
             labels: LabelRule::default(),
+            restrict_training_to: None,
         }
     }
 }
@@ -276,7 +282,14 @@ pub fn prepare_volumes(
         None => (image, labels),
     };
     let grid = image.geometry;
-    let values = normalise(&image.data, &pre.intensity);
+    let mut values = normalise(&image.data, &pre.intensity);
+    if let (Some(rule), Some(l)) = (&pre.restrict_training_to, &labels) {
+        for (v, &stored) in values.iter_mut().zip(&l.data) {
+            if rule.class(stored) == 0 {
+                *v = 0.0;
+            }
+        }
+    }
     let classes_of = match &labels {
         Some(l) => map_labels(&l.data, &pre.labels, classes, &case.id)?,
         None => Vec::new(),

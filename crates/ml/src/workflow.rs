@@ -208,12 +208,16 @@ pub fn train(
         summary,
     );
     let mut trainer = Trainer::new(&spec.model, &spec.train, device)?;
+    // A checkpoint resumes under the same spec, whatever the epoch count: a run can be
+    // extended by raising `epochs`.
+    let mut keyed = spec.clone();
+    keyed.train.epochs = 0;
     run_epochs(
         &mut trainer,
         &samples,
         &val_cases,
         &mut card,
-        spec_key(spec)?,
+        spec_key(&keyed)?,
         out,
         device,
         &mut on,
@@ -564,10 +568,20 @@ pub fn cascade(
         .into_iter()
         .filter(|c| splits.contains(&c.split))
         .collect();
+    if c1.network.classes != 2 || c2.network.classes != 2 {
+        return Err(MlError::Config(
+            "the cascade takes two binary networks (2 classes each, background included)".into(),
+        ));
+    }
+    // The second network sees the image inside the first one's mask only, never the truth's.
+    let lesion_pre = Preprocess {
+        restrict_training_to: None,
+        ..c2.preprocess.clone()
+    };
     let mut out = Vec::new();
     for case in &cases {
         let a = prepare(case, &c1.preprocess, c1.network.classes)?;
-        let b = prepare(case, &c2.preprocess, c2.network.classes)?;
+        let b = prepare(case, &lesion_pre, c2.network.classes)?;
         let organ_mask = predict_working(&m1, &c1, &a.sample, device)?;
         let inside = crate::cascade::restrict(&b.sample, &organ_mask)?;
         let mut lesion_mask = predict_working(&m2, &c2, &inside, device)?;
