@@ -6,7 +6,9 @@
 //! p50 / p99 / max latency of both phases, the ratio loaded / idle of the p99, and whether the
 //! loaded p99 stays under the 50 ms bar of issue 13. Blocking work on the async workers (the
 //! audit append of every request, hashing, file reads, fsyncs) shows up here as a p99 far above
-//! the idle one.
+//! the idle one. The liveness probe is not audited; beside it 20 clients ask an audited route
+//! (`GET /api/v1/me`, answered once its audit record is synced) at the same pace, and their
+//! latency is printed too.
 //!
 //! The hub runs on its own tokio runtime, the health clients on another, as they would on
 //! different machines. The uploaders stand for remote sites: each is a child process of this
@@ -31,6 +33,9 @@ use common::{Res, arg, percentile, write_payload};
 use medfed_hub::client::HubClient;
 use medfed_policy::StudyRole;
 
+/// Clients asking an audited route beside the liveness probe's load.
+const AUDITED_CLIENTS: usize = 20;
+
 struct Phase {
     latencies: Vec<Duration>,
     errors: usize,
@@ -42,6 +47,31 @@ struct Phase {
 /// one request per `interval` each, spread evenly over the clients (an open load of
 /// clients / interval requests a second, the way many users' consoles and sites poll).
 async fn health_phase(clients: &[HubClient], per_client: usize, interval: Duration) -> Res<Phase> {
+    paced_phase(clients, "/api/v1/health", per_client, interval).await
+}
+
+/// The liveness probe's load with, beside it, `audited` clients asking an authenticated route
+/// (`/api/v1/me`) at the same pace: the probe is not audited, every other request waits for its
+/// audit record to be written, so their latency is reported too.
+async fn both_phases(
+    clients: &[HubClient],
+    audited: &[HubClient],
+    per_client: usize,
+    interval: Duration,
+) -> Res<(Phase, Phase)> {
+    let (h, a) = tokio::join!(
+        health_phase(clients, per_client, interval),
+        paced_phase(audited, "/api/v1/me", per_client, interval)
+    );
+    Ok((h?, a?))
+}
+
+async fn paced_phase(
+    clients: &[HubClient],
+    path: &'static str,
+    per_client: usize,
+    interval: Duration,
+) -> Res<Phase> {
     let start = Arc::new(tokio::sync::Barrier::new(clients.len() + 1));
     let mut handles = Vec::new();
     let n = clients.len() as u32;
@@ -58,10 +88,7 @@ async fn health_phase(clients: &[HubClient], per_client: usize, interval: Durati
                     tokio::time::sleep_until(begun + interval * q as u32).await;
                 }
                 let t = Instant::now();
-                match client
-                    .call(reqwest::Method::GET, "/api/v1/health", None)
-                    .await
-                {
+                match client.call(reqwest::Method::GET, path, None).await {
                     Ok(_) => lat.push(t.elapsed()),
                     Err(_) => errors += 1,
                 }
@@ -152,7 +179,11 @@ fn spawn_uploaders(
     ds: &str,
     payloads: &[PathBuf],
     nice: u64,
-) -> Res<(Vec<std::process::Child>, Arc<AtomicU64>, Arc<std::sync::Mutex<Vec<String>>>)> {
+) -> Res<(
+    Vec<std::process::Child>,
+    Arc<AtomicU64>,
+    Arc<std::sync::Mutex<Vec<String>>>,
+)> {
     let exe = std::env::current_exe()?;
     let uploaded = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
@@ -208,7 +239,7 @@ fn main() -> Res<()> {
     };
     // Every client of the benchmark comes from 127.0.0.1: the per-address cap is for the
     // internet, not for this test.
-    cfg.limits.max_connections_per_address = clients_n + uploaders + 16;
+    cfg.limits.max_connections_per_address = clients_n + AUDITED_CLIENTS + uploaders + 16;
     let (running, op_token) = hub_rt.block_on(async {
         let running = medfed_hub::start(cfg).await?;
         let cat = &running.hub.catalogue;
@@ -226,7 +257,7 @@ fn main() -> Res<()> {
         .thread_name("clients")
         .enable_all()
         .build()?;
-    let (clients, ds) = clients_rt.block_on(async {
+    let (clients, audited, ds) = clients_rt.block_on(async {
         let opc = HubClient::new(&base, ca.as_deref())?.with_token(&op_token);
         let ds = opc
             .call(
@@ -247,7 +278,17 @@ fn main() -> Res<()> {
                 .map(|c| c.call(reqwest::Method::GET, "/api/v1/health", None)),
         )
         .await;
-        Res::Ok((clients, ds))
+        let mut audited = Vec::with_capacity(AUDITED_CLIENTS);
+        for _ in 0..AUDITED_CLIENTS {
+            audited.push(HubClient::new(&base, ca.as_deref())?.with_token(&op_token));
+        }
+        futures_util::future::join_all(
+            audited
+                .iter()
+                .map(|c| c.call(reqwest::Method::GET, "/api/v1/me", None)),
+        )
+        .await;
+        Res::Ok((clients, audited, ds))
     })?;
     let payloads: Vec<_> = (0..uploaders)
         .map(|u| {
@@ -268,15 +309,21 @@ fn main() -> Res<()> {
             clients_n as f64 / interval.as_secs_f64()
         );
     }
-    let idle = clients_rt.block_on(health_phase(&clients, per_client, interval))?;
+    let (idle, idle_audited) =
+        clients_rt.block_on(both_phases(&clients, &audited, per_client, interval))?;
     report("idle hub", &idle);
+    report(
+        &format!("  beside it, {AUDITED_CLIENTS} clients' audited GET /api/v1/me"),
+        &idle_audited,
+    );
 
     let (mut children, uploaded, failed_uploads) =
         spawn_uploaders(&base, ca.as_deref(), &op_token, &ds, &payloads, nice)?;
     // Let the uploads get going before measuring.
     std::thread::sleep(Duration::from_millis(1500));
     let t = Instant::now();
-    let loaded = clients_rt.block_on(health_phase(&clients, per_client, interval))?;
+    let (loaded, loaded_audited) =
+        clients_rt.block_on(both_phases(&clients, &audited, per_client, interval))?;
     let busy = t.elapsed();
     for c in &mut children {
         let _ = c.kill();
@@ -288,6 +335,10 @@ fn main() -> Res<()> {
             upload_bytes >> 20
         ),
         &loaded,
+    );
+    report(
+        &format!("  beside it, {AUDITED_CLIENTS} clients' audited GET /api/v1/me"),
+        &loaded_audited,
     );
     println!(
         "  uploads completed during the loaded phase: {} ({:.1} s of load)",

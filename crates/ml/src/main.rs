@@ -216,6 +216,17 @@ fn file_stem(id: &str) -> String {
     }
 }
 
+/// Rows as a CSV file with a header, written under a temporary name and renamed.
+fn write_csv<T: serde::Serialize>(path: &std::path::Path, rows: &[T]) -> anyhow::Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in rows {
+        w.serialize(r)?;
+    }
+    let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+    medfed_durable::write_atomically(path, &bytes, medfed_durable::Publish::REPLACE)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let choice: DeviceChoice = cli.device.parse()?;
     let dev = device(choice)?;
@@ -229,6 +240,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &dev,
                 training_bar(s.train.epochs, s.train.steps_per_epoch),
             )?;
+            write_csv(&out.join("history.csv"), &card.history)?;
             let last = card.history.last();
             println!(
                 "model: {} (epochs {}, final loss {:.4}{})",
@@ -257,13 +269,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let rows = workflow::evaluate(&model, &manifest, &splits, &dev, || b.inc(1))?;
             b.finish_and_clear();
             if let Some(path) = report {
-                let mut w = csv::Writer::from_writer(Vec::new());
-                for r in &rows {
-                    w.serialize(r)?;
-                }
-                let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
-                medfed_durable::write_atomically(&path, &bytes, medfed_durable::Publish::REPLACE)
-                    .with_context(|| format!("writing {}", path.display()))?;
+                write_csv(&path, &rows)?;
             }
             let classes: std::collections::BTreeSet<u8> = rows.iter().map(|r| r.class).collect();
             let mut out = std::io::stdout().lock();
@@ -365,13 +371,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     Ok(())
                 },
             )?;
-            let mut w = csv::Writer::from_writer(Vec::new());
-            for r in &rows {
-                w.serialize(r)?;
-            }
-            let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
-            let path = out.join("cascade.csv");
-            medfed_durable::write_atomically(&path, &bytes, medfed_durable::Publish::REPLACE)?;
+            write_csv(&out.join("cascade.csv"), &rows)?;
             for r in &rows {
                 println!(
                     "{}: lesion fraction {:.2} %{}",

@@ -668,3 +668,65 @@ async fn connections_per_address_are_capped() {
     drop(held);
     hub.stop().await;
 }
+
+async fn audit_records(hub: &RunningHub) -> Vec<Value> {
+    tokio::fs::read_to_string(hub.hub.config.audit_log())
+        .await
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Monitors poll the liveness probe; it leaves no audit record (its sync would tie liveness to
+/// the disk's write-back, and its records would bury the real events). Every other request
+/// still leaves one: a denied one, one to an unknown path under it, another method on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_liveness_probe_goes_unaudited() {
+    let (_dir, hub) = running(|_| {}).await;
+    let c = client_from(&hub, [127, 0, 0, 1], false);
+    let before = audit_records(&hub).await.len();
+    for _ in 0..5 {
+        warm(&c, &hub).await;
+    }
+    let head = c
+        .head(format!("{}/api/v1/health", base(&hub)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(
+        audit_records(&hub).await.len(),
+        before,
+        "the probe is not audited"
+    );
+
+    assert_eq!(
+        me(&c, &hub, "mft1.not-a-token").await,
+        StatusCode::UNAUTHORIZED
+    );
+    let unknown = c
+        .get(format!("{}/api/v1/health/extra", base(&hub)))
+        .send()
+        .await
+        .unwrap();
+    let other_method = c
+        .post(format!("{}/api/v1/health", base(&hub)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other_method.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let records = audit_records(&hub).await;
+    let new: Vec<&Value> = records[before..].iter().collect();
+    assert_eq!(
+        new.len(),
+        3,
+        "{new:?} (unknown path answered {})",
+        unknown.status()
+    );
+    assert!(
+        new.iter().any(|r| r["outcome"] == "denied 401"),
+        "the bad token's refusal is audited: {new:?}"
+    );
+    hub.stop().await;
+}
