@@ -46,6 +46,8 @@ fi
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 now() { date +%s.%N; }
 
+# Outputs an interrupted run left: removed, then 30 s for ext4 to stop skipping their inodes.
+if compgen -G "$WORK/out-*" >/dev/null; then rm -rf "$WORK"/out-*; sync; sleep 31; fi
 for set in real mixed series mutated; do
   IN="$WORK/$set"
   files=$(find "$IN" -type f | wc -l)
@@ -53,30 +55,33 @@ for set in real mixed series mutated; do
   largest=$(find "$IN" -type f -printf '%s\n' | sort -n | tail -1)
   cat $(find "$IN" -type f) >/dev/null   # warm the page cache
   cp_times=(); cps_times=(); md_times=(); rss=()
+  # Each timed run writes into a new folder, and outputs are deleted only at the end: ext4
+  # skips inodes freed in the last 30 s when it allocates new ones, and looking each of them up
+  # made whichever tool ran right after a deletion pay for it (medfed, always after cp's output
+  # was deleted, spent most of its kernel time there). A sync between runs keeps either tool
+  # from paying for the other's write-back.
   for r in $(seq "$REPS"); do
-    # Each timed run starts with the previous run's output deleted and flushed, so neither tool
-    # pays for the other's write-back.
-    rm -rf "$WORK/out-cp" "$WORK/out-md"; sync
-    t0=$(now); cp -r "$IN" "$WORK/out-cp"; t1=$(now); sync -f "$WORK/out-cp"; t2=$(now)
+    t0=$(now); cp -r "$IN" "$WORK/out-$set-cp-$r"; t1=$(now); sync -f "$WORK/out-$set-cp-$r"; t2=$(now)
     cp_times+=("$(echo "$t1 - $t0" | bc -l)"); cps_times+=("$(echo "$t2 - $t0" | bc -l)")
-    rm -rf "$WORK/out-cp"; sync
+    sync
     t0=$(now)
-    /usr/bin/time -o "$WORK/time.txt" -f "%M" $BIN deid "$IN" "$WORK/out-md" --key-file "$KEY" ${JOBS:+--jobs $JOBS} 2>/dev/null || true
+    /usr/bin/time -o "$WORK/time.txt" -f "%M" $BIN deid "$IN" "$WORK/out-$set-md-$r" --key-file "$KEY" ${JOBS:+--jobs $JOBS} 2>/dev/null || true
     t1=$(now)
     md_times+=("$(echo "$t1 - $t0" | bc -l)"); rss+=("$(tail -1 "$WORK/time.txt")")
+    sync
   done
   cp_s=$(printf '%s\n' "${cp_times[@]}" | median)
   cps_s=$(printf '%s\n' "${cps_times[@]}" | median)
   md_s=$(printf '%s\n' "${md_times[@]}" | median)
   rss_kb=$(printf '%s\n' "${rss[@]}" | sort -n | tail -1)
-  outcomes=$(python3 -c 'import json,sys,collections; r=json.load(open(sys.argv[1])); c=collections.Counter(f["outcome"] for f in r["files"]); print(" ".join(f"{k}={v}" for k,v in sorted(c.items())), "reported", len(r["files"]))' "$WORK/out-md/deid-report.json")
+  outcomes=$(python3 -c 'import json,sys,collections; r=json.load(open(sys.argv[1])); c=collections.Counter(f["outcome"] for f in r["files"]); print(" ".join(f"{k}={v}" for k,v in sorted(c.items())), "reported", len(r["files"]))' "$WORK/out-$set-md-1/deid-report.json")
   awk -v set="$set" -v f="$files" -v b="$bytes" -v c="$cp_s" -v cs="$cps_s" -v m="$md_s" -v rss="$rss_kb" -v big="$largest" 'BEGIN {
     printf "%-8s %5d files %7.1f MB | cp -r %6.3f s (+sync %6.3f s) | medfed %6.3f s %6.0f files/s %5.0f MB/s | cp/medfed %.2f (with sync %.2f) | peak RSS %.1f MB = %.1fx largest file (%.1f MB)\n",
       set, f, b/1e6, c, cs, m, f/m, b/1e6/m, c/m, cs/m, rss/1024, rss*1024/big, big/1e6 }'
   echo "         medfed report: $outcomes"
 done
+rm -rf "$WORK"/out-*
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg); cores: $(nproc)"
-rm -rf "$WORK/out-cp" "$WORK/out-md"
 
 if [ "${PEERS:-0}" = 1 ] && [ -x ../shared/bench/deid-peers/run.sh ]; then
   # The peers on the same flat real folder, medfed timed beside them (their summary prints

@@ -18,9 +18,9 @@
 //! `docs/deid.md` says what it cannot see.
 
 use std::collections::HashSet;
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use dicom_encoding::text::{SpecificCharacterSet, TextCodec};
 use regex::{Captures, Regex};
 use unicode_normalization::char::{decompose_compatible, is_combining_mark};
@@ -86,11 +86,11 @@ struct NamePattern {
 /// Finds and replaces identifying content in the free text of one object.
 #[derive(Debug)]
 pub struct TextCleaner {
-    names: Option<AhoCorasick>,
+    names: Matcher,
     name_info: Vec<NamePattern>,
     initials: Vec<char>,
-    ids: Option<AhoCorasick>,
-    phrases: Option<AhoCorasick>,
+    ids: Matcher,
+    phrases: Matcher,
     own_dates: Vec<(i64, u32, u32)>,
     dates: DatePolicy,
 }
@@ -148,8 +148,8 @@ impl TextCleaner {
                 }
             }
         }
-        let names = build_matcher(name_patterns.iter().map(|(f, _)| f.as_str()));
-        let name_info = name_patterns.into_iter().map(|(_, p)| p).collect();
+        let (names, name_info): (Vec<String>, Vec<NamePattern>) = name_patterns.into_iter().unzip();
+        let names = Matcher::new(names, MatchKind::LeftmostLongest);
 
         let mut ids: Vec<String> = own
             .ids
@@ -188,8 +188,8 @@ impl TextCleaner {
             initials,
             // Overlapping search: one ID may sit inside a longer candidate that fails its
             // boundary test.
-            ids: build_matcher_kind(ids.iter().map(String::as_str), MatchKind::Standard),
-            phrases: build_matcher(phrases.iter().map(String::as_str)),
+            ids: Matcher::new(ids, MatchKind::Standard),
+            phrases: Matcher::new(phrases, MatchKind::LeftmostLongest),
             own_dates,
             dates,
         }
@@ -233,7 +233,7 @@ impl TextCleaner {
         }
         self.find_dates(text, patterns, &mut spans);
         let folded = fold_mapped(text);
-        if let Some(ac) = &self.phrases {
+        if let Some(ac) = self.phrases.get() {
             for m in ac.find_iter(&folded.text) {
                 if word_edges(&folded.text, m.start(), m.end()) {
                     let (s, e) = folded.source_range(text, m.start(), m.end());
@@ -276,7 +276,7 @@ impl TextCleaner {
     }
 
     fn find_ids(&self, text: &str, spans: &mut Vec<Span>) {
-        let Some(ac) = &self.ids else {
+        let Some(ac) = self.ids.get() else {
             return;
         };
         // The text's letters and digits alone, each with its source position, so that an ID
@@ -324,7 +324,7 @@ impl TextCleaner {
     }
 
     fn find_names(&self, text: &str, folded: &Folded, spans: &mut Vec<Span>) {
-        let Some(ac) = &self.names else {
+        let Some(ac) = self.names.get() else {
             return;
         };
         for m in ac.find_iter(&folded.text) {
@@ -403,24 +403,44 @@ impl TextCleaner {
     }
 }
 
-fn build_matcher<'a>(patterns: impl Iterator<Item = &'a str>) -> Option<AhoCorasick> {
-    build_matcher_kind(patterns, MatchKind::LeftmostLongest)
+/// A set of patterns, compiled on first use: most objects have no free text left to clean
+/// once the profile has removed or replaced it, and compiling took longer than de-identifying
+/// a small image.
+#[derive(Debug)]
+struct Matcher {
+    patterns: Vec<String>,
+    kind: MatchKind,
+    compiled: OnceLock<Option<AhoCorasick>>,
 }
 
-fn build_matcher_kind<'a>(
-    patterns: impl Iterator<Item = &'a str>,
-    kind: MatchKind,
-) -> Option<AhoCorasick> {
-    let patterns: Vec<&str> = patterns.collect();
-    if patterns.is_empty() {
-        return None;
+impl Matcher {
+    fn new(patterns: Vec<String>, kind: MatchKind) -> Self {
+        Matcher {
+            patterns,
+            kind,
+            compiled: OnceLock::new(),
+        }
     }
-    // A handful of patterns per object: building never fails for them, and if it ever did
-    // the patterns could not be matched at all, which the caller treats like none.
-    AhoCorasick::builder()
-        .match_kind(kind)
-        .build(&patterns)
-        .ok()
+
+    fn get(&self) -> Option<&AhoCorasick> {
+        self.compiled
+            .get_or_init(|| {
+                if self.patterns.is_empty() {
+                    return None;
+                }
+                // A handful of patterns per object: building never fails for them, and if it
+                // ever did the patterns could not be matched at all, which the caller treats
+                // like none. Run over a few short values, so the automaton cheapest to build
+                // (no DFA, no prefilter), not the fastest to search.
+                AhoCorasick::builder()
+                    .match_kind(self.kind)
+                    .kind(Some(AhoCorasickKind::NoncontiguousNFA))
+                    .prefilter(false)
+                    .build(&self.patterns)
+                    .ok()
+            })
+            .as_ref()
+    }
 }
 
 /// Adds a removal span. Where it overlaps spans found earlier, the earlier ones stand and the

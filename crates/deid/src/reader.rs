@@ -81,9 +81,68 @@ pub(crate) fn read_file(
     leave_pixel_data: bool,
 ) -> Result<(ParsedFile, File), Rejection> {
     // Headers are small and many; 64 KiB keeps the reads few without holding much.
-    let mut src = BufReader::with_capacity(64 * 1024, file);
+    let mut src = TrackedReader {
+        inner: BufReader::with_capacity(64 * 1024, file),
+        pos: 0,
+    };
     let parsed = read_source(&mut src, size, leave_pixel_data)?;
-    Ok((parsed, src.into_inner()))
+    Ok((parsed, src.inner.into_inner()))
+}
+
+/// A buffered file reader that knows its position, so that the parser's seeks (to a known
+/// offset, or asking where it is) move within the buffer instead of discarding it: a plain
+/// `BufReader` drops its buffer on every seek and asks the kernel for the position, which cost
+/// about ten `lseek` and `read` calls per small file.
+struct TrackedReader {
+    inner: BufReader<File>,
+    /// Offset in the file of the next byte `read` returns.
+    pos: u64,
+}
+
+impl Read for TrackedReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl BufRead for TrackedReader {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+    fn consume(&mut self, amt: usize) {
+        self.inner.consume(amt);
+        self.pos += amt as u64;
+    }
+}
+
+impl Seek for TrackedReader {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let target = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            SeekFrom::End(_) => {
+                self.pos = self.inner.seek(to)?;
+                return Ok(self.pos);
+            }
+        };
+        let target = target.ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "seek before the start of the file",
+            )
+        })?;
+        let delta = i64::try_from(i128::from(target) - i128::from(self.pos))
+            .map_err(|_| std::io::Error::other("seek too far"))?;
+        // Within the buffer this only moves the cursor; beyond it, one relative lseek.
+        self.inner.seek_relative(delta)?;
+        self.pos = target;
+        Ok(target)
+    }
+    fn stream_position(&mut self) -> std::io::Result<u64> {
+        Ok(self.pos)
+    }
 }
 
 /// Reads an element that arrived as UN although the dictionary says SQ: its value is an

@@ -62,6 +62,23 @@ pub fn write_atomically_with(
             format!("{} names no file", dest.display()),
         )
     })?;
+    #[cfg(target_os = "linux")]
+    if !how.replace
+        && let Some(file) = unnamed::create(dir, how.mode)
+    {
+        // No temporary name to create and remove: the file has none until it is linked whole.
+        let mut w = BufWriter::with_capacity(256 * 1024, file);
+        fill(&mut w)?;
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        if how.durable {
+            file.sync_all()?;
+        }
+        unnamed::link(&file, dest)?;
+        if how.durable {
+            sync_dir(dir)?;
+        }
+        return Ok(());
+    }
     // Hidden, and unique per process and call, so two writers never share a temporary file.
     let tmp = dir.join(format!(
         ".{}.medfed-partial-{}-{}",
@@ -131,6 +148,64 @@ fn next_serial() -> u64 {
     SERIAL.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Files without a name (Linux `O_TMPFILE`) for publishing without replacing: written, then
+/// linked under their name, which fails if the name exists. A batch of many small files saves
+/// the creation and removal of a temporary name per file; where the file system or a missing
+/// `/proc` rules it out, the caller falls back to a named temporary file.
+#[cfg(target_os = "linux")]
+mod unnamed {
+    use std::ffi::CString;
+    use std::fs::File;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+    use std::sync::OnceLock;
+
+    /// Linking goes through `/proc/self/fd` (linkat with `AT_EMPTY_PATH` needs a capability).
+    fn proc_fd_available() -> bool {
+        static AVAILABLE: OnceLock<bool> = OnceLock::new();
+        *AVAILABLE.get_or_init(|| Path::new("/proc/self/fd").is_dir())
+    }
+
+    /// An unnamed file in `dir`, or `None` where one cannot be made there.
+    pub(super) fn create(dir: &Path, mode: Option<u32>) -> Option<File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        if !proc_fd_available() {
+            return None;
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_TMPFILE)
+            .mode(mode.unwrap_or(0o666))
+            .open(dir)
+            .ok()
+    }
+
+    /// Gives `file` the name `dest`; `AlreadyExists` if that name is taken.
+    pub(super) fn link(file: &File, dest: &Path) -> std::io::Result<()> {
+        let nul = |_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in a path");
+        let from = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).map_err(nul)?;
+        let to = CString::new(dest.as_os_str().as_bytes()).map_err(nul)?;
+        #[allow(unsafe_code)]
+        // SAFETY: both paths are NUL-terminated C strings that live across the call, and
+        // `file` keeps the descriptor named in `from` open.
+        let done = unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        };
+        if done == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+}
+
 fn create(path: &Path, mode: Option<u32>) -> std::io::Result<File> {
     let mut o = std::fs::OpenOptions::new();
     o.write(true).create_new(true);
@@ -179,6 +254,37 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.to_string(), "disk gone");
         assert_eq!(std::fs::read(&p).unwrap(), b"old");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// Publishing without replacing (unnamed files on Linux): a new name gets the whole
+    /// content with the mode asked for, a failing writer leaves no name and no file behind.
+    #[test]
+    fn a_new_file_is_published_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let keep = Publish {
+            replace: false,
+            durable: false,
+            mode: Some(0o600),
+        };
+        let p = dir.path().join("out.dcm");
+        let e = write_atomically_with(&p, keep, |w| {
+            w.write_all(&[7u8; 300_000])?;
+            Err(std::io::Error::other("input vanished"))
+        })
+        .unwrap_err();
+        assert_eq!(e.to_string(), "input vanished");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        write_atomically_with(&p, keep, |w| w.write_all(&[7u8; 300_000])).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), vec![7u8; 300_000]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        let e = write_atomically(&p, b"other", keep).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 

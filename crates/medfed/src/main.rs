@@ -119,7 +119,21 @@ fn run_ml(args: &[std::ffi::OsString]) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// No transparent huge pages for this process (Linux). mimalloc asks for them on its arenas,
+/// and the first touch of each then zeroes 2 MiB: in a de-identification batch of small files
+/// that was an eighth of the run's time and half its resident memory (55 MB against 28 MB
+/// peak for 1,200 files). Advisory: where the kernel refuses, nothing else changes.
+fn without_huge_pages() {
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)]
+    // SAFETY: PR_SET_THP_DISABLE takes plain integers and passes no memory.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
 fn main() -> ExitCode {
+    without_huge_pages();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MEDFED_LOG")
