@@ -3,6 +3,10 @@
 //! where an existing file must never be replaced); then the directory itself is synced, so
 //! that after a crash the name points either to the old content or to the whole new one.
 //!
+//! A file that must not replace an existing one is, on Linux, written without any name
+//! (`O_TMPFILE`) and linked under its name once whole: nothing partial is ever visible, and a
+//! batch of many small files saves creating and removing a temporary name for each.
+//!
 //! The directory sync is the step that is easy to forget: without it the rename can be lost
 //! at power failure although the file's data was synced (ext4, XFS: the rename lives in the
 //! directory's metadata).

@@ -386,7 +386,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 );
             }
-            println!("table: {}", path.display());
+            println!("table: {}", out.join("cascade.csv").display());
         }
         Cmd::SynthChest {
             out,
