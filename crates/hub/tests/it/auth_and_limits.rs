@@ -669,6 +669,19 @@ async fn connections_per_address_are_capped() {
     hub.stop().await;
 }
 
+async fn status_of(
+    c: &reqwest::Client,
+    hub: &RunningHub,
+    method: reqwest::Method,
+    path: &str,
+) -> StatusCode {
+    c.request(method, format!("{}{path}", base(hub)))
+        .send()
+        .await
+        .expect("an HTTP answer")
+        .status()
+}
+
 async fn audit_records(hub: &RunningHub) -> Vec<Value> {
     tokio::fs::read_to_string(hub.hub.config.audit_log())
         .await
@@ -689,12 +702,10 @@ async fn only_the_liveness_probe_goes_unaudited() {
     for _ in 0..5 {
         warm(&c, &hub).await;
     }
-    let head = c
-        .head(format!("{}/api/v1/health", base(&hub)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(
+        status_of(&c, &hub, reqwest::Method::HEAD, "/api/v1/health").await,
+        StatusCode::OK
+    );
     assert_eq!(
         audit_records(&hub).await.len(),
         before,
@@ -705,25 +716,14 @@ async fn only_the_liveness_probe_goes_unaudited() {
         me(&c, &hub, "mft1.not-a-token").await,
         StatusCode::UNAUTHORIZED
     );
-    let unknown = c
-        .get(format!("{}/api/v1/health/extra", base(&hub)))
-        .send()
-        .await
-        .unwrap();
-    let other_method = c
-        .post(format!("{}/api/v1/health", base(&hub)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(other_method.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let unknown = status_of(&c, &hub, reqwest::Method::GET, "/api/v1/health/extra").await;
+    assert_eq!(
+        status_of(&c, &hub, reqwest::Method::POST, "/api/v1/health").await,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
     let records = audit_records(&hub).await;
     let new: Vec<&Value> = records[before..].iter().collect();
-    assert_eq!(
-        new.len(),
-        3,
-        "{new:?} (unknown path answered {})",
-        unknown.status()
-    );
+    assert_eq!(new.len(), 3, "{new:?} (unknown path answered {unknown})");
     assert!(
         new.iter().any(|r| r["outcome"] == "denied 401"),
         "the bad token's refusal is audited: {new:?}"
